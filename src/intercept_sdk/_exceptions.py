@@ -13,7 +13,7 @@ catch what is drawn here::
     │   └── InvalidReport         a report that cannot be built or is not accepted
     ├── VerificationError         something received failed verification; trusted state unchanged
     │   ├── SignatureError        missing, forged, unknown key, wrong role, below threshold
-    │   ├── RollbackError         version lower than (or equal to, with other content) the trusted one
+    │   ├── RollbackError         older version, or same version with other content
     │   ├── ExpiredError          metadata past its expiry (freeze attack)
     │   ├── DigestMismatch        artefact hash/length or state digest differs from the signed one
     │   ├── TooLarge              download longer than the signed length or the configured cap
@@ -203,7 +203,7 @@ class ClientClosed(InterceptError):
     """The client was used after ``close()``."""
 
 
-class Intercepted(Exception):  # noqa: N818 - the name is the event, not an error
+class Intercepted(Exception):
     """Raised by ``Client.block()`` when the decision's action is ``block``.
 
     Carries the :class:`~intercept_sdk.Decision` and ``notice``: a Chinese text the clerk

@@ -21,13 +21,13 @@ from ._exceptions import InvalidIdentifier
 
 __all__ = [
     "IdNumberInfo",
+    "id_check",
     "id_number_info",
     "mask_identifier",
     "normalize_id_number",
     "normalize_org_code",
     "normalize_uscc",
     "org_code_check",
-    "id_check",
     "uscc_check",
 ]
 
@@ -55,19 +55,19 @@ def _prepare(value: object, kind: str) -> str:
 
 def id_check(body17: str) -> str:
     """Check character of a resident ID number for its first 17 digits."""
-    total = sum(int(c) * w for c, w in zip(body17, _ID_WEIGHTS))
+    total = sum(int(c) * w for c, w in zip(body17, _ID_WEIGHTS, strict=False))
     return _ID_CHECK[total % 11]
 
 
 def uscc_check(body17: str) -> str:
     """Check character of a unified social credit code for its first 17 characters."""
-    total = sum(_USCC_VALUE[c] * w for c, w in zip(body17, _USCC_WEIGHTS))
+    total = sum(_USCC_VALUE[c] * w for c, w in zip(body17, _USCC_WEIGHTS, strict=False))
     return USCC_ALPHABET[(31 - total % 31) % 31]
 
 
 def org_code_check(body8: str) -> str:
     """Check character of an organisation code for its first 8 characters."""
-    total = sum(_ORG_VALUE[c] * w for c, w in zip(body8, _ORG_WEIGHTS))
+    total = sum(_ORG_VALUE[c] * w for c, w in zip(body8, _ORG_WEIGHTS, strict=False))
     c = 11 - total % 11
     return "X" if c == 10 else "0" if c == 11 else str(c)
 

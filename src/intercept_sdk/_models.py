@@ -86,7 +86,7 @@ class Related(BaseModel):
     @field_validator("id_number", mode="before")
     @classmethod
     def _norm_id(cls, v: object) -> object:
-        return normalize_id_number(v) if isinstance(v, str) else v  # type: ignore[arg-type]
+        return normalize_id_number(v) if isinstance(v, str) else v
 
 
 class Entry(BaseModel):
@@ -124,10 +124,10 @@ class Entry(BaseModel):
     audience: tuple[str, ...] = ()
 
     _d1 = field_validator("published_at", "filed_at", "valid_until", mode="before")(
-        classmethod(lambda cls, v: _parse_date(v))  # type: ignore[arg-type]
+        classmethod(lambda cls, v: _parse_date(v))
     )
     _d2 = field_validator("revoked_at", mode="before")(
-        classmethod(lambda cls, v: _parse_datetime(v))  # type: ignore[arg-type]
+        classmethod(lambda cls, v: _parse_datetime(v))
     )
 
     @field_validator("measures", "related", "audience", mode="before")
@@ -138,17 +138,17 @@ class Entry(BaseModel):
     @field_validator("id_number", mode="before")
     @classmethod
     def _norm_id(cls, v: object) -> object:
-        return normalize_id_number(v) if isinstance(v, str) else v  # type: ignore[arg-type]
+        return normalize_id_number(v) if isinstance(v, str) else v
 
     @field_validator("uscc", mode="before")
     @classmethod
     def _norm_uscc(cls, v: object) -> object:
-        return normalize_uscc(v) if isinstance(v, str) else v  # type: ignore[arg-type]
+        return normalize_uscc(v) if isinstance(v, str) else v
 
     @field_validator("org_code", mode="before")
     @classmethod
     def _norm_org(cls, v: object) -> object:
-        return normalize_org_code(v) if isinstance(v, str) else v  # type: ignore[arg-type]
+        return normalize_org_code(v) if isinstance(v, str) else v
 
     # -- derived --------------------------------------------------------------------
     @property

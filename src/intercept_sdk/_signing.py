@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from ._exceptions import ConfigurationError, FormatError, SignatureError, VerificationError
 
 __all__ = [
-    "ROOT_TYPE",
     "MANIFEST_TYPE",
     "REPORT_TYPE",
+    "ROOT_TYPE",
     "Envelope",
     "SigningKey",
     "canonical_json",

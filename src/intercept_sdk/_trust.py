@@ -1,0 +1,424 @@
+"""The trusted state: pure, I/O-free verification of roots, manifests and artefacts.
+
+Modelled on python-tuf's ``TrustedMetadataSet``: this module never touches the network or
+the disk. It holds what is currently trusted and offers one method per kind of incoming
+data; each method either accepts the data (and only then changes the trusted state) or
+raises a specific :class:`~intercept_sdk.VerificationError` subclass and leaves the state
+exactly as it was. The updater (:mod:`intercept_sdk._sync`) does the I/O and decides which
+failures are normal.
+
+Attacks and the exception each one raises:
+
+========================================  ===========================
+forged / missing signature, unknown key   SignatureError
+below threshold, wrong role's key         SignatureError
+rollback (older version offered)          RollbackError
+freeze (expired manifest or root)         ExpiredError
+mix-and-match (hash/length not bound)     DigestMismatch
+endless data (longer than signed length)  TooLarge
+delta for another base version            BaseVersionMismatch
+root rotation not doubly signed / skip    RootRotationError
+malformed signed content, bad paths       FormatError
+========================================  ===========================
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ._exceptions import (
+    BaseVersionMismatch,
+    DigestMismatch,
+    ExpiredError,
+    FormatError,
+    RollbackError,
+    RootRotationError,
+    SignatureError,
+    TooLarge,
+)
+from ._signing import MANIFEST_TYPE, ROOT_TYPE, Envelope
+from ._util import parse_utc, utcnow
+
+__all__ = [
+    "Artefact",
+    "ArtefactCheck",
+    "Manifest",
+    "Root",
+    "TrustedState",
+]
+
+SPEC_VERSION = 1
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_ARTEFACT_PATH = re.compile(
+    r"^(snapshots|deltas|restricted/[A-Za-z0-9][A-Za-z0-9_.-]{0,63})/[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$"
+)
+_SUBSCRIBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _req(obj: Mapping[str, Any], name: str, typ: type | tuple[type, ...], where: str) -> Any:
+    if name not in obj:
+        raise FormatError(f"{where}: missing field {name!r}")
+    value = obj[name]
+    if not isinstance(value, typ) or (isinstance(value, bool) and typ is int):
+        raise FormatError(f"{where}: field {name!r} has the wrong type")
+    return value
+
+
+def _time(obj: Mapping[str, Any], name: str, where: str) -> _dt.datetime:
+    try:
+        return parse_utc(_req(obj, name, str, where))
+    except ValueError:
+        raise FormatError(f"{where}: field {name!r} is not an ISO 8601 UTC time") from None
+
+
+def _hex(obj: Mapping[str, Any], name: str, where: str, pattern: re.Pattern[str] = _HEX64) -> str:
+    value: str = _req(obj, name, str, where)
+    if not pattern.match(value):
+        raise FormatError(f"{where}: field {name!r} is not lower-case hex of the right length")
+    return value
+
+
+def _nonneg(obj: Mapping[str, Any], name: str, where: str) -> int:
+    value: int = _req(obj, name, int, where)
+    if value < 0:
+        raise FormatError(f"{where}: field {name!r} must not be negative")
+    return value
+
+
+@dataclass(frozen=True)
+class Role:
+    keyids: frozenset[str]
+    threshold: int
+
+
+@dataclass(frozen=True)
+class Root:
+    """Verified root metadata: which keys may sign what."""
+
+    version: int
+    expires: _dt.datetime
+    keys: Mapping[str, Ed25519PublicKey]
+    roles: Mapping[str, Role]
+    raw: bytes = field(repr=False)
+
+    @classmethod
+    def parse(cls, payload: Mapping[str, Any], raw: bytes) -> Root:
+        where = "root"
+        if payload.get("type") != "root":
+            raise FormatError("root: type is not 'root'")
+        if payload.get("spec") != SPEC_VERSION:
+            raise FormatError(f"root: unsupported spec {payload.get('spec')!r}")
+        version = _req(payload, "version", int, where)
+        if version < 1:
+            raise FormatError("root: version must be >= 1")
+        keys: dict[str, Ed25519PublicKey] = {}
+        for keyid, meta in _req(payload, "keys", dict, where).items():
+            if not isinstance(meta, dict) or meta.get("keytype") != "ed25519":
+                raise FormatError(f"root: key {keyid[:12]} is not an ed25519 key")
+            try:
+                public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(meta["public"]))
+            except (KeyError, ValueError, TypeError):
+                raise FormatError(f"root: key {keyid[:12]} has a bad public value") from None
+            from ._signing import keyid_of
+
+            if keyid_of(public) != keyid:
+                raise FormatError(f"root: key id {keyid[:12]} does not match its key")
+            keys[keyid] = public
+        roles: dict[str, Role] = {}
+        raw_roles = _req(payload, "roles", dict, where)
+        for name in ("root", "online"):
+            r = raw_roles.get(name)
+            if not isinstance(r, dict):
+                raise FormatError(f"root: missing role {name!r}")
+            keyids = r.get("keyids")
+            threshold = r.get("threshold")
+            if (
+                not isinstance(keyids, list)
+                or not all(isinstance(k, str) and k in keys for k in keyids)
+                or not isinstance(threshold, int)
+                or isinstance(threshold, bool)
+                or not 1 <= threshold <= len(set(keyids))
+            ):
+                raise FormatError(f"root: role {name!r} has bad keyids or threshold")
+            roles[name] = Role(frozenset(keyids), threshold)
+        return cls(version, _time(payload, "expires", where), keys, roles, raw)
+
+    def check_signed_by(self, envelope: Envelope, role_name: str, what: str) -> None:
+        """Raise SignatureError unless ``role_name``'s threshold of keys signed ``envelope``."""
+        role = self.roles[role_name]
+        keys = {k: self.keys[k] for k in role.keyids}
+        good = envelope.valid_keyids(keys)
+        if len(good) < role.threshold:
+            other = set(self.keys) - set(role.keyids)
+            by_other = envelope.valid_keyids({k: self.keys[k] for k in other}) if other else set()
+            hint = " (signed by another role's key)" if by_other else ""
+            raise SignatureError(
+                f"{what}: {len(good)} valid signature(s) of role {role_name!r}, "
+                f"threshold is {role.threshold}{hint}"
+            )
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """A file the manifest binds by path, SHA-256 and exact length."""
+
+    path: str
+    sha256: str
+    length: int
+
+    @classmethod
+    def parse(cls, obj: Any, where: str) -> Artefact:
+        if not isinstance(obj, dict):
+            raise FormatError(f"{where}: not an object")
+        path = _req(obj, "path", str, where)
+        if not _ARTEFACT_PATH.match(path) or ".." in path:
+            raise FormatError(f"{where}: artefact path {path!r} is not allowed")
+        return cls(path, _hex(obj, "sha256", where), _nonneg(obj, "length", where))
+
+
+@dataclass(frozen=True)
+class Delta:
+    from_version: int
+    artefact: Artefact
+
+
+@dataclass(frozen=True)
+class RestrictedBox:
+    artefact: Artefact
+    entries: int
+    state_sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A verified manifest: the version of the list and everything it binds."""
+
+    version: int
+    root_version: int
+    published_at: _dt.datetime
+    expires: _dt.datetime
+    hash_key: bytes
+    entries: int
+    state_sha256: str
+    state_sum: str
+    snapshot: Artefact
+    deltas: Mapping[int, Artefact]
+    restricted: Mapping[str, RestrictedBox]
+    raw: bytes = field(repr=False)
+
+    @classmethod
+    def parse(cls, payload: Mapping[str, Any], raw: bytes) -> Manifest:
+        where = "manifest"
+        if payload.get("type") != "manifest":
+            raise FormatError("manifest: type is not 'manifest'")
+        if payload.get("spec") != SPEC_VERSION:
+            raise FormatError(f"manifest: unsupported spec {payload.get('spec')!r}")
+        version = _req(payload, "version", int, where)
+        if version < 1:
+            raise FormatError("manifest: version must be >= 1")
+        state = _req(payload, "state", dict, where)
+        hash_key = bytes.fromhex(_hex(payload, "hash_key", where))
+        deltas: dict[int, Artefact] = {}
+        for i, d in enumerate(_req(payload, "deltas", list, where)):
+            w = f"manifest.deltas[{i}]"
+            if not isinstance(d, dict):
+                raise FormatError(f"{w}: not an object")
+            frm = _nonneg(d, "from", w)
+            if frm >= version:
+                raise FormatError(f"{w}: delta from {frm} is not older than version {version}")
+            deltas[frm] = Artefact.parse(d, w)
+        restricted: dict[str, RestrictedBox] = {}
+        for sub, r in _req(payload, "restricted", dict, where).items():
+            w = f"manifest.restricted[{sub}]"
+            if not _SUBSCRIBER.match(sub) or not isinstance(r, dict):
+                raise FormatError(f"{w}: bad subscriber id or entry")
+            restricted[sub] = RestrictedBox(
+                Artefact.parse(r, w), _nonneg(r, "entries", w), _hex(r, "state_sha256", w)
+            )
+        return cls(
+            version=version,
+            root_version=_req(payload, "root_version", int, where),
+            published_at=_time(payload, "published_at", where),
+            expires=_time(payload, "expires", where),
+            hash_key=hash_key,
+            entries=_nonneg(state, "entries", "manifest.state"),
+            state_sha256=_hex(state, "sha256", "manifest.state"),
+            state_sum=_hex(state, "sum", "manifest.state"),
+            snapshot=Artefact.parse(_req(payload, "snapshot", dict, where), "manifest.snapshot"),
+            deltas=deltas,
+            restricted=restricted,
+            raw=raw,
+        )
+
+    def delta_from(self, local_version: int) -> Artefact:
+        """The delta whose base is ``local_version``; BaseVersionMismatch if none."""
+        try:
+            return self.deltas[local_version]
+        except KeyError:
+            raise BaseVersionMismatch(
+                f"manifest {self.version} has no delta from version {local_version}"
+            ) from None
+
+
+class ArtefactCheck:
+    """Incremental check of a download against its signed SHA-256 and length.
+
+    Feed chunks as they arrive: :class:`TooLarge` is raised as soon as more bytes than the
+    signed length arrive (endless-data attack), :meth:`finish` raises
+    :class:`DigestMismatch` for a short body or a wrong hash (mix-and-match).
+    """
+
+    def __init__(self, artefact: Artefact, *, already: bytes = b"") -> None:
+        self.artefact = artefact
+        self._hash = hashlib.sha256()
+        self.received = 0
+        if already:
+            self.update(already)
+
+    def update(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.artefact.length:
+            raise TooLarge(
+                f"{self.artefact.path}: more than the signed {self.artefact.length} bytes"
+            )
+        self._hash.update(chunk)
+
+    def finish(self) -> None:
+        if self.received != self.artefact.length:
+            raise DigestMismatch(
+                f"{self.artefact.path}: {self.received} bytes, signed length is "
+                f"{self.artefact.length}"
+            )
+        if self._hash.hexdigest() != self.artefact.sha256:
+            raise DigestMismatch(f"{self.artefact.path}: SHA-256 differs from the signed one")
+
+
+class TrustedState:
+    """What the client currently trusts. Every method raises or updates; never half-way.
+
+    ``pinned_root`` is the integrator's trust root (bytes of a root file shipped with the
+    application, never the writable cache's copy). It must be signed by its own root
+    threshold. ``clock`` returns the current UTC time and is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        pinned_root: bytes,
+        *,
+        clock: Callable[[], _dt.datetime] = utcnow,
+    ) -> None:
+        self._clock = clock
+        envelope = self._envelope(pinned_root, ROOT_TYPE, "trust root")
+        payload = self._payload_unverified(envelope, "trust root")
+        root = Root.parse(payload, pinned_root)
+        root.check_signed_by(envelope, "root", "trust root")
+        self.root: Root = root
+        self.manifest: Manifest | None = None
+
+    # -- helpers ---------------------------------------------------------------------
+    @staticmethod
+    def _envelope(data: bytes, payload_type: str, what: str) -> Envelope:
+        envelope = Envelope.from_bytes(data)
+        if envelope.payload_type != payload_type:
+            raise SignatureError(f"{what}: payload type {envelope.payload_type!r} is not expected")
+        if not envelope.signatures:
+            raise SignatureError(f"{what}: no signatures")
+        return envelope
+
+    @staticmethod
+    def _payload_unverified(envelope: Envelope, what: str) -> dict[str, Any]:
+        # Only used where the key set to check against is inside the payload itself (a
+        # root). Nothing from it is trusted before the signature check that follows.
+        return envelope.payload_json()
+
+    # -- roots -----------------------------------------------------------------------
+    def update_root(self, data: bytes) -> Root:
+        """Accept root N+1: exactly one version up, signed by both N's and N+1's root role."""
+        envelope = self._envelope(data, ROOT_TYPE, "new root")
+        # Signature by the trusted root's threshold first, before trusting the payload.
+        try:
+            self.root.check_signed_by(envelope, "root", f"root {self.root.version + 1}")
+        except SignatureError as exc:
+            raise RootRotationError(f"not signed by the trusted root's threshold: {exc}") from None
+        new = Root.parse(envelope.payload_json(), data)
+        if new.version != self.root.version + 1:
+            raise RootRotationError(
+                f"root version {new.version} does not follow trusted version {self.root.version}"
+            )
+        try:
+            new.check_signed_by(envelope, "root", f"root {new.version}")
+        except SignatureError as exc:
+            raise RootRotationError(f"not signed by the new root's own threshold: {exc}") from None
+        self.root = new
+        return new
+
+    # -- manifest --------------------------------------------------------------------
+    def _verified_manifest(self, data: bytes) -> Manifest:
+        envelope = self._envelope(data, MANIFEST_TYPE, "manifest")
+        self.root.check_signed_by(envelope, "online", "manifest")
+        manifest = Manifest.parse(envelope.payload_json(), data)
+        if manifest.root_version > self.root.version:
+            raise RootRotationError(
+                f"manifest needs root {manifest.root_version}, trusted root is {self.root.version}"
+            )
+        return manifest
+
+    def load_trusted_manifest(self, data: bytes) -> Manifest:
+        """Re-load the manifest persisted in the cache at start-up.
+
+        Signatures are checked (a tampered cache copy is rejected) but expiry is not: an
+        expired local list is still the newest verified one; the client reports it stale.
+        """
+        manifest = self._verified_manifest(data)
+        self.manifest = manifest
+        return manifest
+
+    def update_manifest(self, data: bytes) -> Manifest:
+        """Accept a newly fetched manifest, or raise.
+
+        Returns the trusted manifest; when ``data`` is the very manifest already trusted it
+        is returned unchanged (nothing to do).
+        """
+        now = self._clock()
+        if self.root.expires <= now:
+            raise ExpiredError(f"trusted root {self.root.version} expired at {self.root.expires}")
+        manifest = self._verified_manifest(data)
+        current = self.manifest
+        if current is not None:
+            if manifest.version < current.version:
+                raise RollbackError(
+                    f"manifest version {manifest.version} is older than trusted {current.version}"
+                )
+            if manifest.version == current.version and data != current.raw:
+                raise RollbackError(
+                    f"manifest version {manifest.version} differs from the trusted manifest "
+                    "of the same version"
+                )
+        if manifest.expires <= now:
+            raise ExpiredError(f"manifest {manifest.version} expired at {manifest.expires}")
+        self.manifest = manifest
+        return manifest
+
+    def check_not_expired(self) -> None:
+        """Raise ExpiredError if the trusted manifest (or root) is past its expiry."""
+        now = self._clock()
+        if self.manifest is not None and self.manifest.expires <= now:
+            raise ExpiredError(f"manifest {self.manifest.version} expired")
+        if self.root.expires <= now:
+            raise ExpiredError(f"root {self.root.version} expired")
+
+    @staticmethod
+    def verify_artefact(artefact: Artefact, data: bytes) -> None:
+        """Whole-buffer check of an artefact (length first, then SHA-256)."""
+        if len(data) > artefact.length:
+            raise TooLarge(f"{artefact.path}: more than the signed {artefact.length} bytes")
+        check = ArtefactCheck(artefact)
+        check.update(data)
+        check.finish()

@@ -1,0 +1,347 @@
+"""The measure catalog: shape, required codes, wording rules and traceability to the seeds."""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from intercept_sdk import InterceptError, InvalidInput, UnknownMeasure
+from intercept_sdk._catalog import (
+    ACTIONS,
+    RELATIONS,
+    ROLES,
+    Measure,
+    get_measure,
+    measure_codes,
+    measures,
+)
+
+SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+
+CONSUMPTION = ("self", "legal_rep", "principal", "actual_controller", "responsible_person")
+ALL_ROLES = (
+    "legal_rep",
+    "principal",
+    "actual_controller",
+    "responsible_person",
+    "director",
+    "supervisor",
+    "senior_manager",
+)
+
+# code -> (action, relations, officer_roles), exactly as the SDK's design requires.
+REQUIRED = {
+    "consumption.star_hotel": ("block", CONSUMPTION, ()),
+    "consumption.private_school": ("block", CONSUMPTION, ()),
+    "travel.flight": ("block", CONSUMPTION, ()),
+    "travel.rail_premium": ("block", CONSUMPTION, ()),
+    "realestate.purchase": ("block", CONSUMPTION, ()),
+    "procurement.supplier": ("block", ("self",), ()),
+    "bidding.tender": ("block", ("self",), ()),
+    "subsidy.application": ("block", ("self",), ()),
+    "office.civil_servant": ("block", ("self",), ()),
+    "office.soe_executive": ("block", ("self",), ()),
+    "finance.credit": ("review", ("self", "officer"), ALL_ROLES),
+    "policy.support": ("review", ("self", "officer"), ALL_ROLES),
+    "supervision.key_target": (
+        "monitor",
+        ("self", "officer"),
+        ("legal_rep", "principal", "actual_controller", "director", "supervisor", "senior_manager"),
+    ),
+}
+
+BLOCK_WORDS = ("限制", "禁止", "不得")
+# Wording that marks each action in the seeds (block also covers 不作为/不予/不开..., the
+# seeds' other ways of saying "do not").
+ACTION_MARKERS = {
+    "block": (*BLOCK_WORDS, "不作为", "不予", "不开", "中止", "终止", "前置条件", "限额"),
+    "review": ("从严审核", "从严审批", "审慎性参考", "参考", "审查"),
+    "monitor": ("重点监管", "抽查", "严密监管", "追究"),
+}
+
+
+def _seed_text(name: str) -> str:
+    if not SEEDS.is_dir():
+        pytest.skip(f"seed documents not found at {SEEDS}; cannot check passages")
+    path = SEEDS / name
+    assert path.is_file(), f"cited seed {name} does not exist in {SEEDS}"
+    return path.read_text(encoding="utf-8")
+
+
+# --- shape -----------------------------------------------------------------------------
+
+
+def test_at_least_40_measures() -> None:
+    assert len(measures()) >= 40
+
+
+def test_codes_unique_and_well_formed() -> None:
+    codes = [m.code for m in measures()]
+    assert len(codes) == len(set(codes))
+    for m in measures():
+        assert re.fullmatch(r"[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*", m.code), m.code
+        assert m.code.split(".")[0] == m.category
+
+
+def test_measure_codes_match_measures() -> None:
+    assert measure_codes() == frozenset(m.code for m in measures())
+    assert isinstance(measure_codes(), frozenset)
+
+
+def test_file_order_and_caching() -> None:
+    raw = json.loads(
+        resources.files("intercept_sdk").joinpath("data/measures.json").read_text("utf-8")
+    )
+    assert raw["version"] == 1
+    assert [m["code"] for m in raw["measures"]] == [m.code for m in measures()]
+    assert measures() is measures()
+    assert get_measure("travel.flight") is get_measure("travel.flight")
+
+
+def test_categories() -> None:
+    raw = json.loads(
+        resources.files("intercept_sdk").joinpath("data/measures.json").read_text("utf-8")
+    )
+    cats = raw["categories"]
+    for m in measures():
+        assert m.category_title == cats[m.category]
+    used = {m.category for m in measures()}
+    assert used == set(cats), "every declared category is used and vice versa"
+    assert cats["consumption"] == "限制高消费及有关消费"
+    assert cats["office"] == "任职资格限制"
+    assert cats["market"] == "准入资格限制"
+    assert cats["finance"] == "荣誉和授信限制"
+    assert cats["policy"] == "政府支持或补贴限制"
+    assert cats["supervision"] == "加强日常监管检查"
+
+
+@pytest.mark.parametrize(("code", "expected"), sorted(REQUIRED.items()))
+def test_required_codes(code: str, expected: tuple[str, tuple[str, ...], tuple[str, ...]]) -> None:
+    action, relations, officer_roles = expected
+    m = get_measure(code)
+    assert m.action == action
+    assert m.relations == relations
+    assert m.officer_roles == officer_roles
+
+
+def test_actions_relations_roles_valid() -> None:
+    assert set(ACTIONS) == {"block", "review", "monitor"}
+    for m in measures():
+        assert m.action in ACTIONS, m.code
+        assert m.relations, m.code
+        assert set(m.relations) <= set(RELATIONS), m.code
+        assert set(m.officer_roles) <= set(ROLES), m.code
+        assert ("officer" in m.relations) == bool(m.officer_roles), m.code
+        assert m.title.strip(), m.code
+        assert m.departments, m.code
+        assert all(d.strip() for d in m.departments), m.code
+
+
+def test_roles_match_entry_model() -> None:
+    models = pytest.importorskip("intercept_sdk._models")
+    assert tuple(ROLES) == tuple(models.ROLES)
+
+
+def test_consumption_and_travel_reach_company_officers() -> None:
+    for m in measures():
+        if m.category in {"consumption", "travel"}:
+            assert m.relations == CONSUMPTION, m.code
+            assert m.action == "block", m.code
+
+
+def test_all_three_actions_used() -> None:
+    assert {m.action for m in measures()} == set(ACTIONS)
+
+
+# --- traceability to the seeds ---------------------------------------------------------
+
+
+def test_passages_occur_verbatim_in_seed() -> None:
+    for m in measures():
+        text = _seed_text(m.source_seed)
+        assert 0 < len(m.source_passage) <= 200, m.code
+        assert m.source_passage in text, f"{m.code}: passage not found in {m.source_seed}"
+
+
+def test_departments_are_named_in_the_seeds() -> None:
+    if not SEEDS.is_dir():
+        pytest.skip(f"seed documents not found at {SEEDS}")
+    corpus = "".join(p.read_text(encoding="utf-8") for p in sorted(SEEDS.glob("*.txt")))
+    for m in measures():
+        for d in m.departments:
+            assert d in corpus, f"{m.code}: department {d!r} not named in any seed"
+
+
+def test_seeds_with_measure_lists_are_all_cited() -> None:
+    if not SEEDS.is_dir():
+        pytest.skip(f"seed documents not found at {SEEDS}")
+    cited = {m.source_seed for m in measures()}
+    for path in SEEDS.glob("*.txt"):
+        text = path.read_text(encoding="utf-8")
+        if "限制失信被执行人" in text:
+            assert path.name in cited, f"{path.name} names restrictions but no measure cites it"
+
+
+def test_relations_follow_passage() -> None:
+    """Measures reaching company officers or officer-led entities say so in their passage."""
+    for m in measures():
+        if "legal_rep" in m.relations or "officer" in m.relations:
+            assert "法定代表人" in m.source_passage, m.code
+
+
+# --- wording rules (DOMAIN: the wording decides the action) ----------------------------
+
+
+def test_strict_review_wording_is_review() -> None:
+    for m in measures():
+        p = m.source_passage
+        if ("从严审核" in p or "从严审批" in p) and not any(w in p for w in BLOCK_WORDS):
+            assert m.action == "review", m.code
+
+
+def test_prudential_reference_wording_is_review() -> None:
+    for m in measures():
+        p = m.source_passage
+        if "审慎性参考" in p and not any(w in p for w in BLOCK_WORDS):
+            assert m.action == "review", m.code
+
+
+def test_key_supervision_wording_is_monitor() -> None:
+    for m in measures():
+        p = m.source_passage
+        if "重点监管" in p or "抽查" in p:
+            assert m.action == "monitor", m.code
+
+
+def test_every_action_backed_by_its_wording() -> None:
+    for m in measures():
+        markers = ACTION_MARKERS[m.action]
+        assert any(w in m.source_passage for w in markers), (m.code, m.action)
+
+
+def test_spot_checks() -> None:
+    assert get_measure("exit.departure").action == "block"
+    assert get_measure("industry.interbank_bond").action == "review"
+    assert get_measure("industry.corporate_bond").action == "block"
+    assert get_measure("market.food_drug").action == "review"
+    assert get_measure("market.hazardous_industry").action == "block"
+    assert get_measure("office.party_membership").action == "review"
+    assert get_measure("office.deputy_candidate").action == "block"
+    assert "G 字头" in get_measure("travel.rail_premium").source_passage
+    assert "飞机" in get_measure("travel.flight").source_passage
+    assert "星级" in get_measure("consumption.star_hotel").source_passage
+
+
+# --- applies_to --------------------------------------------------------------------------
+
+
+def test_applies_to_consumption() -> None:
+    m = get_measure("consumption.star_hotel")
+    for rel in CONSUMPTION:
+        assert m.applies_to(rel)
+    for rel in ("director", "supervisor", "senior_manager"):
+        assert not m.applies_to(rel)
+    for role in ROLES:
+        assert not m.applies_to(f"officer:{role}")
+
+
+def test_applies_to_self_only() -> None:
+    m = get_measure("procurement.supplier")
+    assert m.applies_to("self")
+    assert not any(m.applies_to(r) for r in ROLES)
+    assert not any(m.applies_to(f"officer:{r}") for r in ROLES)
+
+
+def test_applies_to_officer_direction() -> None:
+    m = get_measure("supervision.key_target")
+    assert m.applies_to("self")
+    # The role relations run in the officer direction: a listed director does not make
+    # the director personally a supervision target, but makes the company one.
+    assert not m.applies_to("director")
+    assert not m.applies_to("legal_rep")
+    for role in ("legal_rep", "principal", "actual_controller", "director", "supervisor"):
+        assert m.applies_to(f"officer:{role}")
+    assert m.applies_to("officer:senior_manager")
+    assert not m.applies_to("officer:responsible_person")
+
+    credit = get_measure("finance.credit")
+    assert all(credit.applies_to(f"officer:{r}") for r in ROLES)
+    assert not credit.applies_to("legal_rep")
+
+
+@pytest.mark.parametrize(
+    "relation", ["", "officer", "officer:", "officer:ceo", "Self", "shareholder", "officer:self"]
+)
+def test_applies_to_rejects_unknown_relation(relation: str) -> None:
+    with pytest.raises(InvalidInput):
+        get_measure("travel.flight").applies_to(relation)
+
+
+# --- get_measure -----------------------------------------------------------------------
+
+
+def test_get_measure_known() -> None:
+    m = get_measure("travel.flight")
+    assert m.code == "travel.flight"
+    assert m.title == "限制乘坐飞机"
+    assert m.category == "travel"
+
+
+def test_get_measure_unknown_suggests() -> None:
+    with pytest.raises(UnknownMeasure) as info:
+        get_measure("travel.flights")
+    msg = str(info.value)
+    assert "'travel.flights'" in msg
+    assert "did you mean" in msg
+    assert "'travel.flight'" in msg
+    assert isinstance(info.value, InterceptError)
+    assert isinstance(info.value, ValueError)
+
+
+def test_get_measure_unknown_without_close_match() -> None:
+    with pytest.raises(UnknownMeasure, match="unknown measure code 'zzz'"):
+        get_measure("zzz")
+
+
+def test_get_measure_non_string() -> None:
+    with pytest.raises(UnknownMeasure):
+        get_measure(None)  # type: ignore[arg-type]
+
+
+# --- model guarantees ------------------------------------------------------------------
+
+
+def test_measure_is_frozen() -> None:
+    m = get_measure("travel.flight")
+    with pytest.raises(ValidationError):
+        m.action = "review"  # type: ignore[misc]
+
+
+def _fields(**changes: object) -> dict[str, object]:
+    data: dict[str, object] = get_measure("finance.credit").model_dump()
+    data.update(changes)
+    return data
+
+
+def test_measure_rejects_inconsistent_data() -> None:
+    Measure.model_validate(_fields())  # baseline is valid
+    bad = [
+        _fields(extra="x"),
+        _fields(action="deny"),
+        _fields(relations=("self", "boss")),
+        _fields(officer_roles=()),  # officer without roles
+        _fields(relations=("self",)),  # roles without officer
+        _fields(code="travel.credit"),  # prefix differs from category
+        _fields(code="Finance.Credit"),
+        _fields(source_passage="长" * 201),
+        _fields(departments=()),
+        _fields(relations=["self", "officer"]),  # strict: lists are not tuples in python mode
+    ]
+    for data in bad:
+        with pytest.raises(ValidationError):
+            Measure.model_validate(data)
