@@ -1,0 +1,665 @@
+"""The ``intercept-sdk`` command line.
+
+Exit codes: 0 success; 2 usage error or invalid input (the message says what was wrong,
+e.g. the InvalidIdentifier reason); 1 any other error; ``check --fail-on-block`` exits 3
+when the decision is block (4 when review), for shell scripting.
+
+Client commands read their configuration from flags or from the environment:
+INTERCEPT_PLATFORM, INTERCEPT_TRUST_ROOT, INTERCEPT_CACHE_DIR, INTERCEPT_SUBSCRIBER_ID,
+INTERCEPT_SUBSCRIBER_KEY, INTERCEPT_MAX_STALENESS, INTERCEPT_CA_BUNDLE, INTERCEPT_PROXY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from ._exceptions import ConfigurationError, InterceptError, InvalidInput
+
+log = logging.getLogger("intercept_sdk.cli")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BLOCK, EXIT_REVIEW = 0, 1, 2, 3, 4
+
+
+class Progress:
+    """A progress bar on stderr, shown only on a terminal and without --quiet."""
+
+    def __init__(self, label: str, total: int | None, *, quiet: bool, stream: TextIO | None = None):
+        self.stream = stream or sys.stderr
+        self.enabled = not quiet and self.stream.isatty()
+        self.label, self.total, self.done = label, total, 0
+        self._last = 0.0
+        self._start = time.monotonic()
+
+    def update(self, done: int, total: int | None = None) -> None:
+        self.done = done
+        if total is not None:
+            self.total = total
+        now = time.monotonic()
+        if self.enabled and now - self._last >= 0.1:
+            self._last = now
+            self._draw()
+
+    def advance(self, n: int = 1) -> None:
+        self.update(self.done + n)
+
+    def _draw(self) -> None:
+        rate = self.done / max(1e-9, time.monotonic() - self._start)
+        if self.total:
+            frac = min(1.0, self.done / self.total)
+            bar = "#" * int(frac * 30)
+            text = (
+                f"\r{self.label} [{bar:<30}] {frac:6.1%} {self.done:,}/{self.total:,} {rate:,.0f}/s"
+            )
+        else:
+            text = f"\r{self.label} {self.done:,} {rate:,.0f}/s"
+        self.stream.write(text)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._draw()
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse exits 2 on usage errors already
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("client configuration (flags or environment)")
+    g.add_argument(
+        "--platform",
+        default=_env("INTERCEPT_PLATFORM"),
+        help="platform URL, file:// URL or site directory [INTERCEPT_PLATFORM]",
+    )
+    g.add_argument(
+        "--trust-root",
+        default=_env("INTERCEPT_TRUST_ROOT"),
+        help="pinned root.json [INTERCEPT_TRUST_ROOT]",
+    )
+    g.add_argument(
+        "--cache-dir",
+        default=_env("INTERCEPT_CACHE_DIR"),
+        help="local cache directory [INTERCEPT_CACHE_DIR]",
+    )
+    g.add_argument(
+        "--subscriber-id",
+        default=_env("INTERCEPT_SUBSCRIBER_ID"),
+        help="this unit's subscriber id [INTERCEPT_SUBSCRIBER_ID]",
+    )
+    g.add_argument(
+        "--subscriber-key",
+        default=_env("INTERCEPT_SUBSCRIBER_KEY"),
+        help="subscriber key directory [INTERCEPT_SUBSCRIBER_KEY]",
+    )
+    g.add_argument(
+        "--max-staleness",
+        default=_env("INTERCEPT_MAX_STALENESS") or "72h",
+        help="age after which the list is stale (default 72h) [INTERCEPT_MAX_STALENESS]",
+    )
+    g.add_argument(
+        "--ca-bundle",
+        default=_env("INTERCEPT_CA_BUNDLE"),
+        help="CA bundle for https [INTERCEPT_CA_BUNDLE]",
+    )
+    g.add_argument("--proxy", default=_env("INTERCEPT_PROXY"), help="HTTP proxy [INTERCEPT_PROXY]")
+
+
+def _make_client(args: argparse.Namespace, **extra: Any) -> Any:
+    from ._client import Client
+
+    missing = [n for n in ("platform", "trust_root", "cache_dir") if not getattr(args, n)]
+    if missing:
+        flags = ", ".join("--" + n.replace("_", "-") for n in missing)
+        raise ConfigurationError(f"missing {flags} (or the INTERCEPT_* environment variables)")
+    return Client(
+        args.platform,
+        args.trust_root,
+        args.cache_dir,
+        args.subscriber_id,
+        subscriber_key=args.subscriber_key,
+        max_staleness=args.max_staleness,
+        ca_bundle=args.ca_bundle,
+        proxy=args.proxy,
+        **extra,
+    )
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+
+
+# -- platform-side commands -----------------------------------------------------------
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from ._keys import keygen
+    from ._util import parse_duration
+
+    root = keygen(
+        Path(args.keys),
+        signers=args.signers,
+        threshold=args.threshold,
+        online_signers=args.online_signers,
+        online_threshold=args.online_threshold,
+        root_expires=parse_duration(args.root_expires),
+    )
+    print(f"keys written to {args.keys}; trust root (pin this in clients): {root}")
+    return EXIT_OK
+
+
+def cmd_root_rotate(args: argparse.Namespace) -> int:
+    from ._keys import rotate_root
+    from ._util import parse_duration
+
+    version = rotate_root(
+        Path(args.keys),
+        new_root_signers=args.signers,
+        new_threshold=args.threshold,
+        rotate_online=args.rotate_online,
+        expires=parse_duration(args.expires),
+    )
+    print(f"root version {version} written; publish again to put it on the site")
+    return EXIT_OK
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from ._site import publish
+    from ._util import parse_duration
+
+    bar = Progress("publish", None, quiet=args.quiet)
+    result = publish(
+        Path(args.source),
+        Path(args.keys),
+        Path(args.site),
+        expires=parse_duration(args.expires),
+        keep_deltas=args.keep_deltas,
+        progress=lambda n: bar.update(n),
+    )
+    bar.close()
+    if not args.quiet:
+        print(
+            f"published version {result.version}: {result.entries:,} public entries, "
+            f"{result.restricted_entries} restricted, {len(result.quarantined)} quarantined "
+            f"({result.quarantine_path}), snapshot {result.snapshot.length:,} bytes, "
+            f"{len(result.deltas)} deltas, {result.seconds:.1f}s"
+        )
+        for item in result.quarantined[:10]:
+            print(f"  quarantined line {item[0]} {item[1]}: {'; '.join(item[2])}")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ._platform import PlatformServer
+
+    server = PlatformServer(
+        Path(args.site),
+        subscribers_dir=Path(args.subscribers) if args.subscribers else None,
+        state_dir=Path(args.state) if args.state else None,
+        host=args.host,
+        port=args.port,
+        log_level="info" if args.verbose else "warning",
+    )
+    print(f"serving {args.site} on http://{args.host}:{args.port or '<free port>'} (Ctrl-C stops)")
+    server.serve_forever()
+    return EXIT_OK
+
+
+def cmd_subscriber_keygen(args: argparse.Namespace) -> int:
+    from ._reports import subscriber_keygen
+
+    report_pub, box_pub = subscriber_keygen(Path(args.out))
+    print(f"subscriber keys in {args.out}; register the public keys with the platform:")
+    print(f"  report key:     {report_pub}\n  restricted key: {box_pub}")
+    return EXIT_OK
+
+
+def cmd_subscriber_add(args: argparse.Namespace) -> int:
+    from ._keys import add_subscriber
+
+    def read(p: str | None) -> bytes | None:
+        if p is None:
+            return None
+        try:
+            return Path(p).read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {p}: {exc.strerror}") from None
+
+    pub = args.public_key
+    restricted = args.restricted_key
+    if pub and Path(pub).is_dir():  # a directory made by `subscriber keygen`
+        d = Path(pub)
+        pub, restricted = str(d / "report.ed25519.pub.pem"), str(d / "restricted.x25519.pub.pem")
+    add_subscriber(Path(args.keys), args.id, read(pub), read(restricted))
+    print(f"subscriber {args.id} registered in {args.keys}")
+    return EXIT_OK
+
+
+# -- client commands ------------------------------------------------------------------
+def cmd_sync(args: argparse.Namespace) -> int:
+    with _make_client(args) as client:
+        bar = Progress("sync", None, quiet=args.quiet)
+        result = client.sync(progress=lambda done, total: bar.update(done, total))
+        bar.close()
+        if not args.quiet:
+            print(
+                f"{result.mode}: version {result.from_version} -> {result.to_version}, "
+                f"{result.bytes_downloaded:,} bytes downloaded"
+                + (f" (fallback: {result.fallback_reason})" if result.fallback_reason else "")
+            )
+    return EXIT_OK
+
+
+def _subject_from(row: dict[str, str | None]) -> Any:
+    from ._decisions import Entity, Person
+
+    idn, uscc, org = row.get("id_number"), row.get("uscc"), row.get("org_code")
+    name = row.get("name") or None
+    if idn:
+        return Person(idn, name)
+    if uscc or org:
+        return Entity(uscc=uscc or None, org_code=org or None, name=name)
+    raise InvalidInput("give --id-number, --uscc or --org-code")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    subject = _subject_from(
+        {
+            "id_number": args.id_number,
+            "uscc": args.uscc,
+            "org_code": args.org_code,
+            "name": args.name,
+        }
+    )
+    with _make_client(args, audit=True) as client:
+        decision = client.check(subject, args.measure)
+        if args.json:
+            _print_json(decision.to_dict())
+        else:
+            print(
+                f"{decision.action.upper()}  {decision.measure} ({decision.measure_title}), "
+                f"list version {decision.list_version}{'  [STALE]' if decision.stale else ''}"
+            )
+            for m in decision.matches:
+                print(
+                    f"  {m.entry_id} {m.case_no} {m.court} relation={m.relation} {m.name} "
+                    f"{m.masked_id or ''} 未履行 {m.unperformed_amount}"
+                )
+            if decision.reasons:
+                print("  reasons: " + ", ".join(decision.reasons))
+            if decision.action == "block":
+                print(client.notice(decision))
+    if args.fail_on_block and decision.action == "block":
+        return EXIT_BLOCK
+    if args.fail_on_block and decision.action == "review":
+        return EXIT_REVIEW
+    return EXIT_OK
+
+
+def _read_subjects(path: str) -> Iterator[Any]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        for n, row in enumerate(csv.DictReader(f), 2):
+            try:
+                yield _subject_from(row)
+            except InvalidInput as exc:
+                raise InvalidInput(f"{path} line {n}: {exc}") from None
+
+
+def cmd_screen(args: argparse.Namespace) -> int:
+    with open(args.input, encoding="utf-8-sig") as f:
+        total = max(0, sum(1 for _ in f) - 1)
+    out = open(args.output, "w", newline="", encoding="utf-8") if args.output != "-" else sys.stdout
+    counts: dict[str, int] = {}
+    try:
+        with _make_client(args) as client:
+            bar = Progress("screen", total, quiet=args.quiet or args.output == "-")
+            writer = csv.writer(out)
+            writer.writerow(
+                [
+                    "row",
+                    "action",
+                    "measure",
+                    "entries",
+                    "case_nos",
+                    "relations",
+                    "reasons",
+                    "stale",
+                    "list_version",
+                ]
+            )
+            for i, d in enumerate(client.screen(_read_subjects(args.input), args.measure), 1):
+                counts[d.action] = counts.get(d.action, 0) + 1
+                writer.writerow(
+                    [
+                        i,
+                        d.action,
+                        d.measure,
+                        ";".join(m.entry_id for m in d.matches),
+                        ";".join(m.case_no for m in d.matches),
+                        ";".join(m.relation for m in d.matches),
+                        ";".join(d.reasons),
+                        d.stale,
+                        d.list_version,
+                    ]
+                )
+                bar.advance()
+            bar.close()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if not args.quiet and args.output != "-":
+        print(
+            "screened " + ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items())),
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    subjects = list(_read_subjects(args.input))
+
+    def on_change(changes: Sequence[Any]) -> None:
+        for c in changes:
+            ids = ";".join(m.entry_id for m in c.after.matches) or "-"
+            print(
+                f"{c.kind}: row {subjects.index(c.subject) + 2} -> {c.after.action} ({ids}) "
+                f"version {c.after.list_version}",
+                flush=True,
+            )
+
+    with _make_client(args, poll_interval=args.interval) as client:
+        try:
+            client.sync()
+        except InterceptError as exc:
+            print(f"initial sync failed: {exc}", file=sys.stderr)
+        w = client.watch(subjects, args.measure, on_change)
+        listed = sum(1 for d in w.last.values() if d.action != "allow")
+        print(
+            f"watching {len(subjects)} subjects for {args.measure}: {listed} currently restricted",
+            flush=True,
+        )
+        client._core.start_background()
+        deadline = time.monotonic() + (args.duration if args.duration else float("inf"))
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _make_client(args, audit=False) as client:
+        st = client.status()
+        if args.json:
+            _print_json(st.to_dict())
+        else:
+            for k, v in st.to_dict().items():
+                print(f"{k:18} {v}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with _make_client(args, audit=False) as client:
+        state = client.verify()
+        print(f"ok: version {state.version}, {state.entries:,} entries match the signed digest")
+    return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from ._audit import verify_audit
+    from ._signing import load_public_key
+
+    key = load_public_key(args.public_key) if args.public_key else None
+    directory = Path(args.cache_dir or ".") / "audit" if not args.dir else Path(args.dir)
+    report = verify_audit(directory, public_key=key)
+    print(
+        f"{report.files} files, {report.records:,} records, {report.checkpoints} signed checkpoints"
+    )
+    for p in report.problems:
+        print(f"  PROBLEM {p}")
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def cmd_reports(args: argparse.Namespace) -> int:
+    if args.server:
+        import httpx
+
+        resp = httpx.get(
+            args.server.rstrip("/") + "/reports", params={"limit": args.limit}, timeout=10
+        )
+        resp.raise_for_status()
+        _print_json(resp.json())
+        return EXIT_OK
+    action = args.action or "list"
+    with _make_client(args, audit=False) as client:
+        core = client._core
+        if action == "list":
+            st = client.status()
+            print(
+                f"pending {st.pending_reports}, sent {st.sent_reports}, dead letters {st.dead_letters}"
+            )
+            for d in core.outbox.dead_letters():
+                print(f"  DEAD {d}")
+        elif action == "flush":
+            ok = client.flush_reports(args.timeout)
+            st = client.status()
+            print(
+                f"{'flushed' if ok else 'NOT flushed'}: pending {st.pending_reports}, sent {st.sent_reports}, dead {st.dead_letters}"
+            )
+            return EXIT_OK if ok else EXIT_ERROR
+        elif action == "summary":
+            q = args.quarter or ""
+            if len(q) != 6 or q[4] != "Q" or not q[:4].isdigit() or q[5] not in "1234":
+                raise InvalidInput("--quarter must look like 2026Q4")
+            _print_json(client.quarterly_summary(int(q[:4]), int(q[5]), upload=args.upload))
+    return EXIT_OK
+
+
+def cmd_measures(args: argparse.Namespace) -> int:
+    from ._catalog import measures
+
+    ms = measures()
+    if args.json:
+        _print_json(
+            [
+                {
+                    "code": m.code,
+                    "title": m.title,
+                    "category": m.category,
+                    "category_title": m.category_title,
+                    "action": m.action,
+                    "relations": list(m.relations),
+                    "officer_roles": list(m.officer_roles),
+                    "departments": list(m.departments),
+                    "source": {"seed": m.source_seed, "passage": m.source_passage},
+                }
+                for m in ms
+            ]
+        )
+        return EXIT_OK
+    print(f"{'code':34} {'action':7} {'relations':55} title")
+    for m in ms:
+        rel = ",".join(m.relations)
+        if m.officer_roles and "officer" in m.relations:
+            rel += f" (officer roles: {len(m.officer_roles)})"
+        print(f"{m.code:34} {m.action:7} {rel:55} {m.title}")
+    print(f"{len(ms)} measures")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(Path(args.out) if args.out else None, quiet=args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="intercept-sdk", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("-v", "--verbose", action="store_true", help="log to stderr (INFO)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("keygen", help="create platform keys and root metadata v1")
+    s.add_argument("--keys", required=True)
+    s.add_argument("--signers", type=int, default=1, help="root signers (default 1)")
+    s.add_argument("--threshold", type=int, default=1, help="root threshold (default 1)")
+    s.add_argument("--online-signers", type=int, default=1)
+    s.add_argument("--online-threshold", type=int, default=1)
+    s.add_argument("--root-expires", default="365d")
+    s.set_defaults(func=cmd_keygen)
+
+    s = sub.add_parser("root", help="root metadata operations")
+    rs = s.add_subparsers(dest="root_command", required=True, parser_class=_Parser)
+    r = rs.add_parser("rotate", help="publish root N+1 signed by root N and N+1")
+    r.add_argument("--keys", required=True)
+    r.add_argument("--signers", type=int, default=None, help="new root signers (default: keep)")
+    r.add_argument("--threshold", type=int, default=None)
+    r.add_argument("--rotate-online", action="store_true", help="also replace the online keys")
+    r.add_argument("--expires", default="365d")
+    r.set_defaults(func=cmd_root_rotate)
+
+    s = sub.add_parser("publish", help="sign the full list into the next site version")
+    s.add_argument("--source", required=True, help="the full list as JSON Lines")
+    s.add_argument("--keys", required=True)
+    s.add_argument("--site", required=True)
+    s.add_argument("--expires", default="24h", help="manifest lifetime (default 24h)")
+    s.add_argument("--keep-deltas", type=int, default=8)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_publish)
+
+    s = sub.add_parser("serve", help="run the reference platform server")
+    s.add_argument("--site", required=True)
+    s.add_argument(
+        "--subscribers", help="directory of registered subscriber keys (KEYS/subscribers)"
+    )
+    s.add_argument("--state", help="directory for the reports database")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8470)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("subscriber", help="subscriber keys and registration")
+    ss = s.add_subparsers(dest="subscriber_command", required=True, parser_class=_Parser)
+    k = ss.add_parser("keygen", help="make a subscriber's key pairs")
+    k.add_argument("--out", required=True)
+    k.set_defaults(func=cmd_subscriber_keygen)
+    a = ss.add_parser("add", help="register a subscriber's public keys with the platform")
+    a.add_argument("id")
+    a.add_argument("--public-key", required=True, help="report.ed25519.pub.pem (or the keygen dir)")
+    a.add_argument("--restricted-key", help="restricted.x25519.pub.pem")
+    a.add_argument("--keys", required=True, help="the platform's keys directory")
+    a.set_defaults(func=cmd_subscriber_add)
+
+    s = sub.add_parser("sync", help="bring the local list up to date")
+    _client_args(s)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_sync)
+
+    s = sub.add_parser("check", help="decision for one subject")
+    _client_args(s)
+    s.add_argument("--measure", required=True)
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--id-number")
+    g.add_argument("--uscc")
+    g.add_argument("--org-code")
+    s.add_argument("--name")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--fail-on-block", action="store_true", help="exit 3 on block, 4 on review")
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("screen", help="CSV in (id_number,uscc,org_code,name), CSV of decisions out")
+    _client_args(s)
+    s.add_argument("--measure", required=True)
+    s.add_argument("--input", required=True)
+    s.add_argument("--output", default="-")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_screen)
+
+    s = sub.add_parser("watch", help="supervise a CSV portfolio; print changes as versions arrive")
+    _client_args(s)
+    s.add_argument("--measure", required=True)
+    s.add_argument("--input", required=True)
+    s.add_argument("--interval", default="5m", help="poll interval when push is down")
+    s.add_argument(
+        "--duration", type=float, default=0, help="stop after N seconds (0: until Ctrl-C)"
+    )
+    s.set_defaults(func=cmd_watch)
+
+    for name, func, hlp in (
+        ("status", cmd_status, "health of the local list"),
+        ("verify", cmd_verify, "re-check the cache against the signed digest"),
+    ):
+        s = sub.add_parser(name, help=hlp)
+        _client_args(s)
+        if name == "status":
+            s.add_argument("--json", action="store_true")
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("audit", help="audit log operations")
+    au = s.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
+    v = au.add_parser("verify", help="check the audit log's hash chains")
+    v.add_argument("--cache-dir", default=_env("INTERCEPT_CACHE_DIR"))
+    v.add_argument("--dir", help="audit directory (default CACHE_DIR/audit)")
+    v.add_argument("--public-key", help="subscriber report public key, to check checkpoints")
+    v.set_defaults(func=cmd_audit_verify)
+
+    s = sub.add_parser("reports", help="feedback reports: list, flush, summary")
+    _client_args(s)
+    s.add_argument("action", nargs="?", choices=["list", "flush", "summary"])
+    s.add_argument("--server", help="list the reports a platform server received (GET /reports)")
+    s.add_argument("--limit", type=int, default=100)
+    s.add_argument("--timeout", type=float, default=30.0)
+    s.add_argument("--quarter", help="e.g. 2026Q4 (for summary)")
+    s.add_argument("--upload", action="store_true", help="also queue the summary as a report")
+    s.set_defaults(func=cmd_reports)
+
+    s = sub.add_parser("measures", help="the measure catalog")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_measures)
+
+    s = sub.add_parser("demo", help="end-to-end demo on an embedded local platform")
+    s.add_argument("--out", help="where to keep the demo files (default: a new temp dir)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verbose:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logging.getLogger("intercept_sdk").addHandler(handler)
+        logging.getLogger("intercept_sdk").setLevel(logging.INFO)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (InvalidInput, ConfigurationError) as exc:
+        print(f"intercept-sdk: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except InterceptError as exc:
+        print(f"intercept-sdk: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1072 @@
+"""Client and AsyncClient: the public face of the SDK.
+
+Both share one :class:`_Core` (store, updater, decision rules, audit log, outbox). The
+core is synchronous because everything on the check path is local and takes
+microseconds; sync/apply is disk-bound SQLite work, which the async client runs in a
+worker thread. Background mode is one daemon thread (Client) or one asyncio task
+(AsyncClient) that listens to the platform's push channel (server-sent events) and polls
+at a jittered interval when push is unavailable.
+
+Guarantees:
+
+* ``check`` never touches the network and never answers "allow" without a verified list
+  (:class:`NeverSynced`); a stale list is flagged and (by default) downgrades block to
+  review.
+* ``close()`` is idempotent and bounded by its timeout; background threads are daemons and
+  are re-created lazily in a forked child (``os.register_at_fork``).
+* Logs go to the ``intercept_sdk`` logger; the root logger is never configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from ._audit import AuditLog, verify_audit
+from ._catalog import Measure, get_measure
+from ._decisions import (
+    Decision,
+    Entity,
+    Match,
+    Person,
+    Probe,
+    Subject,
+    decide,
+    notice_text,
+    probes_for,
+)
+from ._exceptions import (
+    ClientClosed,
+    ConfigurationError,
+    HTTPStatusError,
+    InterceptError,
+    Intercepted,
+    InvalidInput,
+    NeverSynced,
+    SyncError,
+    VerificationError,
+)
+from ._fetch import HttpFetcher, RetryPolicy, make_fetcher
+from ._outbox import Outbox, Sender
+from ._reports import (
+    SubscriberKeys,
+    build_report,
+    load_subscriber_key,
+    quarterly_window,
+    sign_report,
+    summarize,
+)
+from ._site import identifier_key
+from ._store import Store, StoreState
+from ._sync import SyncResult, Updater
+from ._util import ensure_private_dir, format_utc, parse_duration, parse_utc, utcnow
+
+__all__ = ["AsyncClient", "Client", "LastError", "Status", "WatchChange", "Watch"]
+
+log = logging.getLogger("intercept_sdk.client")
+
+
+@dataclass(frozen=True)
+class LastError:
+    """The most recent failure of a background or explicit sync."""
+
+    kind: str
+    message: str
+    http_status: int | None
+    at: _dt.datetime
+
+
+@dataclass(frozen=True)
+class Status:
+    """A snapshot of the client's health, for dashboards and ``intercept-sdk status``."""
+
+    list_version: int | None
+    entries: int | None
+    last_success: _dt.datetime | None
+    manifest_expires: _dt.datetime | None
+    stale: bool
+    last_error: LastError | None
+    pending_reports: int
+    dead_letters: int
+    sent_reports: int
+    report_error: str | None
+    platform: str
+    cache_dir: str
+    push_connected: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in self.__dict__.items():
+            if isinstance(v, _dt.datetime):
+                v = format_utc(v)
+            elif isinstance(v, LastError):
+                v = {**v.__dict__, "at": format_utc(v.at)}
+            out[k] = v
+        return out
+
+
+@dataclass(frozen=True)
+class WatchChange:
+    """A watched subject whose decision changed after a new list version.
+
+    ``kind`` is ``"listed"`` (newly restricted), ``"lifted"`` (no longer restricted: the
+    restriction must be lifted, and a ``lift`` report filed), or ``"changed"``.
+    """
+
+    subject: Subject
+    before: Decision | None
+    after: Decision
+    kind: Literal["listed", "lifted", "changed"]
+
+
+@dataclass
+class Watch:
+    """A portfolio under supervision; ``cancel()`` stops it."""
+
+    subjects: tuple[Subject, ...]
+    measure: str
+    on_change: Callable[[list[WatchChange]], None]
+    last: dict[int, Decision] = field(default_factory=dict)
+    version: int | None = None
+    _owner: weakref.ref[_Core] | None = None
+
+    def cancel(self) -> None:
+        owner = self._owner() if self._owner else None
+        if owner is not None:
+            owner.unwatch(self)
+
+
+def _sse_url(platform: str) -> str | None:
+    if platform.startswith(("http://", "https://")):
+        return platform.rstrip("/") + "/events"
+    return None
+
+
+class _Core:
+    """Everything both clients share. Not public API."""
+
+    def __init__(
+        self,
+        platform: str | os.PathLike[str],
+        trust_root: str | os.PathLike[str] | bytes,
+        cache_dir: str | os.PathLike[str],
+        subscriber_id: str | None = None,
+        *,
+        subscriber_key: str | os.PathLike[str] | SubscriberKeys | None = None,
+        measures: Iterable[str] | None = None,
+        max_staleness: str | float = "72h",
+        stale_action: Literal["review", "block"] = "review",
+        poll_interval: str | float = "5m",
+        push: bool = True,
+        transport: httpx.BaseTransport | None = None,
+        report_transport: httpx.BaseTransport | None = None,
+        proxy: str | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 15.0,
+        total_timeout: float = 300.0,
+        retry: RetryPolicy | None = None,
+        outbox_max_bytes: int = 256 * 1024 * 1024,
+        report_rate: float = 2000.0,
+        unit_name: str | None = None,
+        clock: Callable[[], _dt.datetime] = utcnow,
+        audit: bool = True,
+    ) -> None:
+        self.platform = os.fspath(platform)
+        self.cache_dir = ensure_private_dir(Path(cache_dir))
+        self.subscriber_id = subscriber_id
+        self.max_staleness = parse_duration(max_staleness)
+        self.poll_interval = parse_duration(poll_interval)
+        if stale_action not in ("review", "block"):
+            raise ConfigurationError("stale_action must be 'review' or 'block'")
+        self.stale_action: Literal["review", "block"] = stale_action
+        self.push = push
+        self.unit_name = unit_name
+        self._clock = clock
+        self._closed = False
+        self._keys: SubscriberKeys | None
+        if subscriber_key is None or isinstance(subscriber_key, SubscriberKeys):
+            self._keys = subscriber_key
+        else:
+            self._keys = load_subscriber_key(subscriber_key)
+        if self._keys is not None and subscriber_id is None:
+            raise ConfigurationError("a subscriber_key needs a subscriber_id")
+        self._subscribed: frozenset[str] | None = None
+        if measures is not None:
+            self._subscribed = frozenset(get_measure(m).code for m in measures)
+        if isinstance(trust_root, bytes):
+            root_bytes = trust_root
+        else:
+            try:
+                root_bytes = Path(trust_root).read_bytes()
+            except OSError as exc:
+                raise ConfigurationError(f"cannot read trust root {trust_root}: {exc}") from None
+        http_options: dict[str, Any] = {
+            "connect_timeout": connect_timeout,
+            "read_timeout": read_timeout,
+            "total_timeout": total_timeout,
+            "proxy": proxy,
+            "ca_bundle": ca_bundle,
+            "transport": transport,
+            "retry": retry,
+        }
+        self._http_options = http_options
+        self.fetcher = make_fetcher(self.platform, **http_options)
+        self.store = Store(self.cache_dir)
+        self.updater = Updater(
+            self.cache_dir,
+            root_bytes,
+            self.fetcher,
+            self.store,
+            subscriber_id=subscriber_id,
+            restricted_key=self._keys.restricted if self._keys else None,
+            clock=self._now,
+        )
+        self.audit = (
+            AuditLog(
+                self.cache_dir / "audit", signing_key=self._keys.report if self._keys else None
+            )
+            if audit
+            else None
+        )
+        self.outbox = Outbox(self.cache_dir / "outbox.sqlite", max_bytes=outbox_max_bytes)
+        self.sender: Sender | None = None
+        if isinstance(self.fetcher, HttpFetcher):
+            self.sender = Sender(
+                self.outbox,
+                self.platform.rstrip("/") + "/reports",
+                transport=report_transport if report_transport is not None else transport,
+                max_rate=report_rate,
+                ca_bundle=ca_bundle,
+                proxy=proxy,
+            )
+        self._last_error: LastError | None = None
+        self._last_success: _dt.datetime | None = None
+        self._last_success_read = 0.0
+        self._high_water = self._read_high_water()
+        self._expiry_cache: dict[int, _dt.datetime] = {}
+        self._reported_data_errors: set[str] = set()
+        self._watches: list[Watch] = []
+        self._watch_lock = threading.RLock()
+        self._sync_lock = threading.Lock()
+        self._bg: threading.Thread | None = None
+        self._bg_stop = threading.Event()
+        self._bg_wake = threading.Event()
+        self._bg_pid = os.getpid()
+        self._push_connected = False
+        self._sse_client: httpx.Client | None = None
+        self._quarter_checked: str | None = None
+
+    # -- time ---------------------------------------------------------------------
+    def _now(self) -> _dt.datetime:
+        """The clock, never earlier than the latest time this cache has seen.
+
+        A wall clock jumping backwards must not unfreeze an expired manifest nor make a
+        stale list look fresh; the high-water mark is persisted at every successful sync.
+        """
+        now = self._clock()
+        if now < self._high_water:
+            return self._high_water
+        return now
+
+    def _read_high_water(self) -> _dt.datetime:
+        try:
+            return parse_utc((self.cache_dir / "clock").read_text().strip())
+        except (OSError, ValueError):
+            return _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)
+
+    def _mark_success(self) -> None:
+        now = self._now()
+        self._high_water = max(self._high_water, now)
+        from ._util import atomic_write
+
+        atomic_write(self.cache_dir / "last_sync", format_utc(now).encode(), mode=0o600)
+        atomic_write(self.cache_dir / "clock", format_utc(now).encode(), mode=0o600)
+        self._last_success = now
+        self._last_success_read = time.monotonic()
+
+    def last_success(self) -> _dt.datetime | None:
+        """When any process last synced this cache successfully (re-read at most 1/s)."""
+        if time.monotonic() - self._last_success_read > 1.0:
+            try:
+                self._last_success = parse_utc((self.cache_dir / "last_sync").read_text().strip())
+            except (OSError, ValueError):
+                pass
+            self._last_success_read = time.monotonic()
+        return self._last_success
+
+    # -- state --------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        if self._bg_pid != os.getpid():
+            self._after_fork()
+
+    def _manifest_expiry(self, state: StoreState) -> _dt.datetime:
+        exp = self._expiry_cache.get(state.version)
+        if exp is None:
+            manifest = self.updater.trusted.manifest
+            if manifest is None or manifest.version != state.version:
+                manifest = self.updater.reload_manifest()
+            if manifest is None:
+                raise NeverSynced("no verified list version in the cache")
+            exp = manifest.expires
+            self._expiry_cache = {state.version: exp}
+        return exp
+
+    def is_stale(self, state: StoreState, now: _dt.datetime) -> bool:
+        last = self.last_success() or state.applied_at
+        if (now - last).total_seconds() > self.max_staleness:
+            return True
+        return self._manifest_expiry(state) <= now
+
+    def _measure(self, code: str) -> Measure:
+        m = get_measure(code)
+        if self._subscribed is not None and m.code not in self._subscribed:
+            raise InvalidInput(f"measure {code!r} is not among the measures this client enforces")
+        return m
+
+    # -- sync ---------------------------------------------------------------------
+    def sync(self, progress: Callable[[int, int], None] | None = None) -> SyncResult:
+        self._check_open()
+        with self._sync_lock:
+            try:
+                result = self.updater.sync(progress)
+            except (InterceptError, OSError) as exc:
+                self._record_error(exc)
+                raise
+            if result.mode != "locked":
+                self._mark_success()
+                self._last_error = None
+        self._after_version_change(result)
+        return result
+
+    def _record_error(self, exc: BaseException) -> None:
+        status = exc.status_code if isinstance(exc, HTTPStatusError) else None
+        self._last_error = LastError(type(exc).__name__, str(exc), status, self._now())
+        log.warning("sync failed: %s: %s", type(exc).__name__, exc)
+
+    # -- decisions ----------------------------------------------------------------
+    def _keyfuncs(self, hash_key: bytes) -> tuple[Callable[[str], bytes], Callable[[str], bytes]]:
+        return (
+            lambda v: identifier_key(hash_key, "id", v),
+            lambda v: identifier_key(hash_key, "org", v),
+        )
+
+    def _state(self) -> StoreState:
+        state = self.store.state()
+        if state is None:
+            raise NeverSynced(
+                "no verified list version in the cache yet: call sync() first "
+                "(the SDK never answers 'allow' without a list)"
+            )
+        return state
+
+    def check(self, subject: Subject, measure: str) -> Decision:
+        self._check_open()
+        m = self._measure(measure)
+        if not isinstance(subject, (Person, Entity)):
+            raise InvalidInput("subject must be a Person or an Entity")
+        state = self._state()
+        while True:
+            pk, ok = self._keyfuncs(state.hash_key)
+            probes = probes_for(subject, pk, ok)
+            got_state, hits = self.store.lookup([p.key for p in probes])
+            if got_state.hash_key == state.hash_key:
+                state = got_state
+                break
+            state = got_state  # a new version with a new hash key arrived meanwhile
+        by_key = {p.key: p for p in probes}
+        now = self._now()
+        decision = decide(
+            m,
+            probes,
+            [(by_key[h.key], h.relation, h.record) for h in hits if h.key in by_key],
+            list_version=state.version,
+            stale=self.is_stale(state, now),
+            stale_action=self.stale_action,
+            now=now,
+        )
+        self._after_decision(probes[0].key, decision)
+        return decision
+
+    def _after_decision(self, key: bytes, decision: Decision) -> None:
+        if self.audit is not None:
+            self.audit.record(
+                measure=decision.measure,
+                key=key.hex(),
+                action=decision.action,
+                entries=[m.entry_id for m in decision.matches],
+                version=decision.list_version,
+                t=decision.checked_at.isoformat(),
+            )
+        for entry_id in decision.data_errors:
+            if entry_id not in self._reported_data_errors and self._keys is not None:
+                self._reported_data_errors.add(entry_id)
+                try:
+                    self.report_raw(
+                        "data_error",
+                        measure=decision.measure,
+                        entry_id=entry_id,
+                        list_version=decision.list_version,
+                        outcome="not_enforced",
+                        details={"description": "listed person was under 18 on the published date"},
+                    )
+                except InterceptError as exc:
+                    log.error("could not queue data_error report for %s: %s", entry_id, exc)
+
+    def screen(
+        self, subjects: Iterable[Subject], measure: str, batch: int = 2000
+    ) -> Iterator[Decision]:
+        self._check_open()
+        m = self._measure(measure)
+        buf: list[Subject] = []
+        for s in subjects:
+            buf.append(s)
+            if len(buf) >= batch:
+                yield from self._screen_batch(buf, m)
+                buf = []
+        if buf:
+            yield from self._screen_batch(buf, m)
+
+    def _screen_batch(self, subjects: Sequence[Subject], m: Measure) -> Iterator[Decision]:
+        state = self._state()
+        pk, ok = self._keyfuncs(state.hash_key)
+        all_probes = [probes_for(s, pk, ok) for s in subjects]
+        keys = list({p.key for ps in all_probes for p in ps})
+        got_state, hits_by_key = self.store.lookup_batch(keys)
+        if got_state.hash_key != state.hash_key:  # version with a new hash key: redo
+            yield from self._screen_batch(subjects, m)
+            return
+        now = self._now()
+        stale = self.is_stale(got_state, now)
+        for probes in all_probes:
+            hits = [(p, h.relation, h.record) for p in probes for h in hits_by_key.get(p.key, ())]
+            decision = decide(
+                m,
+                probes,
+                hits,
+                list_version=got_state.version,
+                stale=stale,
+                stale_action=self.stale_action,
+                now=now,
+            )
+            self._after_decision(probes[0].key, decision)
+            yield decision
+
+    def notice(self, decision: Decision) -> str:
+        return notice_text(decision, self.unit_name)
+
+    # -- reports ------------------------------------------------------------------
+    def report_raw(self, kind: str, **fields: Any) -> str:
+        self._check_open()
+        if self._keys is None or self.subscriber_id is None:
+            raise ConfigurationError("reports need subscriber_id and subscriber_key")
+        payload = build_report(kind, subscriber_id=self.subscriber_id, now=self._now(), **fields)
+        envelope = sign_report(payload, self._keys.report)
+        self.outbox.enqueue(
+            envelope,
+            report_id=payload["report_id"],
+            kind=kind,
+            measure=payload.get("measure"),
+            created_at=parse_utc(payload["created_at"]),
+        )
+        if self.sender is not None:
+            self.sender.notify()
+        return str(payload["report_id"])
+
+    def report(self, kind: str, subject_of_report: Any = None, **details: Any) -> str:
+        fields: dict[str, Any] = {}
+        outcome = details.pop("outcome", None)
+        measure = details.pop("measure", None)
+        match: Match | None = None
+        if isinstance(subject_of_report, Decision):
+            fields["measure"] = subject_of_report.measure
+            fields["list_version"] = subject_of_report.list_version
+            entry_id = details.pop("entry_id", None)
+            for mm in subject_of_report.matches:
+                if entry_id is None or mm.entry_id == entry_id:
+                    match = mm
+                    break
+            if match is None and subject_of_report.matches:
+                raise InvalidInput(f"entry {entry_id!r} is not among the decision's matches")
+        elif isinstance(subject_of_report, Match):
+            match = subject_of_report
+        elif isinstance(subject_of_report, Mapping):
+            fields["entry_id"] = subject_of_report.get("entry_id")
+            fields["case_no"] = subject_of_report.get("case_no")
+        elif isinstance(subject_of_report, str):
+            fields["entry_id"] = subject_of_report
+        elif subject_of_report is not None:
+            raise InvalidInput("report(kind, decision | match | entry dict | entry_id, ...)")
+        if match is not None:
+            fields["entry_id"] = match.entry_id
+            fields["case_no"] = match.case_no
+        if measure is not None:
+            fields["measure"] = self._measure(measure).code
+        if outcome is None:
+            outcome = {
+                "interception": "blocked",
+                "lift": "lifted",
+                "objection": "received",
+                "data_error": "not_enforced",
+            }.get(kind)
+        fields["outcome"] = outcome
+        return self.report_raw(kind, details=details, **fields)
+
+    def checks_in(self, start: _dt.datetime, end: _dt.datetime) -> int:
+        """Checks recorded in the audit log between ``start`` and ``end``."""
+        if self.audit is not None:
+            self.audit.flush()
+        n = 0
+        s, e = start.astimezone(_dt.timezone.utc), end.astimezone(_dt.timezone.utc)
+        for path in sorted((self.cache_dir / "audit").glob("audit-*.jsonl")):
+            with path.open("rb") as f:
+                for line in f:
+                    try:
+                        obj = json.loads(line)
+                        t = _dt.datetime.fromisoformat(obj["t"])
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    if s <= t < e:
+                        n += 1
+        return n
+
+    def quarterly_summary(self, year: int, quarter: int, *, upload: bool = False) -> dict[str, Any]:
+        start, end, _ = quarterly_window(year, quarter)
+        summary = summarize(self.outbox, year, quarter, self.checks_in(start, end))
+        if upload:
+            self.report_raw(
+                "quarterly_summary",
+                details=summary,
+                report_id=hashlib.sha256(
+                    f"{self.subscriber_id}|{year}Q{quarter}".encode()
+                ).hexdigest()[:32],
+            )
+        return summary
+
+    def _maybe_quarterly(self) -> None:
+        """Upload last quarter's summary once it has closed (idempotent by report id)."""
+        if self._keys is None:
+            return
+        from ._reports import CHINA_TZ
+
+        now = self._now().astimezone(CHINA_TZ)
+        q = (now.month - 1) // 3 + 1
+        year, quarter = (now.year - 1, 4) if q == 1 else (now.year, q - 1)
+        tag = f"{year}Q{quarter}"
+        if self._quarter_checked == tag:
+            return
+        self._quarter_checked = tag
+        rid = hashlib.sha256(f"{self.subscriber_id}|{tag}".encode()).hexdigest()[:32]
+        if self.outbox.has_report(rid):
+            return
+        with contextlib.suppress(InterceptError):
+            self.quarterly_summary(year, quarter, upload=True)
+
+    # -- watch --------------------------------------------------------------------
+    def watch(
+        self,
+        subjects: Iterable[Subject],
+        measure: str,
+        on_change: Callable[[list[WatchChange]], None],
+    ) -> Watch:
+        self._check_open()
+        self._measure(measure)
+        w = Watch(tuple(subjects), measure, on_change, _owner=weakref.ref(self))
+        with self._watch_lock:
+            self._evaluate(w, notify=False)
+            self._watches.append(w)
+        return w
+
+    def unwatch(self, w: Watch) -> None:
+        with self._watch_lock:
+            if w in self._watches:
+                self._watches.remove(w)
+
+    def _evaluate(self, w: Watch, *, notify: bool) -> None:
+        state = self.store.state()
+        if state is None:
+            return
+        if w.version == state.version:
+            return
+        changes: list[WatchChange] = []
+        for i, d in enumerate(self.screen(w.subjects, w.measure)):
+            before = w.last.get(i)
+            w.last[i] = d
+            if before is None and not notify:
+                continue
+            if (
+                before is None
+                or before.action != d.action
+                or ({m.entry_id for m in before.matches} != {m.entry_id for m in d.matches})
+            ):
+                if before is None:
+                    kind: Literal["listed", "lifted", "changed"] = (
+                        "listed" if d.action != "allow" else "changed"
+                    )
+                elif before.action != "allow" and d.action == "allow":
+                    kind = "lifted"
+                elif before.action == "allow" and d.action != "allow":
+                    kind = "listed"
+                else:
+                    kind = "changed"
+                if before is None and d.action == "allow":
+                    continue
+                changes.append(WatchChange(w.subjects[i], before, d, kind))
+        w.version = state.version
+        if changes and notify:
+            try:
+                w.on_change(changes)
+            except Exception:
+                log.exception("a watch callback raised; other watches continue")
+
+    def _after_version_change(self, result: SyncResult | None = None) -> None:
+        with self._watch_lock:
+            for w in list(self._watches):
+                try:
+                    self._evaluate(w, notify=True)
+                except InterceptError as exc:
+                    log.error("watch evaluation failed: %s", exc)
+
+    # -- background ---------------------------------------------------------------
+    def start_background(self) -> None:
+        self._check_open()
+        if self._bg is not None and self._bg.is_alive():
+            return
+        self._bg_stop.clear()
+        self._bg = threading.Thread(target=self._bg_run, name="intercept-sdk-sync", daemon=True)
+        self._bg.start()
+        if self.sender is not None:
+            self.sender.start()
+
+    def wake(self) -> None:
+        """Ask the background thread to sync now."""
+        self._bg_wake.set()
+
+    def _bg_sync_once(self) -> None:
+        try:
+            self.sync()
+        except (InterceptError, OSError):
+            pass  # recorded in status(); the last good version stays in force
+        except Exception:  # never let the thread die silently
+            log.exception("unexpected error in background sync")
+        with contextlib.suppress(Exception):
+            self._maybe_quarterly()
+
+    def _bg_run(self) -> None:
+        # Jittered start so a fleet restarted together does not hit the platform at once.
+        if self._bg_stop.wait(random.uniform(0, min(2.0, self.poll_interval / 10))):
+            return
+        self._bg_sync_once()
+        sse = _sse_url(self.platform) if self.push else None
+        next_poll = time.monotonic() + self.poll_interval * random.uniform(0.9, 1.1)
+        while not self._bg_stop.is_set():
+            if sse is not None:
+                self._listen_push(sse, next_poll)
+            else:
+                self._bg_wake.wait(max(0.0, next_poll - time.monotonic()))
+                self._bg_wake.clear()
+            if self._bg_stop.is_set():
+                break
+            self._bg_sync_once()
+            next_poll = time.monotonic() + self.poll_interval * random.uniform(0.9, 1.1)
+
+    def _listen_push(self, url: str, deadline: float) -> None:
+        """Follow the SSE channel until a new version is announced or the poll is due."""
+        local = self.store.state()
+        local_version = local.version if local else 0
+        try:
+            with httpx.Client(
+                timeout=httpx.Timeout(20.0, connect=5.0),
+                verify=self._http_options["ca_bundle"] or True,
+                proxy=self._http_options["proxy"],
+                transport=self._http_options["transport"],
+                follow_redirects=False,
+            ) as client:
+                self._sse_client = client
+                with client.stream("GET", url, headers={"Accept": "text/event-stream"}) as resp:
+                    if resp.status_code != 200:
+                        raise HTTPStatusError(
+                            f"push channel: HTTP {resp.status_code}", resp.status_code
+                        )
+                    self._push_connected = True
+                    event = None
+                    for line in resp.iter_lines():
+                        if self._bg_stop.is_set() or self._bg_wake.is_set():
+                            self._bg_wake.clear()
+                            return
+                        if line.startswith("event:"):
+                            event = line[6:].strip()
+                        elif line.startswith("data:") and event == "version":
+                            try:
+                                v = int(json.loads(line[5:])["version"])
+                            except (ValueError, KeyError, TypeError):
+                                continue
+                            if v > local_version:
+                                return
+                        if time.monotonic() >= deadline:
+                            return
+        except (httpx.HTTPError, HTTPStatusError, OSError) as exc:
+            log.info("push channel unavailable (%s); polling every %.0fs", exc, self.poll_interval)
+        finally:
+            self._push_connected = False
+            self._sse_client = None
+        # Push failed: wait for the poll (or a wake/stop) before trying again.
+        self._bg_wake.wait(max(0.0, min(deadline - time.monotonic(), self.poll_interval)))
+        self._bg_wake.clear()
+
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's threads; restart them lazily."""
+        self._bg_pid = os.getpid()
+        self._sync_lock = threading.Lock()
+        self._watch_lock = threading.RLock()
+        was_running = self._bg is not None
+        self._bg = None
+        self._bg_stop = threading.Event()
+        self._bg_wake = threading.Event()
+        if was_running and not self._closed:
+            self.start_background()
+
+    # -- status / verify / close ---------------------------------------------------
+    def status(self) -> Status:
+        state = self.store.state()
+        now = self._now()
+        expires = None
+        stale = True
+        if state is not None:
+            with contextlib.suppress(InterceptError):
+                expires = self._manifest_expiry(state)
+                stale = self.is_stale(state, now)
+        return Status(
+            list_version=state.version if state else None,
+            entries=state.entries if state else None,
+            last_success=self.last_success(),
+            manifest_expires=expires,
+            stale=stale,
+            last_error=self._last_error,
+            pending_reports=self.outbox.pending_count(),
+            dead_letters=len(self.outbox.dead_letters()),
+            sent_reports=self.outbox.sent_count(),
+            report_error=str(self.sender.last_error)
+            if self.sender and self.sender.last_error
+            else None,
+            platform=self.platform,
+            cache_dir=str(self.cache_dir),
+            push_connected=self._push_connected,
+        )
+
+    def verify(self) -> StoreState:
+        state = self.store.verify()
+        manifest = self.updater.reload_manifest()
+        if manifest is None or manifest.state_sha256 != state.state_sha256:
+            from ._exceptions import StoreCorrupted
+
+            raise StoreCorrupted("the cached state does not match the signed manifest's digest")
+        return state
+
+    def flush_reports(self, timeout: float = 10.0) -> bool:
+        if self.sender is None:
+            return self.outbox.pending_count() == 0
+        self.sender.start()
+        return self.sender.flush(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        self._bg_stop.set()
+        self._bg_wake.set()
+        client = self._sse_client
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+        bg = self._bg
+        if bg is not None and bg is not threading.current_thread():
+            bg.join(max(0.0, min(2.0, deadline - time.monotonic())))
+        if self.sender is not None:
+            self.sender.close(max(0.1, deadline - time.monotonic()))
+        if self.audit is not None:
+            self.audit.close(max(0.1, min(2.0, deadline - time.monotonic())))
+        with contextlib.suppress(Exception):
+            self.outbox.close()
+        with contextlib.suppress(Exception):
+            self.fetcher.close()
+        with contextlib.suppress(Exception):
+            self.store.close()
+
+
+class Client:
+    """Synchronous client. See the README for a walk-through.
+
+    ``Client(platform, trust_root, cache_dir, subscriber_id, ...)``: ``platform`` is an
+    https URL, a ``file://`` URL or a directory holding a copied site; ``trust_root`` the
+    pinned ``root.json`` (path or bytes) shipped with the application; ``cache_dir`` a
+    private directory (created 0700). ``background=True`` starts the sync thread (push +
+    polling) and the report sender.
+    """
+
+    def __init__(
+        self,
+        platform: str | os.PathLike[str],
+        trust_root: str | os.PathLike[str] | bytes,
+        cache_dir: str | os.PathLike[str],
+        subscriber_id: str | None = None,
+        *,
+        background: bool = False,
+        **options: Any,
+    ) -> None:
+        self._core = _Core(platform, trust_root, cache_dir, subscriber_id, **options)
+        _register_fork_handler(self._core)
+        if background:
+            self._core.start_background()
+
+    # list
+    def sync(self, progress: Callable[[int, int], None] | None = None) -> SyncResult:
+        """Bring the local list up to date now; raises on failure (old version stays)."""
+        return self._core.sync(progress)
+
+    def check(self, subject: Subject, measure: str) -> Decision:
+        """The decision for ``subject`` under ``measure``, from the local list only."""
+        return self._core.check(subject, measure)
+
+    def block(self, subject: Subject, measure: str, **context: Any) -> Decision:
+        """Like :meth:`check`, but raise :class:`Intercepted` when the action is block.
+
+        Every interception is queued as an ``interception`` report (with ``context`` as
+        its details) before the exception is raised.
+        """
+        decision = self._core.check(subject, measure)
+        if decision.action == "block":
+            report_id = None
+            try:
+                report_id = self._core.report("interception", decision, **context)
+            except ConfigurationError:
+                log.warning("interception not reported: no subscriber key configured")
+            raise Intercepted(decision, self._core.notice(decision), report_id)
+        return decision
+
+    def screen(self, subjects: Iterable[Subject], measure: str) -> Iterator[Decision]:
+        """Decisions for many subjects, streamed in input order (batched lookups)."""
+        return self._core.screen(subjects, measure)
+
+    def watch(
+        self,
+        subjects: Iterable[Subject],
+        measure: str,
+        on_change: Callable[[list[WatchChange]], None],
+    ) -> Watch:
+        """Keep ``subjects`` under supervision; ``on_change`` runs after each new version."""
+        return self._core.watch(subjects, measure, on_change)
+
+    def notice(self, decision: Decision) -> str:
+        """The Chinese notice text for a decision (what ``Intercepted.notice`` holds)."""
+        return self._core.notice(decision)
+
+    # reports
+    def report(self, kind: str, decision_or_entry: Any = None, **details: Any) -> str:
+        """Queue a signed report durably; returns its id once it is safely on disk."""
+        return self._core.report(kind, decision_or_entry, **details)
+
+    def flush_reports(self, timeout: float = 10.0) -> bool:
+        """Upload pending reports now; True when the queue is empty within ``timeout``."""
+        return self._core.flush_reports(timeout)
+
+    def quarterly_summary(self, year: int, quarter: int, *, upload: bool = False) -> dict[str, Any]:
+        """Counts of the quarter (checks, interceptions, lifts, objections...) and due date."""
+        return self._core.quarterly_summary(year, quarter, upload=upload)
+
+    # ops
+    def status(self) -> Status:
+        return self._core.status()
+
+    def verify(self) -> StoreState:
+        """Re-check the whole cache against the signed digest (a full scan)."""
+        return self._core.verify()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop background work, flush what can be flushed within ``timeout``. Idempotent."""
+        self._core.close(timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """Asynchronous mirror of :class:`Client` for asyncio applications.
+
+    Local checks run inline (microseconds, no I/O); sync and report flushing run in a
+    worker thread; background mode is one asyncio task.
+    """
+
+    def __init__(
+        self,
+        platform: str | os.PathLike[str],
+        trust_root: str | os.PathLike[str] | bytes,
+        cache_dir: str | os.PathLike[str],
+        subscriber_id: str | None = None,
+        *,
+        background: bool = False,
+        **options: Any,
+    ) -> None:
+        self._core = _Core(platform, trust_root, cache_dir, subscriber_id, **options)
+        self._task: asyncio.Task[None] | None = None
+        self._background = background
+
+    async def __aenter__(self) -> AsyncClient:
+        if self._background:
+            self.start_background()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def start_background(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+            if self._core.sender is not None:
+                self._core.sender.start()
+
+    async def _run(self) -> None:
+        core = self._core
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(core._bg_sync_once)
+        sse = _sse_url(core.platform) if core.push else None
+        while not core._closed:
+            if sse is not None:
+                await self._listen(sse)
+            else:
+                await asyncio.sleep(core.poll_interval * random.uniform(0.9, 1.1))
+            if core._closed:
+                break
+            await asyncio.to_thread(core._bg_sync_once)
+
+    async def _listen(self, url: str) -> None:
+        core = self._core
+        state = core.store.state()
+        local_version = state.version if state else 0
+        deadline = time.monotonic() + core.poll_interval
+        try:
+            async with (
+                httpx.AsyncClient(
+                    timeout=httpx.Timeout(20.0, connect=5.0),
+                    verify=core._http_options["ca_bundle"] or True,
+                    proxy=core._http_options["proxy"],
+                ) as client,
+                client.stream("GET", url) as resp,
+            ):
+                if resp.status_code != 200:
+                    raise HTTPStatusError(
+                        f"push channel: HTTP {resp.status_code}", resp.status_code
+                    )
+                core._push_connected = True
+                event = None
+                async for line in resp.aiter_lines():
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:") and event == "version":
+                        with contextlib.suppress(ValueError, KeyError, TypeError):
+                            if int(json.loads(line[5:])["version"]) > local_version:
+                                return
+                    if time.monotonic() >= deadline:
+                        return
+        except (httpx.HTTPError, HTTPStatusError, OSError) as exc:
+            log.info("push channel unavailable (%s); polling", exc)
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        finally:
+            core._push_connected = False
+
+    async def sync(self) -> SyncResult:
+        return await asyncio.to_thread(self._core.sync)
+
+    async def check(self, subject: Subject, measure: str) -> Decision:
+        return self._core.check(subject, measure)
+
+    async def block(self, subject: Subject, measure: str, **context: Any) -> Decision:
+        decision = self._core.check(subject, measure)
+        if decision.action == "block":
+            report_id = None
+            try:
+                report_id = self._core.report("interception", decision, **context)
+            except ConfigurationError:
+                log.warning("interception not reported: no subscriber key configured")
+            raise Intercepted(decision, self._core.notice(decision), report_id)
+        return decision
+
+    async def screen(self, subjects: Iterable[Subject], measure: str) -> AsyncIterator[Decision]:
+        for d in self._core.screen(subjects, measure):
+            yield d
+
+    async def watch(
+        self,
+        subjects: Iterable[Subject],
+        measure: str,
+        on_change: Callable[[list[WatchChange]], None],
+    ) -> Watch:
+        return self._core.watch(subjects, measure, on_change)
+
+    def notice(self, decision: Decision) -> str:
+        return self._core.notice(decision)
+
+    async def report(self, kind: str, decision_or_entry: Any = None, **details: Any) -> str:
+        return await asyncio.to_thread(self._core.report, kind, decision_or_entry, **details)
+
+    async def flush_reports(self, timeout: float = 10.0) -> bool:
+        return await asyncio.to_thread(self._core.flush_reports, timeout)
+
+    async def quarterly_summary(
+        self, year: int, quarter: int, *, upload: bool = False
+    ) -> dict[str, Any]:
+        return await asyncio.to_thread(self._core.quarterly_summary, year, quarter, upload=upload)
+
+    async def status(self) -> Status:
+        return self._core.status()
+
+    async def verify(self) -> StoreState:
+        return await asyncio.to_thread(self._core.verify)
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        task = self._task
+        self._task = None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, timeout=min(2.0, timeout))
+        await asyncio.to_thread(self._core.close, timeout)
+
+
+_cores: weakref.WeakSet[_Core] = weakref.WeakSet()
+
+
+def _child_after_fork() -> None:
+    for core in list(_cores):
+        with contextlib.suppress(Exception):
+            core._after_fork()
+
+
+def _register_fork_handler(core: _Core) -> None:
+    if not _cores and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_child_after_fork)
+    _cores.add(core)
+
+
+_ = (VerificationError, SyncError, verify_audit)
