@@ -249,11 +249,9 @@ class _Core:
         if isinstance(self.fetcher, HttpFetcher):
             self.sender = Sender(
                 self.outbox,
-                self.platform.rstrip("/") + "/reports",
+                self.platform,
                 transport=report_transport if report_transport is not None else transport,
                 max_rate=report_rate,
-                ca_bundle=ca_bundle,
-                proxy=proxy,
             )
         self._last_error: LastError | None = None
         self._last_success: _dt.datetime | None = None

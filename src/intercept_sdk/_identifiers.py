@@ -14,6 +14,8 @@ kind and the exact reason; nothing ever passes silently, and the value is never 
 from __future__ import annotations
 
 import datetime as _dt
+import re
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,6 +52,11 @@ def _prepare(value: object, kind: str) -> str:
     if not isinstance(value, str):
         raise InvalidIdentifier(kind, f"expected a string, got {type(value).__name__}")
     text = value.translate(_FULLWIDTH).translate(_SPACES).translate(_HYPHENS)
+    if not text.isascii():
+        # str.upper() would map some non-ASCII letters (U+017F, U+FB00 ...) into the code
+        # alphabet; anything non-ASCII left after full-width folding is simply invalid.
+        pos = next(i for i, c in enumerate(text) if not c.isascii())
+        raise InvalidIdentifier(kind, f"character at position {pos + 1} is not allowed")
     return text.upper()
 
 
@@ -83,6 +90,43 @@ def _check_birth_date(digits: str, kind: str, offset: int) -> _dt.date:
         ) from None
 
 
+_FAST_ID = re.compile(r"[0-9]{17}[0-9Xx]\Z")
+_FAST_USCC = re.compile(r"[0-9A-HJ-NP-RTUW-Y]{18}\Z")
+_today_cache: list[object] = [0.0, ""]
+
+
+def _today_str() -> str:
+    """Today as YYYYMMDD, recomputed at most once a minute (the check path is hot)."""
+    now = time.monotonic()
+    if now - float(_today_cache[0]) > 60.0:  # type: ignore[arg-type]
+        _today_cache[0] = now
+        _today_cache[1] = _dt.date.today().strftime("%Y%m%d")
+    return str(_today_cache[1])
+
+
+def _fast_id(text: str) -> str | None:
+    """The common case (18 ASCII characters, already canonical) without translation."""
+    if text[17] == "x":
+        text = text[:17] + "X"
+    total = 0
+    for c, w in zip(text, _ID_WEIGHTS):
+        total += (ord(c) - 48) * w
+    if _ID_CHECK[total % 11] != text[17]:
+        return None  # let the slow path produce the exact message
+    birth = text[6:14]
+    if birth > _today_str() or not _valid_date(birth):
+        return None
+    return text
+
+
+def _valid_date(digits: str) -> bool:
+    try:
+        _dt.date(int(digits[0:4]), int(digits[4:6]), int(digits[6:8]))
+    except ValueError:
+        return False
+    return True
+
+
 def normalize_id_number(value: str, *, today: _dt.date | None = None) -> str:
     """Return the canonical 18-character resident ID number, or raise InvalidIdentifier.
 
@@ -91,6 +135,10 @@ def normalize_id_number(value: str, *, today: _dt.date | None = None) -> str:
     relative to ``today`` (default: the current date).
     """
     kind = "id_number"
+    if today is None and type(value) is str and len(value) == 18 and _FAST_ID.match(value):
+        fast = _fast_id(value)
+        if fast is not None:
+            return fast
     text = _prepare(value, kind)
     if len(text) == 15:
         for i, c in enumerate(text):
@@ -126,7 +174,7 @@ def normalize_uscc(value: str) -> str:
     Positions 9-17 are the embedded organisation code, which must validate too.
     """
     kind = "uscc"
-    text = _prepare(value, kind)
+    text = value if type(value) is str and _FAST_USCC.match(value) else _prepare(value, kind)
     if len(text) != 18:
         raise InvalidIdentifier(kind, f"length must be 18, got {len(text)}")
     for i, c in enumerate(text):

@@ -1,0 +1,305 @@
+"""``intercept-sdk demo``: the whole system on one machine, no network, about a minute.
+
+Generates a realistic synthetic list, publishes it as a signed static site, runs the
+reference platform on a free loopback port, syncs a client, and walks through a hotel
+check-in, a ticket purchase, a registry screening with supervision (watch), a revocation
+lifted through push, and the feedback reports arriving at the platform.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ._client import Client, WatchChange
+from ._decisions import Entity, Officer, Person
+from ._exceptions import Intercepted
+from ._keys import add_subscriber, keygen
+from ._reports import subscriber_keygen
+from ._site import publish
+from ._synth import generate_entries, valid_id_number, valid_uscc, write_jsonl
+
+SUBSCRIBER = "hotel-tangshan-001"
+N_ENTRIES = 20_000
+
+
+class _Out:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.t0 = time.monotonic()
+
+    def step(self, title: str) -> None:
+        if not self.quiet:
+            print(f"\n== {title}  [{time.monotonic() - self.t0:5.1f}s]", flush=True)
+
+    def say(self, text: str = "") -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+
+def _person_entry(entry_id: str, id_number: str, name: str, **kw: Any) -> dict[str, Any]:
+    from ._identifiers import id_number_info
+
+    info = id_number_info(id_number)
+    published = kw.pop("published_at", "2025-03-18")
+    return {
+        "entry_id": entry_id,
+        "case_no": kw.pop("case_no", "(2024)冀0203执1024号"),
+        "subject_type": "person",
+        "name": name,
+        "id_number": id_number,
+        "gender": info.sex,
+        "age": info.age_on(_dt.date.fromisoformat(published)),
+        "court": "唐山市路北区人民法院",
+        "basis_doc_no": "(2023)冀0203民初3311号",
+        "basis_issuer": "唐山市路北区人民法院",
+        "obligation": "被执行人应于判决生效后十日内偿还借款本金人民币86000元及利息",
+        "performance": "全部未履行",
+        "situation": 1,
+        "published_at": published,
+        "filed_at": "2024-11-02",
+        "performed_amount": "0",
+        "unperformed_amount": "86000.00",
+        "severity": 2,
+        "status": "active",
+        "visibility": "public",
+        "measures": ["*"],
+        **kw,
+    }
+
+
+def run_demo(out_dir: Path | None = None, *, quiet: bool = False) -> int:
+    o = _Out(quiet)
+    base = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="intercept-demo-"))
+    base.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(7)
+    keys, site, cache = base / "platform-keys", base / "site", base / "client-cache"
+
+    o.step("1. The platform: keys, a synthetic list, a signed static site")
+    trust_root = keygen(keys)
+    report_pub, box_pub = subscriber_keygen(base / "subscriber-keys")
+    add_subscriber(keys, SUBSCRIBER, report_pub.read_bytes(), box_pub.read_bytes())
+    guest_id = valid_id_number(rng, birth_from=_dt.date(1975, 1, 1), birth_to=_dt.date(1990, 1, 1))
+    rep_id = valid_id_number(rng, birth_from=_dt.date(1970, 1, 1), birth_to=_dt.date(1985, 1, 1))
+    company_uscc = valid_uscc(rng)
+    secret_id = valid_id_number(rng, birth_from=_dt.date(1980, 1, 1), birth_to=_dt.date(1990, 1, 1))
+    minor_id = valid_id_number(rng, birth_from=_dt.date(2010, 1, 1), birth_to=_dt.date(2011, 1, 1))
+    special = [
+        _person_entry("D0000001", guest_id, "王建国", case_no="(2024)冀0203执1024号"),
+        {
+            **_person_entry("D0000002", rep_id, "赵立新"),
+            "subject_type": "entity",
+            "name": "唐山市路北区恒达建材有限公司",
+            "uscc": company_uscc,
+            "legal_rep_name": "赵立新",
+            "case_no": "(2024)冀0203执2048号",
+            "unperformed_amount": "1250000.00",
+            "related": [
+                {"role": "legal_rep", "name": "赵立新", "id_number": rep_id},
+                {"role": "director", "name": "钱多多"},
+            ],
+        },
+        _person_entry(
+            "D0000003",
+            secret_id,
+            "孙某",
+            visibility="restricted",
+            audience=[SUBSCRIBER],
+            case_no="(2025)冀0203执77号",
+        ),
+        _person_entry("D0000004", minor_id, "李小明", published_at="2025-01-10"),
+    ]
+    for e in special:
+        if e["subject_type"] == "entity":
+            for k in ("id_number", "gender", "age"):
+                e.pop(k, None)
+    source = base / "list.jsonl"
+    n = write_jsonl(source, [*special, *generate_entries(N_ENTRIES, seed=1, minors=3)])
+    result = publish(source, keys, site, expires=3600)
+    o.say(f"   source: {n:,} entries in {source.name}")
+    o.say(
+        f"   published version {result.version}: {result.entries:,} public entries, "
+        f"{result.restricted_entries} restricted (encrypted to {SUBSCRIBER} only), "
+        f"{len(result.quarantined)} quarantined:"
+    )
+    for item in result.quarantined[:4]:
+        o.say(f"     - {item[1]}: {'; '.join(item[2])[:90]}")
+    o.say(f"   snapshot {result.snapshot.length:,} bytes gzip; trust root to pin: {trust_root}")
+
+    from ._platform import PlatformServer
+
+    server = PlatformServer(
+        site, subscribers_dir=keys / "subscribers", state_dir=base / "platform-state"
+    )
+    server.start()
+    client: Client | None = None
+    try:
+        o.step(f"2. The reference platform is serving on {server.url}")
+        o.say("   static site (ETag, Range), /events push channel, /reports endpoint")
+
+        o.step("3. A hotel's SDK client syncs and verifies the list")
+        client = Client(
+            server.url,
+            trust_root,
+            cache,
+            SUBSCRIBER,
+            subscriber_key=base / "subscriber-keys",
+            unit_name="唐山某某大酒店",
+            poll_interval="10m",
+        )
+        r = client.sync()
+        st = client.status()
+        o.say(
+            f"   {r.mode}: version {r.to_version}, {st.entries:,} entries, "
+            f"{r.bytes_downloaded:,} bytes, stale={st.stale}"
+        )
+
+        o.step("4. Hotel check-in (consumption.star_hotel)")
+        for who, idn in (
+            ("王建国 (listed)", guest_id),
+            ("a guest not on the list", valid_id_number(rng)),
+        ):
+            t = time.perf_counter()
+            try:
+                d = client.block(
+                    Person(idn, name=who.split(" ")[0]),
+                    "consumption.star_hotel",
+                    room="1808",
+                    desk="front-1",
+                )
+                o.say(f"   {who}: {d.action} ({(time.perf_counter() - t) * 1e6:.0f} µs)")
+            except Intercepted as exc:
+                o.say(
+                    f"   {who}: BLOCKED in {(time.perf_counter() - t) * 1e6:.0f} µs; "
+                    f"interception report {exc.report_id} queued. Notice for the guest:"
+                )
+                for line in exc.notice.splitlines():
+                    o.say(f"     | {line}")
+        d = client.check(Person(secret_id), "consumption.star_hotel")
+        o.say(f"   restricted (依法不宜公开) entry, readable only by this subscriber: {d.action}")
+        d = client.check(Person(minor_id), "consumption.star_hotel")
+        o.say(f"   a minor's entry (quarantined by the publisher, never on the site): {d.action}")
+
+        o.step("5. Ticket office: premium train for the legal representative of a listed company")
+        d = client.check(Person(rep_id, name="赵立新"), "travel.rail_premium")
+        m = d.matches[0]
+        o.say(
+            f"   {d.action}: relation={m.relation}, {m.name} {m.case_no}, 未履行 {m.unperformed_amount} 元"
+        )
+        d = client.check(Person(rep_id), "bidding.tender")
+        o.say(f"   same person, bidding.tender (debtor itself only): {d.action}")
+
+        o.step("6. Company registry: nightly screening + supervision of a portfolio")
+        portfolio = [Entity(uscc=valid_uscc(rng)) for _ in range(2000)]
+        portfolio.append(Entity(uscc=company_uscc, name="唐山市路北区恒达建材有限公司"))
+        portfolio.append(
+            Entity(
+                uscc=valid_uscc(rng),
+                name="唐山新业贸易有限公司",
+                officers=[Officer("legal_rep", Person(guest_id))],
+            )
+        )
+        t = time.perf_counter()
+        decisions = list(client.screen(portfolio, "supervision.key_target"))
+        dt = time.perf_counter() - t
+        counts: dict[str, int] = {}
+        for dd in decisions:
+            counts[dd.action] = counts.get(dd.action, 0) + 1
+        o.say(f"   screened {len(portfolio):,} companies in {dt * 1000:.0f} ms: {counts}")
+        for dd in decisions:
+            if dd.matches:
+                o.say(f"     {dd.action}: {dd.matches[0].name} relation={dd.matches[0].relation}")
+        lifted = threading.Event()
+        changes_seen: list[WatchChange] = []
+
+        def on_change(changes: list[WatchChange]) -> None:
+            for c in changes:
+                changes_seen.append(c)
+                o.say(
+                    f"   watch: {c.kind} -> {c.after.action} (list version {c.after.list_version})"
+                )
+                if c.kind == "lifted" and c.before is not None:
+                    for mm in c.before.matches:
+                        client_ref.report("lift", mm, measure=c.after.measure, reason="delisted")
+                    lifted.set()
+
+        client_ref = client
+        client.watch(portfolio, "supervision.key_target", on_change)
+        o.say(f"   watching {len(portfolio):,} companies")
+
+        o.step("7. The court revokes 王建国's listing; the platform publishes; push delivers it")
+        client._core.start_background()
+        time.sleep(0.5)
+        entries = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines()]
+        for e in entries:
+            if e["entry_id"] == "D0000001":
+                e["status"] = "revoked"
+                e["revoked_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        write_jsonl(source, entries)
+        t = time.monotonic()
+        result2 = publish(source, keys, site, expires=3600)
+        delta = result2.deltas.get(result.version)
+        o.say(
+            f"   published version {result2.version} (delta from {result.version}: "
+            f"{delta.length if delta else '?'} bytes)"
+        )
+        lifted.wait(15)
+        o.say(
+            f"   revocation enforced {time.monotonic() - t:.2f}s after publish "
+            f"(push connected: {client.status().push_connected})"
+        )
+        d = client.check(Person(guest_id), "consumption.star_hotel")
+        o.say(f"   王建国 at the hotel now: {d.action}")
+        obj = client.report(
+            "objection",
+            client.check(Person(rep_id), "travel.rail_premium"),
+            grounds="已与申请执行人达成和解协议，正在履行",
+        )
+        o.say(f"   a 复核 objection filed by 赵立新 queued as report {obj}")
+
+        o.step("8. Feedback reports (惩戒情况) reach the platform")
+        ok = client.flush_reports(15)
+        resp = httpx.get(server.url + "/reports", params={"limit": 100}, timeout=10)
+        got = resp.json()
+        items = got.get("reports", got) if isinstance(got, dict) else got
+        kinds: dict[str, int] = {}
+        for it in items:
+            kinds[it["kind"]] = kinds.get(it["kind"], 0) + 1
+        o.say(f"   flushed={ok}; the platform holds {len(items)} signed reports: {kinds}")
+        now = _dt.datetime.now(_dt.timezone(_dt.timedelta(hours=8)))
+        q = (now.month - 1) // 3 + 1
+        summary = client.quarterly_summary(now.year, q)
+        o.say(
+            f"   quarterly summary {now.year}Q{q}: checks {summary['checks_performed']}, "
+            f"interceptions {summary['interceptions']}, lifts {summary['lifts']}, "
+            f"objections {summary['objections']}, due {summary['due_date']}"
+        )
+        st = client.status()
+        o.say(
+            f"   status: version {st.list_version}, stale={st.stale}, pending reports {st.pending_reports}"
+        )
+    finally:
+        if client is not None:
+            client.close()
+        server.stop()
+    o.step("9. Done")
+    o.say(f"   everything stopped. Files are in {base}:")
+    o.say(
+        f"     {site.name}/ (the static site: serve it with any web server or CDN), "
+        f"{keys.name}/ (platform keys: keep offline), {cache.name}/ (the client cache, 0700),"
+    )
+    o.say("     platform-state/reports.sqlite (reports received), list.jsonl (the source list)")
+    return 0 if kinds.get("interception") and kinds.get("lift") else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_demo())
