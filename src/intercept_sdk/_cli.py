@@ -215,8 +215,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         log_level="info" if args.verbose else "warning",
     )
-    print(f"serving {args.site} on http://{args.host}:{args.port or '<free port>'} (Ctrl-C stops)")
-    server.serve_forever()
+    server.serve_forever(
+        on_ready=lambda url: print(
+            f"listening on {url} (serving {args.site}; Ctrl-C stops)", flush=True
+        )
+    )
     return EXIT_OK
 
 
@@ -549,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--state", help="directory for the reports database")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8470)
+    s.add_argument("--port", type=int, default=8470, help="0 picks a free port (default 8470)")
+    s.add_argument("--verbose-access", dest="verbose", action="store_true", help="access log")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("subscriber", help="subscriber keys and registration")
