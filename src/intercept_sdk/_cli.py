@@ -189,7 +189,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         Path(args.site),
         expires=parse_duration(args.expires),
         keep_deltas=args.keep_deltas,
-        progress=lambda n: bar.update(n),
+        progress=bar.update,
     )
     bar.close()
     if not args.quiet:
@@ -257,7 +257,7 @@ def cmd_subscriber_add(args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     with _make_client(args) as client:
         bar = Progress("sync", None, quiet=args.quiet)
-        result = client.sync(progress=lambda done, total: bar.update(done, total))
+        result = client.sync(progress=bar.update)
         bar.close()
         if not args.quiet:
             print(
@@ -326,7 +326,11 @@ def _read_subjects(path: str) -> Iterator[Any]:
 def cmd_screen(args: argparse.Namespace) -> int:
     with open(args.input, encoding="utf-8-sig") as f:
         total = max(0, sum(1 for _ in f) - 1)
-    out = open(args.output, "w", newline="", encoding="utf-8") if args.output != "-" else sys.stdout
+    out = (
+        open(args.output, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed below
+        if args.output != "-"
+        else sys.stdout
+    )
     counts: dict[str, int] = {}
     try:
         with _make_client(args) as client:
@@ -455,7 +459,8 @@ def cmd_reports(args: argparse.Namespace) -> int:
         if action == "list":
             st = client.status()
             print(
-                f"pending {st.pending_reports}, sent {st.sent_reports}, dead letters {st.dead_letters}"
+                f"pending {st.pending_reports}, sent {st.sent_reports}, "
+                f"dead letters {st.dead_letters}"
             )
             for d in core.outbox.dead_letters():
                 print(f"  DEAD {d}")
@@ -463,7 +468,8 @@ def cmd_reports(args: argparse.Namespace) -> int:
             ok = client.flush_reports(args.timeout)
             st = client.status()
             print(
-                f"{'flushed' if ok else 'NOT flushed'}: pending {st.pending_reports}, sent {st.sent_reports}, dead {st.dead_letters}"
+                f"{'flushed' if ok else 'NOT flushed'}: pending {st.pending_reports}, "
+                f"sent {st.sent_reports}, dead {st.dead_letters}"
             )
             return EXIT_OK if ok else EXIT_ERROR
         elif action == "summary":
