@@ -44,7 +44,7 @@ _ORG_VALUE = {c: i for i, c in enumerate(_ORG_ALPHABET)}
 
 # Full-width ASCII block (U+FF01..U+FF5E) maps to ASCII by subtracting 0xFEE0.
 _FULLWIDTH = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)}
-_SPACES = {ord(c): None for c in " \t\u3000\u00a0\u2002\u2003\u2009\u200b"}
+_SPACES = {ord(c): None for c in " \t\r\n\u3000\u00a0\u2002\u2003\u2009\u200b\ufeff"}
 _HYPHENS = {ord(c): "-" for c in "\u2010\u2011\u2012\u2013\u2014\u2212\ufe63"}
 
 
@@ -147,7 +147,14 @@ def normalize_id_number(value: str, *, today: _dt.date | None = None) -> str:
                     kind, f"character at position {i + 1} must be a digit in a 15-digit number"
                 )
         body = text[:6] + "19" + text[6:]
-        birth = _check_birth_date(body[6:14], kind, 6)
+        try:
+            birth = _check_birth_date(body[6:14], kind, 6)
+        except InvalidIdentifier:
+            raise InvalidIdentifier(
+                kind,
+                f"impossible birth date 19{text[6:8]}-{text[8:10]}-{text[10:12]} "
+                "at positions 7-12 of the 15-digit number",
+            ) from None
         text = body + id_check(body)
     elif len(text) == 18:
         for i, c in enumerate(text[:17]):

@@ -46,7 +46,9 @@ Role = Literal[
 
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _AMOUNT_RE = re.compile(r"^(0|[1-9]\d{0,15})(\.\d{1,2})?$")
-_CASE_RE = re.compile(r"^[(（]\d{4}[)）][\u4e00-\u9fff]{1,2}\d{0,4}[\u4e00-\u9fff]{1,4}\d+号$")
+_CASE_RE = re.compile(
+    r"^[(（][0-9]{4}[)）][\u4e00-\u9fff]{1,2}[0-9]{0,4}[\u4e00-\u9fff]{1,4}[0-9]+号$"
+)
 _ENTRY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
@@ -230,6 +232,18 @@ def _pydantic_reasons(err: ValidationError) -> list[str]:
     return out
 
 
+def _entry_id_of_json(line: str | bytes) -> str | None:
+    """Best-effort entry_id of a JSON line, so a quarantine report can name the entry."""
+    import json
+
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    value = obj.get("entry_id") if isinstance(obj, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def parse_entry(obj: Mapping[str, Any] | str | bytes, *, check_measures: bool = True) -> Entry:
     """Build and fully validate an :class:`Entry` from a dict or one JSON line.
 
@@ -238,6 +252,7 @@ def parse_entry(obj: Mapping[str, Any] | str | bytes, *, check_measures: bool = 
     entry_id = None
     try:
         if isinstance(obj, (str, bytes)):
+            entry_id = _entry_id_of_json(obj)
             entry = Entry.model_validate_json(obj)
         else:
             entry_id = obj.get("entry_id") if isinstance(obj.get("entry_id"), str) else None
