@@ -193,7 +193,8 @@ def run_demo(out_dir: Path | None = None, *, quiet: bool = False) -> int:
         d = client.check(Person(rep_id, name="赵立新"), "travel.rail_premium")
         m = d.matches[0]
         o.say(
-            f"   {d.action}: relation={m.relation}, {m.name} {m.case_no}, 未履行 {m.unperformed_amount} 元"
+            f"   {d.action}: relation={m.relation}, {m.name} {m.case_no}, "
+            f"未履行 {m.unperformed_amount} 元"
         )
         d = client.check(Person(rep_id), "bidding.tender")
         o.say(f"   same person, bidding.tender (debtor itself only): {d.action}")
@@ -245,8 +246,8 @@ def run_demo(out_dir: Path | None = None, *, quiet: bool = False) -> int:
                 e["status"] = "revoked"
                 e["revoked_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
         write_jsonl(source, entries)
-        t = time.monotonic()
         result2 = publish(source, keys, site, expires=3600)
+        t = time.monotonic()
         delta = result2.deltas.get(result.version)
         o.say(
             f"   published version {result2.version} (delta from {result.version}: "
@@ -285,7 +286,8 @@ def run_demo(out_dir: Path | None = None, *, quiet: bool = False) -> int:
         )
         st = client.status()
         o.say(
-            f"   status: version {st.list_version}, stale={st.stale}, pending reports {st.pending_reports}"
+            f"   status: version {st.list_version}, stale={st.stale}, "
+            f"pending reports {st.pending_reports}"
         )
     finally:
         if client is not None:

@@ -109,7 +109,7 @@ def _fast_id(text: str) -> str | None:
     if text[17] == "x":
         text = text[:17] + "X"
     total = 0
-    for c, w in zip(text, _ID_WEIGHTS):
+    for c, w in zip(text[:17], _ID_WEIGHTS, strict=True):
         total += (ord(c) - 48) * w
     if _ID_CHECK[total % 11] != text[17]:
         return None  # let the slow path produce the exact message
