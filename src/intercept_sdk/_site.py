@@ -1,0 +1,987 @@
+"""The platform-side publisher: one call turns the full list into a signed site version.
+
+:func:`publish` reads the platform's *complete* current list (JSON Lines, one
+:class:`~intercept_sdk._models.Entry` per line), validates every entry, and writes one
+new version of the static site described in ``docs/protocol.md``: the snapshot, deltas
+from each of the last ``keep_deltas`` versions straight to the new one, one encrypted box
+per subscriber with restricted entries, and finally the signed manifest.
+
+What is guaranteed:
+
+* **Nothing private reaches the site.** Person ID numbers are published only as keyed
+  hashes plus a masked form (:func:`public_record`); restricted entries only inside boxes
+  sealed to their audience; the quarantine report and the publisher state (previous
+  versions' digests, needed for deltas) live under ``keys_dir/state/``, never in the site.
+  :func:`publish` refuses a site directory inside the key directory or the reverse.
+* **Readers never see a half-made version.** Every artefact is written to a temporary
+  file, fsynced and renamed to its final content-addressed name; ``manifest.json`` is
+  written last with :func:`~intercept_sdk._util.atomic_write`, so a web server or CDN
+  never serves a manifest pointing at a missing file. Artefacts of the last
+  ``keep_versions`` manifests are kept for clients that are mid-download.
+* **Versions only go up.** The publisher state is committed *before* the manifest is
+  written, so a crash can skip a version number but can never publish two different
+  manifests with the same version (which clients reject). A publish also refuses to run
+  when the site already carries a version at least as new as the one it would make
+  (lost publisher state).
+* **Bounded memory.** Records are staged in a scratch SQLite database and streamed back
+  in entry_id order; Python holds one entry at a time (plus the quarantine list).
+* **Invalid entries never block the rest.** Each bad line (invalid field, minor, bad
+  identifier, duplicate entry_id) goes to ``keys_dir/state/quarantine-<V>.jsonl`` with
+  every reason, and is left out of the version (for a previously published entry that is
+  a ``D`` line). Every copy of a duplicated entry_id is quarantined, since the publisher
+  cannot know which one is right.
+* **Restricted boxes.** A registered subscriber named in some restricted entry's
+  ``audience`` gets a box holding all its restricted records; a subscriber whose previous
+  box had entries and who has none left gets one empty box, so its partition is cleared.
+  Clients should still treat "not listed in ``restricted``" as "no restricted entries".
+  Audience names that are not registered are logged (warning) and skipped.
+* **Two publishes never run at once** for one key directory (``flock`` on
+  ``state/publish.lock``); the publisher state belongs to one key directory and one site.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import sqlite3
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from ._exceptions import ConfigurationError, FormatError, InvalidEntry
+from ._keys import KeyDir, add_subscriber, validate_subscriber_id
+from ._models import Entry, parse_entry
+from ._signing import (
+    MANIFEST_TYPE,
+    Envelope,
+    SigningKey,
+    canonical_json,
+    seal_box,
+    sign_envelope,
+)
+from ._util import atomic_write, format_utc, fsync_dir, utcnow
+
+__all__ = [
+    "PUBLIC_FIELDS",
+    "Artefact",
+    "PublishResult",
+    "QuarantineItem",
+    "add_subscriber",
+    "identifier_key",
+    "public_record",
+    "publish",
+    "record_sum",
+    "sum_hex",
+]
+
+log = logging.getLogger("intercept_sdk._site")
+
+#: Entry fields copied into a public record as given (unset ones are omitted).
+PUBLIC_FIELDS = frozenset(
+    {
+        "entry_id",
+        "case_no",
+        "subject_type",
+        "name",
+        "gender",
+        "age",
+        "uscc",
+        "org_code",
+        "legal_rep_name",
+        "court",
+        "basis_doc_no",
+        "basis_issuer",
+        "obligation",
+        "performance",
+        "situation",
+        "published_at",
+        "filed_at",
+        "performed_amount",
+        "unperformed_amount",
+        "severity",
+        "valid_until",
+        "status",
+        "revoked_at",
+        "visibility",
+        "measures",
+    }
+)
+
+_INCLUDE: set[str] = set(PUBLIC_FIELDS)
+_MOD = 1 << 256
+_STATE_DB = "publisher.sqlite3"
+_SCRATCH_DB = "scratch.sqlite3"
+_LOCK_FILE = "publish.lock"
+_BUFFER = 1 << 20
+_PROGRESS_EVERY = 10_000
+_SNAPSHOT_RE = re.compile(r"^[0-9]+\.[0-9a-f]{64}\.ndjson\.gz$")
+_DELTA_RE = re.compile(r"^[0-9]+-[0-9]+\.[0-9a-f]{64}\.ndjson\.gz$")
+_BOX_RE = re.compile(r"^[0-9]+\.[0-9a-f]{64}\.box$")
+
+
+# -- records ------------------------------------------------------------------------------
+
+
+def identifier_key(hash_key: bytes, kind: Literal["id", "org"], value: str) -> bytes:
+    """``HMAC-SHA256(hash_key, kind ":" value)[:16]``: how identifiers are looked up.
+
+    ``value`` must already be normalised (18-character ID number, 9-character
+    organisation code). Publisher and client use this one function, so a query and a
+    published record always meet on the same key.
+    """
+    return hmac.digest(hash_key, f"{kind}:{value}".encode(), "sha256")[:16]
+
+
+def _mask(value: str) -> str:
+    return value[:4] + "*" * (len(value) - 8) + value[-4:]
+
+
+def public_record(entry: Entry, hash_key: bytes) -> bytes:
+    """The canonical JSON record of ``entry`` as published (snapshot, delta and box form).
+
+    Copies :data:`PUBLIC_FIELDS`; replaces the person's ID number by ``id_key`` and
+    ``id_masked``, adds ``org_key`` for an entity (over the effective organisation code),
+    and publishes related persons as ``{role, name, id_key?, id_masked?}``. The result
+    never contains a plaintext person ID number, nor the restricted ``audience``.
+    """
+    rec: dict[str, Any] = entry.model_dump(mode="json", include=_INCLUDE, exclude_none=True)
+    if entry.id_number is not None:
+        rec["id_key"] = identifier_key(hash_key, "id", entry.id_number).hex()
+        rec["id_masked"] = _mask(entry.id_number)
+    org = entry.effective_org_code
+    if org is not None:
+        rec["org_key"] = identifier_key(hash_key, "org", org).hex()
+    if entry.related:
+        related: list[dict[str, str]] = []
+        for person in entry.related:
+            item = {"role": person.role, "name": person.name}
+            if person.id_number is not None:
+                item["id_key"] = identifier_key(hash_key, "id", person.id_number).hex()
+                item["id_masked"] = _mask(person.id_number)
+            related.append(item)
+        rec["related"] = related
+    return canonical_json(rec)
+
+
+def _digest_int(digest: bytes) -> int:
+    return int.from_bytes(digest, "big")
+
+
+def record_sum(records: Iterable[bytes]) -> int:
+    """``state.sum``: sum of SHA-256(record) as big-endian integers, mod 2**256.
+
+    Order-independent and updatable by adding and subtracting single records, which is
+    what lets a client check a delta apply without a full re-scan.
+    """
+    total = 0
+    for record in records:
+        total += _digest_int(hashlib.sha256(record).digest())
+    return total % _MOD
+
+
+def sum_hex(value: int) -> str:
+    """``state.sum`` as written in the manifest: 64 lower-case hex characters."""
+    return f"{value % _MOD:064x}"
+
+
+# -- results ------------------------------------------------------------------------------
+
+
+class QuarantineItem(NamedTuple):
+    """One source line left out of the version, with every reason."""
+
+    line: int
+    entry_id: str | None
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """One file written to the site: ``path`` is relative to the site directory."""
+
+    path: str
+    sha256: str
+    length: int
+    raw_length: int | None = None
+    entries: int | None = None
+    state_sha256: str | None = None
+
+    def manifest_entry(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "sha256": self.sha256, "length": self.length}
+        if self.raw_length is not None:
+            out["raw_length"] = self.raw_length
+        if self.entries is not None:
+            out["entries"] = self.entries
+        if self.state_sha256 is not None:
+            out["state_sha256"] = self.state_sha256
+        return out
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What :func:`publish` wrote, for logs, monitoring and tests."""
+
+    version: int
+    entries: int
+    restricted_entries: int
+    quarantined: list[QuarantineItem]
+    quarantine_path: Path
+    site_dir: Path
+    manifest_path: Path
+    manifest_length: int
+    snapshot: Artefact
+    deltas: dict[int, Artefact] = field(default_factory=dict)
+    restricted: dict[str, Artefact] = field(default_factory=dict)
+    state_sha256: str = ""
+    state_sum: str = ""
+    seconds: float = 0.0
+
+
+# -- streaming artefact writer ------------------------------------------------------------
+
+
+class _GzipArtefact:
+    """Stream bytes through gzip into a temp file; hash raw and compressed bytes.
+
+    ``finish`` fsyncs and renames to a name that contains the compressed SHA-256, so
+    the file is complete under its final name or absent. Deterministic output (zlib
+    gzip header with mtime 0): the same content always gives the same file name.
+    """
+
+    def __init__(self, directory: Path, level: int) -> None:
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.directory = directory
+        fd, name = tempfile.mkstemp(dir=directory, prefix=".", suffix=".part")
+        self._tmp = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._z = zlib.compressobj(level, zlib.DEFLATED, 31)
+        self.raw = hashlib.sha256()
+        self._gz = hashlib.sha256()
+        self.raw_length = 0
+        self.length = 0
+        self.count = 0
+        self._buf: list[bytes] = []
+        self._buf_len = 0
+
+    def write_line(self, data: bytes) -> None:
+        self._buf.append(data)
+        self._buf.append(b"\n")
+        self._buf_len += len(data) + 1
+        self.count += 1
+        if self._buf_len >= _BUFFER:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buf:
+            return
+        chunk = b"".join(self._buf)
+        self._buf.clear()
+        self._buf_len = 0
+        self.raw.update(chunk)
+        self.raw_length += len(chunk)
+        self._emit(self._z.compress(chunk))
+
+    def _emit(self, out: bytes) -> None:
+        if out:
+            self._gz.update(out)
+            self.length += len(out)
+            self._file.write(out)
+
+    def finish(self, name: Callable[[str], str], site_dir: Path) -> Artefact:
+        self._flush()
+        self._emit(self._z.flush())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        digest = self._gz.hexdigest()
+        target = self.directory / name(digest)
+        os.chmod(self._tmp, 0o644)
+        os.replace(self._tmp, target)
+        fsync_dir(self.directory)
+        return Artefact(
+            path=target.relative_to(site_dir).as_posix(),
+            sha256=digest,
+            length=self.length,
+            raw_length=self.raw_length,
+        )
+
+    def abort(self) -> None:
+        with suppress(OSError):
+            self._file.close()
+        with suppress(FileNotFoundError):
+            self._tmp.unlink()
+
+
+def _gzip_bytes(data: bytes, level: int) -> bytes:
+    z = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return z.compress(data) + z.flush()
+
+
+# -- publisher state ----------------------------------------------------------------------
+
+_STATE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS versions(
+    version INTEGER PRIMARY KEY,
+    published_at TEXT NOT NULL,
+    entries INTEGER NOT NULL,
+    state_sha256 TEXT NOT NULL,
+    state_sum TEXT NOT NULL,
+    manifest BLOB NOT NULL
+);
+-- digest of every public record of the newest version
+CREATE TABLE IF NOT EXISTS current(entry_id TEXT PRIMARY KEY, digest BLOB NOT NULL)
+    WITHOUT ROWID;
+-- per version, each entry whose public record changed, with its digest before
+-- (NULL = absent); deltas from F compose the changes of versions > F
+CREATE TABLE IF NOT EXISTS changes(
+    version INTEGER NOT NULL, entry_id TEXT NOT NULL, old BLOB,
+    PRIMARY KEY(version, entry_id)
+) WITHOUT ROWID;
+"""
+
+_SCRATCH_SCHEMA = """
+CREATE TABLE s.src(
+    entry_id TEXT PRIMARY KEY, line INTEGER NOT NULL, restricted INTEGER NOT NULL,
+    digest BLOB NOT NULL, record BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE s.aud(sub TEXT NOT NULL, entry_id TEXT NOT NULL, PRIMARY KEY(sub, entry_id))
+    WITHOUT ROWID;
+CREATE TABLE s.dup(entry_id TEXT NOT NULL, line INTEGER NOT NULL);
+"""
+
+
+@contextmanager
+def _publish_lock(state_dir: Path) -> Iterator[None]:
+    path = state_dir / _LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigurationError(
+                f"another publish is running for {state_dir.parent} (lock {path})"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _open_state(state_dir: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(state_dir / _STATE_DB, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA cache_size=-65536")
+    db.executescript(_STATE_SCHEMA)
+    os.chmod(state_dir / _STATE_DB, 0o600)
+    return db
+
+
+def _meta_int(db: sqlite3.Connection, key: str, default: int) -> int:
+    row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+    return int(row[0]) if row else default
+
+
+# -- source -------------------------------------------------------------------------------
+
+
+def _entry_id_of(line: bytes | str | Mapping[str, Any]) -> str | None:
+    """Best-effort entry_id of an invalid item, for the quarantine report only."""
+    obj: Any = line
+    if isinstance(line, (bytes, str)):
+        try:
+            obj = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            return None
+    if isinstance(obj, Mapping):
+        eid = obj.get("entry_id")
+        if isinstance(eid, str) and len(eid) <= 200:
+            return eid
+    return None
+
+
+def _read_source(
+    source: Path | str | Iterable[Mapping[str, Any]],
+) -> Iterator[tuple[int, bytes | Mapping[str, Any] | None]]:
+    """Yield (line number, item); blank lines are skipped; None = not an object."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            f = path.open("rb")
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read source {path}: {exc.strerror}") from None
+        with f:
+            for n, raw in enumerate(f, start=1):
+                line = raw.rstrip(b"\r\n")
+                if n == 1 and line.startswith(b"\xef\xbb\xbf"):
+                    line = line[3:]
+                if line.strip():
+                    yield n, line
+        return
+    for n, item in enumerate(source, start=1):
+        yield n, item if isinstance(item, Mapping) else None
+
+
+# -- publish ------------------------------------------------------------------------------
+
+
+def _check_dirs(keys_dir: Path, site_dir: Path) -> None:
+    k, s = keys_dir.resolve(), site_dir.resolve()
+    if k == s or k.is_relative_to(s) or s.is_relative_to(k):
+        raise ConfigurationError(
+            f"site directory {site_dir} and key directory {keys_dir} must be separate: "
+            "the site is public"
+        )
+
+
+def _site_version(site_dir: Path) -> int | None:
+    path = site_dir / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        version = Envelope.from_bytes(path.read_bytes()).payload_json().get("version")
+    except (OSError, FormatError):
+        log.warning("existing %s is unreadable; it will be replaced", path)
+        return None
+    return version if isinstance(version, int) else None
+
+
+class _Loader:
+    """Parse the source into the scratch tables, collecting the quarantine."""
+
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        hash_key: bytes,
+        registered: Mapping[str, X25519PublicKey],
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.db = db
+        self.hash_key = hash_key
+        self.registered = registered
+        self.progress = progress
+        self.quarantined: list[QuarantineItem] = []
+        self.unregistered: set[str] = set()
+        self.unreachable = 0
+
+    def run(self, source: Path | str | Iterable[Mapping[str, Any]]) -> int:
+        cur = self.db.cursor()
+        insert = "INSERT OR IGNORE INTO s.src VALUES (?, ?, ?, ?, ?)"
+        lines = 0
+        self.db.execute("BEGIN")
+        for n, item in _read_source(source):
+            lines = n
+            if self.progress is not None and n % _PROGRESS_EVERY == 0:
+                self.progress(n)
+            if item is None:
+                self.quarantined.append(QuarantineItem(n, None, ("entry: not a JSON object",)))
+                continue
+            try:
+                entry = parse_entry(item)
+            except InvalidEntry as exc:
+                eid = exc.entry_id or _entry_id_of(item)
+                self.quarantined.append(QuarantineItem(n, eid, tuple(exc.reasons)))
+                continue
+            record = public_record(entry, self.hash_key)
+            restricted = entry.visibility == "restricted"
+            cur.execute(
+                insert,
+                (entry.entry_id, n, int(restricted), hashlib.sha256(record).digest(), record),
+            )
+            if cur.rowcount == 0:
+                cur.execute("INSERT INTO s.dup VALUES (?, ?)", (entry.entry_id, n))
+                continue
+            if restricted:
+                reached = False
+                for sub in entry.audience:
+                    if sub in self.registered:
+                        cur.execute(
+                            "INSERT OR IGNORE INTO s.aud VALUES (?, ?)", (sub, entry.entry_id)
+                        )
+                        reached = True
+                    else:
+                        self.unregistered.add(sub)
+                if not reached:
+                    self.unreachable += 1
+        self._quarantine_duplicates()
+        self.db.execute("COMMIT")
+        if self.progress is not None:
+            self.progress(lines)
+        self.quarantined.sort(key=lambda q: q.line)
+        return lines
+
+    def _quarantine_duplicates(self) -> None:
+        dups: dict[str, list[int]] = {}
+        for eid, line in self.db.execute("SELECT entry_id, line FROM s.dup ORDER BY line"):
+            dups.setdefault(eid, []).append(line)
+        for eid, more in dups.items():
+            row = self.db.execute("SELECT line FROM s.src WHERE entry_id=?", (eid,)).fetchone()
+            lines = sorted([row[0], *more]) if row else more
+            reason = (
+                f"entry_id: duplicate, on lines {', '.join(map(str, lines))}; "
+                "every copy is quarantined"
+            )
+            self.quarantined.extend(QuarantineItem(n, eid, (reason,)) for n in lines)
+            self.db.execute("DELETE FROM s.src WHERE entry_id=?", (eid,))
+            self.db.execute("DELETE FROM s.aud WHERE entry_id=?", (eid,))
+
+
+def publish(
+    source: Path | str | Iterable[Mapping[str, Any]],
+    keys_dir: Path | str,
+    site_dir: Path | str,
+    *,
+    expires: float = 86400,
+    keep_deltas: int = 8,
+    keep_versions: int = 3,
+    subscribers: Mapping[str, X25519PublicKey] | None = None,
+    now: _dt.datetime | None = None,
+    progress: Callable[[int], None] | None = None,
+    compresslevel: int = 6,
+) -> PublishResult:
+    """Publish the full list ``source`` as the next version of the site in ``site_dir``.
+
+    ``source`` is a JSON Lines file (path) or an iterable of entry mappings: the
+    platform's *complete* current list; entries absent from it are removed. ``expires``
+    is the manifest's lifetime in seconds; ``keep_deltas`` how many previous versions get
+    a delta; ``keep_versions`` how many manifests' artefacts stay on the site;
+    ``subscribers`` overrides the registry in ``keys_dir/subscribers/`` (X25519 box keys
+    by subscriber id); ``progress`` is called with the number of source lines read.
+
+    Raises ConfigurationError for unusable keys/directories (nothing is published).
+    """
+    started = time.monotonic()
+    keys = KeyDir(keys_dir)
+    site = Path(site_dir)
+    _check_dirs(keys.path, site)
+    if isinstance(expires, bool) or not isinstance(expires, (int, float)) or expires <= 0:
+        raise ConfigurationError(f"expires must be a positive number of seconds, got {expires!r}")
+    for name, value in (("keep_deltas", keep_deltas), ("keep_versions", keep_versions)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigurationError(f"{name} must be a non-negative integer, got {value!r}")
+    keep_versions = max(keep_versions, 1)
+    if not 0 <= compresslevel <= 9:
+        raise ConfigurationError(f"compresslevel must be 0-9, got {compresslevel!r}")
+    t_now = now if now is not None else utcnow()
+    if t_now.tzinfo is None:
+        raise ConfigurationError("now must be a timezone-aware datetime")
+    online = keys.online_keys()
+    hash_key = keys.hash_key()
+    root_version = keys.root_version
+    if keys.root_expires <= t_now:
+        raise ConfigurationError(
+            f"root version {root_version} expired at {format_utc(keys.root_expires)}; "
+            "clients would reject it: run rotate_root first"
+        )
+    manifest_expires = t_now + _dt.timedelta(seconds=expires)
+    if keys.root_expires < manifest_expires:
+        log.warning(
+            "root version %d expires %s, before this manifest does; rotate the root soon",
+            root_version,
+            format_utc(keys.root_expires),
+        )
+    if subscribers is None:
+        registered: Mapping[str, X25519PublicKey] = keys.subscriber_box_keys()
+    else:
+        for sid in subscribers:
+            validate_subscriber_id(sid)
+        registered = dict(subscribers)
+
+    state_dir = keys.state_dir
+    with _publish_lock(state_dir):
+        db = _open_state(state_dir)
+        try:
+            return _publish_locked(
+                db,
+                keys,
+                site,
+                source,
+                online=online,
+                hash_key=hash_key,
+                root_version=root_version,
+                registered=registered,
+                now=t_now,
+                manifest_expires=manifest_expires,
+                keep_deltas=keep_deltas,
+                keep_versions=keep_versions,
+                progress=progress,
+                level=compresslevel,
+                started=started,
+            )
+        finally:
+            db.close()
+
+
+def _publish_locked(
+    db: sqlite3.Connection,
+    keys: KeyDir,
+    site: Path,
+    source: Path | str | Iterable[Mapping[str, Any]],
+    *,
+    online: list[SigningKey],
+    hash_key: bytes,
+    root_version: int,
+    registered: Mapping[str, X25519PublicKey],
+    now: _dt.datetime,
+    manifest_expires: _dt.datetime,
+    keep_deltas: int,
+    keep_versions: int,
+    progress: Callable[[int], None] | None,
+    level: int,
+    started: float,
+) -> PublishResult:
+    state_dir = keys.state_dir
+    row = db.execute("SELECT MAX(version) FROM versions").fetchone()
+    previous = int(row[0]) if row and row[0] is not None else 0
+    version = previous + 1
+    on_site = _site_version(site)
+    if on_site is not None and on_site >= version:
+        raise ConfigurationError(
+            f"{site} already serves version {on_site} but the publisher state in "
+            f"{state_dir} is at version {previous}; refusing to publish version {version} "
+            "(clients would reject it as a rollback)"
+        )
+    site.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+    scratch = state_dir / _SCRATCH_DB
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        with suppress(FileNotFoundError):
+            Path(f"{scratch}{suffix}").unlink()
+    db.execute("ATTACH DATABASE ? AS s", (str(scratch),))
+    pending: list[_GzipArtefact] = []
+    try:
+        db.execute("PRAGMA s.page_size=16384")  # ~700-byte records: fewer, fuller pages
+        db.execute("PRAGMA s.journal_mode=OFF")
+        db.execute("PRAGMA s.synchronous=OFF")
+        db.execute("PRAGMA s.cache_size=-131072")
+        db.executescript(_SCRATCH_SCHEMA)
+        os.chmod(scratch, 0o600)
+
+        # 1. Source -> scratch (validated records, audiences, duplicates removed).
+        loader = _Loader(db, hash_key, registered, progress)
+        lines = loader.run(source)
+        quarantined = loader.quarantined
+        if loader.unregistered:
+            names = sorted(loader.unregistered)
+            log.warning(
+                "restricted entries name %d unregistered subscriber(s), not published to "
+                "them: %s%s",
+                len(names),
+                ", ".join(names[:20]),
+                " ..." if len(names) > 20 else "",
+            )
+        if loader.unreachable:
+            log.warning("%d restricted entries reach no registered subscriber", loader.unreachable)
+
+        # 2. Snapshot, with both state digests.
+        snap = _GzipArtefact(site / "snapshots", level)
+        pending.append(snap)
+        total = 0
+        for record, digest in db.execute(
+            "SELECT record, digest FROM s.src WHERE restricted=0 ORDER BY entry_id"
+        ):
+            snap.write_line(record)
+            total += _digest_int(digest)
+        snapshot = snap.finish(lambda h: f"{version}.{h}.ndjson.gz", site)
+        state_sha256 = snap.raw.hexdigest()  # after finish: every line hashed
+        state_sum = sum_hex(total)
+        entries = snap.count
+        pending.remove(snap)
+
+        # 3. Publisher state: changes of this version, new current digests.
+        db.execute("BEGIN IMMEDIATE")
+        floor = _meta_int(db, "changes_floor", 1)
+        if previous >= 1:
+            db.execute(
+                "INSERT INTO changes(version, entry_id, old) "
+                "SELECT ?, c.entry_id, c.digest FROM current AS c "
+                "LEFT JOIN s.src AS n ON n.entry_id = c.entry_id AND n.restricted = 0 "
+                "WHERE n.digest IS NULL OR n.digest != c.digest",
+                (version,),
+            )
+            db.execute(
+                "INSERT INTO changes(version, entry_id, old) "
+                "SELECT ?, n.entry_id, NULL FROM s.src AS n "
+                "WHERE n.restricted = 0 "
+                "AND NOT EXISTS (SELECT 1 FROM current AS c WHERE c.entry_id = n.entry_id)",
+                (version,),
+            )
+            db.execute(
+                "DELETE FROM current WHERE entry_id IN "
+                "(SELECT entry_id FROM changes WHERE version = ?)",
+                (version,),
+            )
+            db.execute(
+                "INSERT INTO current(entry_id, digest) "
+                "SELECT n.entry_id, n.digest FROM changes AS c "
+                "JOIN s.src AS n ON n.entry_id = c.entry_id AND n.restricted = 0 "
+                "WHERE c.version = ?",
+                (version,),
+            )
+        else:
+            db.execute("DELETE FROM current")
+            db.execute(
+                "INSERT INTO current(entry_id, digest) "
+                "SELECT entry_id, digest FROM s.src WHERE restricted = 0 ORDER BY entry_id"
+            )
+
+        # 4. Deltas from each of the last keep_deltas versions straight to this one.
+        deltas: dict[int, Artefact] = {}
+        first = max(floor, version - keep_deltas, 1)
+        bases = [
+            int(r[0])
+            for r in db.execute(
+                "SELECT version FROM versions WHERE version >= ? AND version < ? ORDER BY version",
+                (first, version),
+            )
+        ]
+        for base in bases:
+            deltas[base] = _write_delta(
+                db, site, base, version=version, level=level, pending=pending
+            )
+
+        # 5. Restricted boxes.
+        prev_manifest = _stored_manifest(db, previous)
+        # A subscriber whose last box had entries gets one empty box when it has none
+        # left, so even a client that keeps its partition when unlisted is cleared.
+        previously_boxed = {
+            sub
+            for sub, art in (prev_manifest or {}).get("restricted", {}).items()
+            if art.get("entries", 0) > 0
+        }
+        named = {r[0] for r in db.execute("SELECT DISTINCT sub FROM s.aud")}
+        restricted: dict[str, Artefact] = {}
+        restricted_entries = int(
+            db.execute("SELECT COUNT(*) FROM s.src WHERE restricted=1").fetchone()[0]
+        )
+        for sub in sorted(named | (previously_boxed & set(registered))):
+            restricted[sub] = _write_box(
+                db, site, sub, key=registered[sub], version=version, level=level
+            )
+
+        # 6. Roots, quarantine report, manifest payload.
+        _copy_roots(keys, site)
+        quarantine_path = state_dir / f"quarantine-{version}.jsonl"
+        atomic_write(
+            quarantine_path,
+            b"".join(
+                canonical_json({"line": q.line, "entry_id": q.entry_id, "reasons": q.reasons})
+                + b"\n"
+                for q in quarantined
+            ),
+            mode=0o600,
+        )
+        payload = {
+            "type": "manifest",
+            "spec": 1,
+            "version": version,
+            "root_version": root_version,
+            "published_at": format_utc(now),
+            "expires": format_utc(manifest_expires),
+            "hash_key": hash_key.hex(),
+            "state": {"entries": entries, "sha256": state_sha256, "sum": state_sum},
+            "snapshot": snapshot.manifest_entry(),
+            "deltas": [{"from": f, **a.manifest_entry()} for f, a in sorted(deltas.items())],
+            "restricted": {s: a.manifest_entry() for s, a in sorted(restricted.items())},
+        }
+        manifest = sign_envelope(MANIFEST_TYPE, canonical_json(payload), online)
+        online_pub, online_threshold = keys.role("online")
+        if len(manifest.valid_keyids(online_pub)) < online_threshold:
+            raise ConfigurationError("manifest signatures do not meet the online threshold")
+        manifest_bytes = manifest.to_bytes()
+
+        # 7. Commit the state BEFORE the manifest exists: a crash may skip a version
+        #    number but never reuses one.
+        db.execute(
+            "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?)",
+            (version, format_utc(now), entries, state_sha256, state_sum, manifest_bytes),
+        )
+        new_floor = max(floor, version + 1 - keep_deltas, 1)
+        db.execute("DELETE FROM changes WHERE version <= ?", (new_floor,))
+        db.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('changes_floor', ?)", (new_floor,)
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        for w in pending:
+            w.abort()
+        raise
+    finally:
+        with suppress(sqlite3.Error):
+            db.execute("DETACH DATABASE s")
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            with suppress(FileNotFoundError):
+                Path(f"{scratch}{suffix}").unlink()
+
+    # 8. The manifest, last.
+    manifest_path = site / "manifest.json"
+    atomic_write(manifest_path, manifest_bytes, mode=0o644)
+    _prune_site(db, site, version, keep_versions)
+    result = PublishResult(
+        version=version,
+        entries=entries,
+        restricted_entries=restricted_entries,
+        quarantined=quarantined,
+        quarantine_path=quarantine_path,
+        site_dir=site,
+        manifest_path=manifest_path,
+        manifest_length=len(manifest_bytes),
+        snapshot=snapshot,
+        deltas=deltas,
+        restricted=restricted,
+        state_sha256=state_sha256,
+        state_sum=state_sum,
+        seconds=time.monotonic() - started,
+    )
+    log.info(
+        "published version %d: %d public + %d restricted entries from %d lines, "
+        "%d quarantined, %d deltas, %d boxes, snapshot %d bytes, %.1fs",
+        version,
+        entries,
+        restricted_entries,
+        lines,
+        len(quarantined),
+        len(deltas),
+        len(restricted),
+        snapshot.length,
+        result.seconds,
+    )
+    if quarantined:
+        log.warning("%d source line(s) quarantined, see %s", len(quarantined), quarantine_path)
+    return result
+
+
+def _write_delta(
+    db: sqlite3.Connection,
+    site: Path,
+    base: int,
+    *,
+    version: int,
+    level: int,
+    pending: list[_GzipArtefact],
+) -> Artefact:
+    """Delta base -> version: compose every change after ``base``, compare ends."""
+    w = _GzipArtefact(site / "deltas", level)
+    pending.append(w)
+    rows = db.execute(
+        "SELECT c.entry_id, c.old, n.digest, n.record FROM "
+        "(SELECT entry_id, old, MIN(version) FROM changes WHERE version > ? "
+        " GROUP BY entry_id) AS c "
+        "LEFT JOIN s.src AS n ON n.entry_id = c.entry_id AND n.restricted = 0 "
+        "ORDER BY c.entry_id",
+        (base,),
+    )
+    for entry_id, old, new, record in rows:
+        if new is None:
+            if old is not None:
+                w.write_line(b"D\t" + entry_id.encode())
+        elif old != new:
+            w.write_line(b"P\t" + record)
+    art = w.finish(lambda h: f"{base}-{version}.{h}.ndjson.gz", site)
+    pending.remove(w)
+    return art
+
+
+def _write_box(
+    db: sqlite3.Connection,
+    site: Path,
+    sub: str,
+    *,
+    key: X25519PublicKey,
+    version: int,
+    level: int,
+) -> Artefact:
+    """Seal every restricted record naming ``sub`` (snapshot form) to its X25519 key."""
+    lines: list[bytes] = []
+    for (record,) in db.execute(
+        "SELECT n.record FROM s.aud AS a JOIN s.src AS n ON n.entry_id = a.entry_id "
+        "WHERE a.sub = ? ORDER BY a.entry_id",
+        (sub,),
+    ):
+        lines.append(record)
+        lines.append(b"\n")
+    raw = b"".join(lines)
+    box = seal_box(key, _gzip_bytes(raw, level), f"{sub}|{version}".encode())
+    digest = hashlib.sha256(box).hexdigest()
+    directory = site / "restricted" / sub
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path = directory / f"{version}.{digest}.box"
+    atomic_write(path, box, mode=0o644)
+    return Artefact(
+        path=path.relative_to(site).as_posix(),
+        sha256=digest,
+        length=len(box),
+        entries=len(lines) // 2,
+        state_sha256=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def _stored_manifest(db: sqlite3.Connection, version: int) -> dict[str, Any] | None:
+    row = db.execute("SELECT manifest FROM versions WHERE version=?", (version,)).fetchone()
+    if row is None:
+        return None
+    return Envelope.from_bytes(bytes(row[0])).payload_json()
+
+
+def _copy_roots(keys: KeyDir, site: Path) -> None:
+    """Every signed root onto the site (clients walk them one version at a time)."""
+    target = site / "root"
+    target.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for _, path in keys.root_files().items():
+        data = path.read_bytes()
+        dest = target / path.name
+        if dest.exists():
+            if dest.read_bytes() == data:
+                continue
+            log.warning("%s differs from the signed root in the key directory; replaced", dest)
+        atomic_write(dest, data, mode=0o644)
+
+
+def _prune_site(db: sqlite3.Connection, site: Path, version: int, keep_versions: int) -> None:
+    """Delete artefacts no manifest of the last ``keep_versions`` versions refers to.
+
+    Only files whose names this module makes are touched (plus stale ``.part`` files:
+    the publish lock guarantees no other publish is writing).
+    """
+    keep: set[str] = set()
+    for (data,) in db.execute(
+        "SELECT manifest FROM versions WHERE version > ?", (version - keep_versions,)
+    ):
+        m = Envelope.from_bytes(bytes(data)).payload_json()
+        keep.add(m["snapshot"]["path"])
+        keep.update(d["path"] for d in m.get("deltas", []))
+        keep.update(r["path"] for r in m.get("restricted", {}).values())
+    candidates: list[Path] = []
+    for sub, pattern in (("snapshots", _SNAPSHOT_RE), ("deltas", _DELTA_RE)):
+        d = site / sub
+        if d.is_dir():
+            candidates.extend(p for p in d.iterdir() if pattern.match(p.name))
+            candidates.extend(d.glob(".*.part"))
+    rdir = site / "restricted"
+    if rdir.is_dir():
+        for d in rdir.iterdir():
+            if d.is_dir():
+                candidates.extend(p for p in d.iterdir() if _BOX_RE.match(p.name))
+    removed = 0
+    for p in candidates:
+        if p.relative_to(site).as_posix() not in keep:
+            with suppress(FileNotFoundError):
+                p.unlink()
+                removed += 1
+    if removed:
+        log.info("pruned %d old artefact(s) from %s", removed, site)

@@ -1,0 +1,1746 @@
+"""The local list store: an on-disk copy of exactly one verified list version.
+
+Why this module exists
+----------------------
+"Offline" means every decision is answered from a local copy of the signed list, so this
+store is what a blocked (or wrongly allowed) person ultimately depends on. It guarantees:
+
+* **One verified version at a time.** A full snapshot is built into a *new* SQLite file,
+  checked against the signed digests, fsynced, and only then made current by swapping the
+  ``CURRENT`` pointer file with ``os.replace`` (+ directory fsync). A delta is applied in
+  place inside one ``BEGIN IMMEDIATE`` transaction in WAL mode with ``synchronous=FULL``
+  and committed only when the resulting ``state.sum`` and entry count equal the signed
+  ones. A ``kill -9`` (or power loss) at any instant therefore leaves the old version or
+  the new one, never a mix. Readers in other processes see a version change atomically:
+  each lookup is a single read transaction, and the reported :class:`StoreState` belongs
+  to that same transaction.
+* **Scale without memory.** Up to ~10 million entries are served by point lookups on a
+  ``WITHOUT ROWID`` key index; nothing is loaded into memory, and many processes
+  (gunicorn workers) read concurrently through WAL.
+* **No eviction, no pickle.** SQLite never drops rows on its own, and bodies are record
+  bytes (compressed, see below), never unpickled objects.
+* **No plaintext identifiers.** Records carry only keyed hashes (``id_key``, ``org_key``);
+  a record holding an ``id_number`` field is refused. The cache directory is mode 0700 and
+  the database files 0600.
+* **Tampering is detected.** :meth:`Store.verify` re-scans everything and recomputes the
+  signed digests and the key index; any difference raises :class:`StoreCorrupted`.
+
+On-disk layout (``cache_dir``)::
+
+    CURRENT                          name of the active database file (atomic pointer)
+    list-<version>-<token>.sqlite    one complete database per snapshot (current + previous)
+    .build-<version>-<token>.sqlite  a snapshot being built (deleted if a build dies)
+    LOCK                             flock(2) that serialises writers across processes
+
+The design decision, with measurements, is in ``docs/decisions/0001-storage-sqlite.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import itertools
+import logging
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+import weakref
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pydantic_core
+
+from ._exceptions import (
+    BaseVersionMismatch,
+    DigestMismatch,
+    FormatError,
+    InterceptError,
+    NeverSynced,
+    StoreCorrupted,
+    StoreError,
+)
+from ._util import atomic_write, ensure_private_dir, fsync_dir
+
+__all__ = ["RELATIONS", "ChangeSet", "Hit", "Store", "StoreState"]
+
+_log = logging.getLogger("intercept_sdk.store")
+
+#: Relation of a matched key to its record; ``keys.rel`` is an index into this tuple.
+RELATIONS: tuple[str, ...] = (
+    "self",
+    "legal_rep",
+    "principal",
+    "actual_controller",
+    "responsible_person",
+    "director",
+    "supervisor",
+    "senior_manager",
+)
+_REL_INDEX = {name: i for i, name in enumerate(RELATIONS)}
+
+_CURRENT = "CURRENT"
+_LOCK = "LOCK"
+_DB_RE = re.compile(r"list-(\d{1,18})-([0-9a-f]{16})\.sqlite")
+_BUILD_PREFIX = ".build-"
+_APPLICATION_ID = 0x49435054  # "ICPT": a foreign SQLite file is refused
+_SCHEMA_VERSION = 1
+_POINTER_CHECK_S = 0.05  # a swapped CURRENT is noticed within 50 ms
+_PARAM_CHUNK = 500  # well below SQLite's bound-parameter limit
+_SMALL_LOOKUP = 16  # lookup() with more keys goes through the batch path
+_BATCH_ROWS = 5000  # executemany batch while building
+_MAX_RECORD = 1 << 20  # decompression cap: a tampered body cannot balloon
+_KEY_RE = re.compile(r"[0-9a-f]{32}")
+_ENTRY_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_HEX64_RE = re.compile(r"[0-9a-f]{64}")
+_SUM_MOD = 1 << 256
+
+_SCHEMA = """
+CREATE TABLE meta(k TEXT PRIMARY KEY, v BLOB) WITHOUT ROWID;
+CREATE TABLE records(
+    rid INTEGER PRIMARY KEY,
+    entry_id TEXT UNIQUE NOT NULL,
+    part INTEGER NOT NULL,          -- 0 public, 1 restricted
+    body BLOB NOT NULL              -- _Codec.encode(record)
+);
+CREATE TABLE keys(
+    k BLOB NOT NULL,                -- the 16 raw bytes of an id_key / org_key
+    rid INTEGER NOT NULL,
+    rel INTEGER NOT NULL,           -- index into RELATIONS
+    PRIMARY KEY(k, rid, rel)
+) WITHOUT ROWID;
+"""
+
+# ---------------------------------------------------------------------------------------
+# Body codec
+# ---------------------------------------------------------------------------------------
+# A record is ~600-900 bytes of canonical JSON, mostly Chinese text and fixed key names.
+# Each body is compressed on its own (a lookup decodes one record, not a block), which
+# only pays off with a preset dictionary. Measured on 1M realistic records (see the
+# decision record), three steps bring a body from ~770 to ~150 bytes:
+#
+# 1. Transcode UTF-8 (3 bytes per Chinese character) to GB18030 (2 bytes, ASCII as is),
+#    a bijective encoding of all of Unicode (the tests check every code point), so
+#    decoding gives back the exact UTF-8 bytes. Invalid UTF-8 is stored as is (form 2).
+# 2. Replace, in the pure-ASCII parts, ``"id_key":"<32 hex>"`` by 0x01 + 16 raw bytes,
+#    ``"org_key":"<32 hex>"`` by 0x02 + 16 raw bytes, and ``"entry_id":"<id>",`` by 0x03
+#    (the id is in its own column). JSON text never holds raw bytes 0x01-0x03, so the
+#    markers are unambiguous; a record holding one anyway is stored in form 2.
+# 3. Raw deflate with a per-file dictionary: ~29 KiB of transformed sample records from
+#    the first snapshot (reused by later snapshots so bodies stay comparable) followed
+#    by the fixed skeleton below. Deflate then encodes the JSON skeleton, court names and
+#    formulaic legal phrases as back-references.
+#
+# The first byte of a body names its form, so the scheme can evolve file by file.
+_ZDICT_STATIC = (
+    # roles and measure codes of targeted or restricted entries
+    '"role":"principal"},{"id_masked":"**********","name":"","role":"director"}'
+    '"role":"supervisor"}"role":"senior_manager"}"role":"responsible_person"}'
+    '"role":"actual_controller"}"measures":["consumption.star_hotel","travel.flight",'
+    '"travel.rail_premium","realestate.purchase","finance.credit","exit.departure"],'
+    # provinces and their abbreviations (case numbers carry the abbreviation)
+    "北京市天津市河北省山西省内蒙古自治区辽宁省吉林省黑龙江省上海市江苏省浙江省安徽省福建省"
+    "江西省山东省河南省湖北省湖南省广东省广西壮族自治区海南省重庆市四川省贵州省云南省西藏自治区"
+    "陕西省甘肃省青海省宁夏回族自治区新疆维吾尔自治区京津冀晋蒙辽吉黑沪苏浙皖闽赣鲁豫鄂湘粤桂琼渝川贵云藏陕甘青宁新"
+    # formulaic phrases of judgments and mediation documents
+    "劳动报酬赔偿款合同价款保证金违约金垫付款工程款租金货款借款本金及利息"
+    "并承担案件受理费元，诉讼费用由被告负担，连带清偿责任，应于调解书生效后日内给付，支付"
+    "给付申请执行人元及迟延履行期间的债务利息，被执行人被告于本判决生效之日起十日内偿还原告"
+    # entity skeleton (canonical key order, markers as the codec writes them)
+    '{"audience":["","basis_doc_no":"()民初号","basis_issuer":"中级人民法院","case_no":"()执号",'
+    '"court":"人民法院",\x03"filed_at":"20-","legal_rep_name":"","measures":["*"],'
+    '"name":"有限责任公司股份有限公司有限公司","obligation":"","org_code":"",\x02,'
+    '"performance":"部分未履行","performed_amount":"","published_at":"20-",'
+    '"related":[{\x01,"id_masked":"**********","name":"","role":"legal_rep"}],'
+    '"revoked_at":"T00:00:00Z","severity":2,"situation":,"status":"revoked",'
+    '"subject_type":"entity","unperformed_amount":"","uscc":"91",'
+    '"valid_until":"20-","visibility":"restricted"}'
+    # person skeleton: the most frequent shape, hence last (shortest distances)
+    '{"age":,"basis_doc_no":"()民初号","basis_issuer":"人民法院","case_no":"()执号",'
+    '"court":"人民法院",\x03"filed_at":"20-","gender":"女",\x01,'
+    '"id_masked":"**********","measures":["*"],"name":"","obligation":"",'
+    '"performance":"全部未履行","performed_amount":"0","published_at":"20-",'
+    '"severity":1,"situation":,"status":"active","subject_type":"person",'
+    '"unperformed_amount":"","visibility":"public"}'
+).encode("gb18030")
+_ZDICT_MAX = 31744  # trained samples + static part; + a record still fits the window
+_TRAIN_RECORDS = 2048  # head of the first snapshot the samples are drawn from
+_TRAIN_SAMPLES = 64
+_LEVEL = 6  # level 9 saves ~2 bytes per record at a third more CPU
+_WBITS = -15  # raw deflate, 32 KiB window: dictionary + a record fit in it
+_MEMLEVEL = 8
+
+_F_RAW = 0  # the record as is
+_F_GB = 1  # deflate(zdict) of the marked-up GB18030 transcoding (steps 1-3)
+_F_UTF8 = 2  # deflate(zdict) of the record bytes as they are (fallback)
+
+_MARKUP_RE = re.compile(rb'"(id_key|org_key)":"([0-9a-f]{32})"')
+_MARKER = {b"id_key": b"\x01", b"org_key": b"\x02"}
+_MARKER_RE = re.compile(rb"[\x01-\x03]")
+_STRIP_BINARY_RE = re.compile(rb"([\x01\x02]).{16}", re.DOTALL)
+
+
+def _markup(match: re.Match[bytes]) -> bytes:
+    return _MARKER[match.group(1)] + bytes.fromhex(match.group(2).decode("ascii"))
+
+
+class _Codec:
+    """Encodes record bytes into a stored body and back, exactly (see the notes above)."""
+
+    __slots__ = ("_base", "zdict")
+
+    def __init__(self, zdict: bytes) -> None:
+        self.zdict = zdict
+        self._base = zlib.compressobj(
+            _LEVEL, zlib.DEFLATED, _WBITS, _MEMLEVEL, zlib.Z_DEFAULT_STRATEGY, zdict
+        )
+
+    @staticmethod
+    def train(samples: Sequence[bytes]) -> _Codec:
+        """A codec whose dictionary holds transformed samples spread over ``samples``."""
+        budget = _ZDICT_MAX - len(_ZDICT_STATIC)
+        step = max(1, len(samples) // _TRAIN_SAMPLES)
+        parts: list[bytes] = []
+        size = 0
+        for record in samples[::step]:
+            marked = _transform(record)
+            if marked is None:
+                continue
+            marked = _STRIP_BINARY_RE.sub(rb"\1", marked)  # keys are noise to a dictionary
+            if size + len(marked) > budget:
+                break
+            parts.append(marked)
+            size += len(marked)
+        return _Codec(b"".join(parts) + _ZDICT_STATIC)
+
+    def encode(self, record: bytes, entry_id: str) -> bytes:
+        """The stored body of ``record`` (whose entry_id is ``entry_id``)."""
+        marked = _transform(record, entry_id)
+        if marked is not None:
+            fmt = _F_GB
+        else:
+            fmt, marked = _F_UTF8, record
+        c = self._base.copy()
+        return bytes((fmt,)) + c.compress(marked) + c.flush()
+
+    def decode(self, body: bytes, entry_id: str) -> bytes:
+        """The exact record bytes of ``body``; :class:`StoreCorrupted` if undecodable."""
+        if not body:
+            raise StoreCorrupted(f"stored record {entry_id} is empty")
+        fmt = body[0]
+        try:
+            if fmt == _F_GB:
+                return _unmark(self._inflate(body), entry_id).decode("gb18030").encode("utf-8")
+            if fmt == _F_UTF8:
+                return self._inflate(body)
+            if fmt == _F_RAW:
+                return body[1:]
+        except (zlib.error, UnicodeError) as exc:
+            raise StoreCorrupted(f"stored record {entry_id} cannot be decoded: {exc}") from None
+        raise StoreCorrupted(f"stored record {entry_id} has unknown body form {fmt}")
+
+    def _inflate(self, body: bytes) -> bytes:
+        d = zlib.decompressobj(_WBITS, zdict=self.zdict)
+        out = d.decompress(memoryview(body)[1:], _MAX_RECORD)
+        if not d.eof or d.unused_data or d.unconsumed_tail:
+            raise StoreCorrupted("a stored record body is truncated or malformed")
+        return out
+
+
+def _unmark(marked: bytes, entry_id: str) -> bytes:
+    """Undo step 2: scan markers left to right (a key's 16 raw bytes are skipped whole)."""
+    out: list[bytes] = []
+    pos = 0
+    search = _MARKER_RE.search
+    while (m := search(marked, pos)) is not None:
+        i = m.start()
+        out.append(marked[pos:i])
+        marker = marked[i]
+        if marker == 3:
+            out.append(b'"entry_id":"' + entry_id.encode("ascii") + b'",')
+            pos = i + 1
+        else:
+            raw = marked[i + 1 : i + 17]
+            if len(raw) != 16:
+                raise StoreCorrupted(f"stored record {entry_id} has a truncated key")
+            out.append(b'"id_key":"' if marker == 1 else b'"org_key":"')
+            out.append(raw.hex().encode("ascii") + b'"')
+            pos = i + 17
+    out.append(marked[pos:])
+    return b"".join(out)
+
+
+def _transform(record: bytes, entry_id: str | None = None) -> bytes | None:
+    """Steps 1 and 2 of the codec, or ``None`` if the record must be stored as UTF-8."""
+    try:
+        # GB18030 maps every code point and back; tests check the whole range once.
+        gb = record.decode("utf-8").encode("gb18030")
+    except UnicodeError:
+        return None
+    if b"\x01" in gb or b"\x02" in gb or b"\x03" in gb:  # the markers must be unambiguous
+        return None
+    if entry_id is not None:
+        gb = gb.replace(b'"entry_id":"' + entry_id.encode("ascii") + b'",', b"\x03", 1)
+    return _MARKUP_RE.sub(_markup, gb)
+
+
+# ---------------------------------------------------------------------------------------
+# Records, states and digests
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """The version a read was answered from, and what the store knows about it.
+
+    ``state_sha256``/``state_sum``/``entries`` are the signed values of that version;
+    ``manifest`` is the signed manifest envelope exactly as received (callers re-verify its
+    signatures); ``restricted_*`` describe this subscriber's restricted partition
+    (``restricted_sha256`` is ``None`` when no restricted data was ever stored).
+    """
+
+    version: int
+    entries: int
+    state_sha256: str
+    state_sum: str
+    hash_key: bytes
+    manifest: bytes
+    applied_at: _dt.datetime
+    restricted_sha256: str | None
+    restricted_entries: int
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    """Entry ids that differ between two versions (public and restricted together).
+
+    ``from_version`` is ``None`` when there was no readable previous version: every entry
+    is then new, and the sets are left **empty** on purpose (a first sync of 10 million
+    entries must not build a gigabyte of strings). Treat ``from_version is None`` as
+    "everything changed". An entry moving between the public and the restricted
+    partition is reported as changed.
+    """
+
+    from_version: int | None
+    to_version: int
+    added: frozenset[str]
+    changed: frozenset[str]
+    removed: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One listed record matched by one key; ``record`` is the exact signed record bytes."""
+
+    entry_id: str
+    relation: str
+    key: bytes
+    record: bytes
+
+
+def _parse_record(record: bytes) -> tuple[str, list[tuple[bytes, int]], bool]:
+    """``(entry_id, [(key, rel)], restricted)`` of one record; :class:`FormatError` if bad.
+
+    Only what the store relies on is checked: one line, a JSON object, a valid entry_id,
+    keys of exactly 32 lowercase hex digits, known roles, and no plaintext ID number.
+    """
+    if b"\n" in record:
+        raise FormatError("a record must be one line")
+    try:
+        obj = pydantic_core.from_json(record)
+    except ValueError as exc:
+        raise FormatError(f"a record is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise FormatError("a record must be a JSON object")
+    eid = obj.get("entry_id")
+    if not isinstance(eid, str) or not _ENTRY_ID_RE.fullmatch(eid):
+        raise FormatError("a record has no valid entry_id")
+    if "id_number" in obj:
+        raise FormatError(f"record {eid} carries a plaintext id_number")
+    keys: list[tuple[bytes, int]] = []
+    for field in ("id_key", "org_key"):
+        value = obj.get(field)
+        if value is not None:
+            keys.append((_key_bytes(value, eid, field), 0))
+    related = obj.get("related")
+    if related is not None:
+        if not isinstance(related, list):
+            raise FormatError(f"record {eid}: related must be a list")
+        for item in related:
+            if not isinstance(item, dict):
+                raise FormatError(f"record {eid}: related items must be objects")
+            if "id_number" in item:
+                raise FormatError(f"record {eid} carries a plaintext id_number")
+            role = item.get("role")
+            rel = _REL_INDEX.get(role) if isinstance(role, str) else None
+            if not rel:  # None, or 0 ("self" is not a role)
+                raise FormatError(f"record {eid}: unknown related role {role!r}")
+            value = item.get("id_key")
+            if value is not None:
+                keys.append((_key_bytes(value, eid, "related.id_key"), rel))
+    visibility = obj.get("visibility", "public")
+    if visibility not in ("public", "restricted"):
+        raise FormatError(f"record {eid}: unknown visibility {visibility!r}")
+    if len(keys) > 1:
+        keys = list(dict.fromkeys(keys))  # one person twice in one role: one index row
+    return eid, keys, visibility == "restricted"
+
+
+def _key_bytes(value: object, eid: str, field: str) -> bytes:
+    if not isinstance(value, str) or not _KEY_RE.fullmatch(value):
+        raise FormatError(f"record {eid}: {field} must be 32 lowercase hex digits")
+    return bytes.fromhex(value)
+
+
+class _Digest:
+    """Streaming digests of one partition, exactly as the publisher computes them."""
+
+    __slots__ = ("count", "last_id", "sha", "total")
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+        self.total = 0
+        self.count = 0
+        self.last_id: str | None = None
+
+    def add(self, entry_id: str, record: bytes) -> None:
+        if self.last_id is not None and entry_id <= self.last_id:
+            raise FormatError(f"records are not in strictly increasing entry_id order: {entry_id}")
+        self.last_id = entry_id
+        self.sha.update(record)
+        self.sha.update(b"\n")
+        self.total += _record_int(record)
+        self.count += 1
+
+    @property
+    def sum_hex(self) -> str:
+        return f"{self.total % _SUM_MOD:064x}"
+
+
+def _record_int(record: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(record).digest(), "big")
+
+
+def _key_int(k: bytes, rid: int, rel: int) -> int:
+    return int.from_bytes(
+        hashlib.sha256(k + rid.to_bytes(8, "big") + bytes((rel,))).digest(), "big"
+    )
+
+
+def _check_hex64(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _HEX64_RE.fullmatch(value.lower()):
+        raise FormatError(f"{what} must be 64 hex digits")
+    return value.lower()
+
+
+# ---------------------------------------------------------------------------------------
+# SQLite plumbing
+# ---------------------------------------------------------------------------------------
+_CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def _translate(exc: sqlite3.Error, what: str) -> InterceptError:
+    """The SDK exception for a sqlite3 error: corrupt/foreign file, bad data, or other."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return FormatError(f"{what}: an entry_id occurs twice ({exc})")
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and (code & 0xFF) in _CORRUPT_CODES:
+        return StoreCorrupted(f"{what}: the database file is corrupt ({exc})")
+    if type(exc) is sqlite3.DatabaseError:
+        return StoreCorrupted(f"{what}: {exc}")
+    return StoreError(f"{what}: {exc}")
+
+
+@contextlib.contextmanager
+def _sqlite_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise _translate(exc, what) from exc
+
+
+def _connect(path: Path, *, mode: str, timeout: float = 10.0) -> sqlite3.Connection:
+    """Open ``path`` in autocommit mode; ``mode`` ro/rw never creates a file."""
+    return sqlite3.connect(
+        f"file:{quote(str(path))}?mode={mode}",
+        uri=True,
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=timeout,
+        cached_statements=64,
+    )
+
+
+def _check_file(conn: sqlite3.Connection, token: str) -> _Codec:
+    """Refuse a file that is not ours or not the one named; return its codec."""
+    app = conn.execute("PRAGMA application_id").fetchone()[0]
+    ver = conn.execute("PRAGMA user_version").fetchone()[0]
+    if app != _APPLICATION_ID or ver != _SCHEMA_VERSION:
+        raise StoreCorrupted("the database file is not an intercept-sdk list store")
+    meta = dict(conn.execute("SELECT k, v FROM meta WHERE k IN ('file_id', 'zdict')").fetchall())
+    if meta.get("file_id") != token:
+        raise StoreCorrupted("the database file is not the one CURRENT names")
+    zdict = meta.get("zdict")
+    if not isinstance(zdict, bytes):
+        raise StoreCorrupted("the database file has no compression dictionary")
+    return _Codec(zdict)
+
+
+def _read_state(conn: sqlite3.Connection) -> tuple[int, StoreState]:
+    """``(generation, state)`` from the meta table, read in one statement.
+
+    The generation counts committed writes to one file (a delta, a restricted
+    replacement) and so identifies a state exactly, even when the version is equal.
+    """
+    meta = dict(conn.execute("SELECT k, v FROM meta").fetchall())
+    try:
+        rsha = meta.get("restricted_sha256")
+        return int(meta["gen"]), StoreState(
+            version=int(meta["version"]),
+            entries=int(meta["entries"]),
+            state_sha256=str(meta["state_sha256"]),
+            state_sum=str(meta["state_sum"]),
+            hash_key=bytes(meta["hash_key"]),
+            manifest=bytes(meta["manifest"]),
+            applied_at=_dt.datetime.fromisoformat(str(meta["applied_at"])),
+            restricted_sha256=None if rsha is None else str(rsha),
+            restricted_entries=int(meta.get("restricted_entries", 0)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreCorrupted(f"store metadata is incomplete or malformed: {exc!r}") from None
+
+
+def _write_meta(conn: sqlite3.Connection, values: dict[str, object]) -> None:
+    conn.executemany("INSERT OR REPLACE INTO meta(k, v) VALUES (?, ?)", list(values.items()))
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# Fork safety: a connection must never be used on both sides of fork(). Readers remember
+# the fork generation they were opened in; the child re-opens. Inherited connections are
+# parked here rather than closed or collected (closing could disturb the parent's locks).
+_FORK_GEN = 0
+_ORPHANED: list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    global _FORK_GEN
+    _FORK_GEN += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Reader:
+    """One thread's read connection to one database file, with its cached state."""
+
+    __slots__ = ("__weakref__", "codec", "conn", "fork_gen", "name", "state", "state_gen")
+
+    def __init__(self, conn: sqlite3.Connection, codec: _Codec, name: str) -> None:
+        self.conn = conn
+        self.codec = codec
+        self.name = name
+        self.fork_gen = _FORK_GEN
+        self.state: StoreState | None = None
+        self.state_gen = -1
+
+    def release(self) -> None:
+        if self.fork_gen == _FORK_GEN:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+        else:
+            _ORPHANED.append(self.conn)
+
+
+def _lookup_sql(n: int) -> str:
+    # One statement = one read transaction: the generation and the hits come from the
+    # same snapshot of the file. The LEFT JOINs keep the meta row when nothing matches.
+    return (
+        "SELECT m.v, k.k, k.rel, r.entry_id, r.body FROM meta AS m "
+        f"LEFT JOIN keys AS k ON k.k IN ({','.join('?' * n)}) "
+        "LEFT JOIN records AS r ON r.rid = k.rid WHERE m.k = 'gen'"
+    )
+
+
+_LOOKUP_SQL = [_lookup_sql(n) for n in range(1, _SMALL_LOOKUP + 1)]
+_GEN_SQL = "SELECT v FROM meta WHERE k = 'gen'"
+_BATCH_SQL = (
+    "SELECT k.k, k.rel, r.entry_id, r.body FROM keys AS k JOIN records AS r ON r.rid = k.rid "
+    f"WHERE k.k IN ({','.join('?' * _PARAM_CHUNK)})"
+)
+_RECORDS_SQL = (
+    f"SELECT entry_id, body FROM records WHERE entry_id IN ({','.join('?' * _PARAM_CHUNK)})"
+)
+
+
+def _padded(chunk: list[Any]) -> list[Any]:
+    """``chunk`` padded to _PARAM_CHUNK values (IN ignores repeats): one cached statement."""
+    if len(chunk) < _PARAM_CHUNK:
+        return chunk + [chunk[0]] * (_PARAM_CHUNK - len(chunk))
+    return chunk
+
+
+# ---------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------
+
+
+class Store:
+    """The local copy of the signed list in ``cache_dir`` (see the module docstring).
+
+    Thread-safe and fork-safe: each thread of each process reads through its own SQLite
+    connection (re-opened after ``fork`` and after ``CURRENT`` moves), and writers in any
+    process are serialised by an ``flock`` on ``cache_dir/LOCK``. ``readonly=True`` opens
+    database files read-only and refuses every write; it does not create the directory.
+
+    Every ``sqlite3`` error is translated here: :class:`StoreCorrupted` for a corrupt or
+    foreign file, :class:`FormatError` for data that breaks a constraint, and
+    :class:`StoreError` otherwise.
+    """
+
+    def __init__(self, cache_dir: Path, *, readonly: bool = False) -> None:
+        self._dir = Path(cache_dir)
+        self._readonly = readonly
+        if not readonly:
+            try:
+                ensure_private_dir(self._dir)
+            except OSError as exc:
+                raise StoreError(f"cannot create the cache directory {self._dir}: {exc}") from None
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
+        self._closed = False
+        self._current: str | None = None
+        self._current_sig: tuple[int, int, int] | None = None
+        self._checked_at = -1.0
+
+    @property
+    def cache_dir(self) -> Path:
+        """The directory this store lives in."""
+        return self._dir
+
+    # -- the CURRENT pointer ------------------------------------------------------------
+    def _read_pointer(self) -> str | None:
+        """Name of the current database file; ``None`` if nothing was ever stored."""
+        try:
+            raw = (self._dir / _CURRENT).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"cannot read {self._dir / _CURRENT}: {exc}") from None
+        name = raw.decode("ascii", "replace").strip()
+        if not _DB_RE.fullmatch(name):  # also refuses paths: only a bare file name passes
+            raise StoreCorrupted("CURRENT does not name a list database file")
+        return name
+
+    def _refresh_pointer(self, now: float) -> None:
+        try:
+            st = os.stat(self._dir / _CURRENT)
+            sig: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            sig = None
+        except OSError as exc:
+            raise StoreError(f"cannot stat {self._dir / _CURRENT}: {exc}") from None
+        if sig is None or sig != self._current_sig:
+            name = None if sig is None else self._read_pointer()
+            with self._lock:
+                self._current, self._current_sig = name, sig
+        self._checked_at = now
+
+    def _reader(self) -> _Reader:
+        """This thread's reader of the current file (re-opened after a swap or fork)."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        now = time.monotonic()
+        if now - self._checked_at > _POINTER_CHECK_S:
+            self._refresh_pointer(now)
+        name = self._current
+        if name is None:
+            raise NeverSynced("no verified list version has been stored yet")
+        rd: _Reader | None = getattr(self._local, "reader", None)
+        if rd is not None and rd.name == name and rd.fork_gen == _FORK_GEN:
+            return rd
+        if rd is not None:
+            self._local.reader = None
+            rd.release()
+        return self._open_reader(name)
+
+    def _open_reader(self, name: str) -> _Reader:
+        for _attempt in range(3):
+            match = _DB_RE.fullmatch(name)
+            assert match is not None
+            path = self._dir / name
+            if not path.exists():
+                # CURRENT may have moved on between reading it and opening the file.
+                self._refresh_pointer(time.monotonic())
+                if self._current is None:
+                    raise NeverSynced("no verified list version has been stored yet")
+                if self._current != name:
+                    name = self._current
+                    continue
+                raise StoreCorrupted(f"CURRENT names {name}, which does not exist")
+            conn: sqlite3.Connection | None = None
+            try:
+                conn = _connect(path, mode="ro" if self._readonly else "rw", timeout=5.0)
+                conn.execute("PRAGMA query_only = ON")
+                conn.execute("PRAGMA mmap_size = 268435456")
+                codec = _check_file(conn, match.group(2))
+            except sqlite3.Error as exc:
+                if conn is not None:
+                    conn.close()
+                raise _translate(exc, f"cannot open {name}") from exc
+            except BaseException:
+                if conn is not None:
+                    conn.close()
+                raise
+            rd = _Reader(conn, codec, name)
+            self._local.reader = rd
+            with self._lock:
+                self._readers.add(rd)
+            _log.debug("opened %s for reading", name)
+            return rd
+        raise StoreCorrupted("CURRENT keeps changing; cannot open the list")
+
+    @staticmethod
+    def _state_for(rd: _Reader, gen: object) -> StoreState | None:
+        """The state of generation ``gen`` (cached per reader); ``None`` if it moved on."""
+        if gen == rd.state_gen and rd.state is not None:
+            return rd.state
+        rd.state_gen, rd.state = _read_state(rd.conn)
+        return rd.state if rd.state_gen == gen else None
+
+    # -- reads --------------------------------------------------------------------------
+    def state(self) -> StoreState | None:
+        """The current version's state, or ``None`` if nothing was ever stored."""
+        try:
+            rd = self._reader()
+        except NeverSynced:
+            return None
+        with _sqlite_errors("cannot read the store state"):
+            rd.state_gen, rd.state = _read_state(rd.conn)
+        return rd.state
+
+    def lookup(self, keys: Sequence[bytes]) -> tuple[StoreState, list[Hit]]:
+        """All hits for ``keys`` (16-byte keys) and the state they belong to, in one read.
+
+        The hot path is one prepared statement reading the state generation and the hits
+        together, so the answer is consistent even while another process applies a delta.
+        Raises :class:`NeverSynced` when no version was ever stored.
+        """
+        n = len(keys)
+        if n > _SMALL_LOOKUP:
+            state, by_key = self.lookup_batch(keys)
+            return state, [h for k in dict.fromkeys(keys) for h in by_key.get(k, ())]
+        rd = self._reader()
+        try:
+            if n:
+                rows = rd.conn.execute(_LOOKUP_SQL[n - 1], tuple(keys)).fetchall()
+            else:
+                rows = [(*row, None, None, None, None) for row in rd.conn.execute(_GEN_SQL)]
+            if not rows:
+                raise StoreCorrupted("store metadata has no generation")
+            st = self._state_for(rd, rows[0][0])
+        except sqlite3.Error as exc:
+            raise _translate(exc, "lookup failed") from exc
+        if st is None:  # a write committed between the two statements: redo as one txn
+            return self._lookup_txn(rd, keys)
+        if rows[0][1] is None:
+            return st, []
+        return st, _hits(rd.codec, rows)
+
+    def _lookup_txn(self, rd: _Reader, keys: Sequence[bytes]) -> tuple[StoreState, list[Hit]]:
+        hits: list[Hit] = []
+        with _sqlite_errors("lookup failed"):
+            rd.conn.execute("BEGIN")
+            try:
+                rd.state_gen, st = _read_state(rd.conn)
+                rd.state = st
+                if keys:
+                    rows = rd.conn.execute(_LOOKUP_SQL[len(keys) - 1], tuple(keys)).fetchall()
+                    if rows and rows[0][1] is not None:
+                        hits = _hits(rd.codec, rows)
+            finally:
+                rd.conn.execute("COMMIT")
+        return st, hits
+
+    def lookup_batch(self, keys: Sequence[bytes]) -> tuple[StoreState, dict[bytes, list[Hit]]]:
+        """Hits for many keys (screening a customer base), all in one read transaction.
+
+        Keys go in chunks of 500 through one prepared statement; the result maps each key
+        that matched to its hits (keys without a hit are absent).
+        """
+        rd = self._reader()
+        conn, codec = rd.conn, rd.codec
+        out: dict[bytes, list[Hit]] = {}
+        unique = list(dict.fromkeys(keys))
+        decoded: dict[str, bytes] = {}
+        with _sqlite_errors("batch lookup failed"):
+            conn.execute("BEGIN")
+            try:
+                row = conn.execute(_GEN_SQL).fetchone()
+                if row is None:
+                    raise StoreCorrupted("store metadata has no generation")
+                st = self._state_for(rd, row[0])
+                if st is None:  # pragma: no cover - both reads are in one transaction
+                    raise StoreError("the store state changed inside a read transaction")
+                for i in range(0, len(unique), _PARAM_CHUNK):
+                    for k, rel, eid, body in conn.execute(
+                        _BATCH_SQL, _padded(unique[i : i + _PARAM_CHUNK])
+                    ):
+                        record = decoded.get(eid)
+                        if record is None:
+                            record = decoded[eid] = codec.decode(body, eid)
+                        out.setdefault(k, []).append(Hit(eid, RELATIONS[rel], k, record))
+            finally:
+                conn.execute("COMMIT")
+        return st, out
+
+    def get_records(self, entry_ids: Iterable[str]) -> dict[str, bytes]:
+        """Exact record bytes of those given entries that exist (one read transaction)."""
+        rd = self._reader()
+        ids = list(dict.fromkeys(entry_ids))
+        out: dict[str, bytes] = {}
+        with _sqlite_errors("reading records failed"):
+            rd.conn.execute("BEGIN")
+            try:
+                for i in range(0, len(ids), _PARAM_CHUNK):
+                    for eid, body in rd.conn.execute(
+                        _RECORDS_SQL, _padded(ids[i : i + _PARAM_CHUNK])
+                    ):
+                        out[eid] = rd.codec.decode(body, eid)
+            finally:
+                rd.conn.execute("COMMIT")
+        return out
+
+    # -- writes -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """Serialise writers of this directory across threads and processes (flock)."""
+        if self._readonly:
+            raise StoreError("the store was opened read-only")
+        if self._closed:
+            raise StoreError("the store is closed")
+        try:
+            ensure_private_dir(self._dir)
+            fd = os.open(self._dir / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot take the store lock: {exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+            self._checked_at = -1.0  # this process notices its own swap at once
+
+    def _cleanup(self, keep: set[str]) -> None:
+        """Delete dead builds, temp files and database files not in ``keep`` (locked)."""
+        for entry in os.scandir(self._dir):
+            name = entry.name
+            base = name
+            for suffix in ("-wal", "-shm", "-journal"):
+                base = base.removesuffix(suffix)
+            if (
+                name.startswith(_BUILD_PREFIX)
+                or (name.startswith(f".{_CURRENT}.") and name.endswith(".tmp"))
+                or (_DB_RE.fullmatch(base) is not None and base not in keep)
+            ):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    _log.debug("deleted %s", name)
+
+    def write_snapshot(
+        self,
+        version: int,
+        records: Iterable[bytes],
+        *,
+        manifest: bytes,
+        hash_key: bytes,
+        expected_sha256: str,
+        expected_sum: str,
+        restricted: Iterable[bytes] | None = None,
+        restricted_sha256: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> ChangeSet:
+        """Build ``version`` from a full snapshot in a new file, then make it current.
+
+        ``records`` are the public records in entry_id order (as in the snapshot file).
+        Both signed digests (``state.sha256`` and ``state.sum``) are checked before
+        anything is swapped: on a mismatch the new file is deleted, the previous version
+        stays in force, and :class:`DigestMismatch` is raised. ``restricted`` replaces the
+        restricted partition (checked against ``restricted_sha256`` when given);
+        ``None`` carries the previous partition over unchanged. ``progress`` is called
+        with the number of public records stored so far. The returned ChangeSet compares
+        with the previous version, if one was readable.
+        """
+        expected_sha256 = _check_hex64(expected_sha256, "expected_sha256")
+        expected_sum = _check_hex64(expected_sum, "expected_sum")
+        with self._write_lock():
+            try:
+                prev = self._read_pointer()
+            except StoreCorrupted:
+                prev = None  # a fresh snapshot is exactly how a broken store is repaired
+            self._cleanup({prev} if prev else set())
+            token = secrets.token_hex(8)
+            final = f"list-{version}-{token}.sqlite"
+            build = self._dir / f"{_BUILD_PREFIX}{version}-{token}.sqlite"
+            try:
+                changes = self._build(
+                    build,
+                    token=token,
+                    version=version,
+                    records=records,
+                    prev=prev,
+                    manifest=manifest,
+                    hash_key=hash_key,
+                    expected_sha256=expected_sha256,
+                    expected_sum=expected_sum,
+                    restricted=restricted,
+                    restricted_sha256=restricted_sha256,
+                    progress=progress,
+                )
+                _fsync_file(build)
+                os.replace(build, self._dir / final)
+                fsync_dir(self._dir)
+                atomic_write(self._dir / _CURRENT, final.encode("ascii") + b"\n", mode=0o600)
+            except BaseException:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(f"{build}{suffix}")
+                raise
+            self._cleanup({final, prev} if prev else {final})
+        _log.info(
+            "list version %d stored from a snapshot (%s): %d added, %d changed, %d removed",
+            version,
+            final,
+            len(changes.added),
+            len(changes.changed),
+            len(changes.removed),
+        )
+        return changes
+
+    def _build(
+        self,
+        path: Path,
+        *,
+        token: str,
+        version: int,
+        records: Iterable[bytes],
+        prev: str | None,
+        manifest: bytes,
+        hash_key: bytes,
+        expected_sha256: str,
+        expected_sum: str,
+        restricted: Iterable[bytes] | None,
+        restricted_sha256: str | None,
+        progress: Callable[[int], None] | None,
+    ) -> ChangeSet:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        old = self._open_previous(prev)
+        try:
+            conn = _connect(path, mode="rw")
+        except sqlite3.Error as exc:
+            if old is not None:
+                old.close()
+            raise _translate(exc, "cannot create the snapshot database") from exc
+        try:
+            with _sqlite_errors(f"building the database of version {version} failed"):
+                # The file is not referenced until CURRENT names it, so a crash here only
+                # leaves garbage to delete: no journal, no syncs until the final fsync.
+                conn.execute("PRAGMA page_size = 8192")  # ~1 % smaller than 4096, 1 level less
+                conn.execute("PRAGMA journal_mode = OFF")
+                conn.execute("PRAGMA synchronous = OFF")
+                conn.execute("PRAGMA cache_size = -131072")
+                conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                conn.executescript(_SCHEMA)
+                # Keys go to a staging table and are inserted sorted at the end: a
+                # B-tree filled in key order has full pages (~25 % smaller, faster).
+                conn.execute("CREATE TEMP TABLE stage(k BLOB, rid INTEGER, rel INTEGER)")
+                conn.execute("BEGIN")
+                it = iter(records)
+                head: list[bytes] = []
+                if old is not None and len(old.codec.zdict) >= _ZDICT_MAX - 2048:
+                    codec = old.codec  # stable dictionary: bodies stay comparable
+                else:
+                    head = list(itertools.islice(it, _TRAIN_RECORDS))
+                    codec = _Codec.train(head)
+                diff = _Diff(old, codec)
+                pub = _Digest()
+                rid = 0
+                rows: list[tuple[int, str, int, bytes]] = []
+                krows: list[tuple[bytes, int, int]] = []
+                for record in itertools.chain(head, it):
+                    eid, keys, is_restricted = _parse_record(record)
+                    if is_restricted:
+                        raise FormatError(f"restricted record {eid} in the public snapshot")
+                    pub.add(eid, record)
+                    rid += 1
+                    body = codec.encode(record, eid)
+                    diff.public(eid, record, body)
+                    rows.append((rid, eid, 0, body))
+                    krows.extend((k, rid, rel) for k, rel in keys)
+                    if len(rows) >= _BATCH_ROWS:
+                        _flush_build(conn, rows, krows)
+                        if progress is not None:
+                            progress(rid)
+                _flush_build(conn, rows, krows)
+                diff.finish_public()
+                if progress is not None:
+                    progress(rid)
+                if pub.sha.hexdigest() != expected_sha256 or pub.sum_hex != expected_sum:
+                    raise DigestMismatch(
+                        f"snapshot {version}: the {pub.count} records received do not match "
+                        "the signed state digest"
+                    )
+                rmeta = _build_restricted(
+                    conn,
+                    codec,
+                    old=old,
+                    restricted=restricted,
+                    restricted_sha256=restricted_sha256,
+                    last_rid=rid,
+                    diff=diff,
+                    version=version,
+                )
+                conn.execute(
+                    "INSERT INTO keys(k, rid, rel) "
+                    "SELECT k, rid, rel FROM temp.stage ORDER BY k, rid, rel"
+                )
+                conn.execute("DROP TABLE temp.stage")
+                _write_meta(
+                    conn,
+                    {
+                        "version": version,
+                        "entries": pub.count,
+                        "state_sha256": expected_sha256,
+                        "state_sum": expected_sum,
+                        "hash_key": bytes(hash_key),
+                        "manifest": bytes(manifest),
+                        "applied_at": _now_iso(),
+                        "file_id": token,
+                        "gen": 1,
+                        "zdict": codec.zdict,
+                        **rmeta,
+                    },
+                )
+                conn.execute("COMMIT")
+                conn.execute("PRAGMA journal_mode = WAL")  # deltas then apply in place
+            return diff.result(version)
+        finally:
+            conn.close()
+            if old is not None:
+                old.close()
+
+    def _open_previous(self, prev: str | None) -> _OldFile | None:
+        """The previous version's file, read for the ChangeSet and its dictionary."""
+        if prev is None:
+            return None
+        match = _DB_RE.fullmatch(prev)
+        assert match is not None
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = _connect(self._dir / prev, mode="ro")
+            conn.execute("BEGIN")
+            codec = _check_file(conn, match.group(2))
+            _gen, st = _read_state(conn)
+        except (sqlite3.Error, StoreError) as exc:
+            if conn is not None:
+                conn.close()
+            _log.warning(
+                "previous list file %s is unreadable (%s): all entries count as new", prev, exc
+            )
+            return None
+        return _OldFile(conn, codec, st)
+
+    def apply_delta(
+        self,
+        from_version: int,
+        to_version: int,
+        ops: Iterable[tuple[str, bytes]],
+        *,
+        manifest: bytes,
+        expected_sum: str,
+        expected_entries: int,
+        expected_sha256: str,
+        restricted: Iterable[bytes] | None = None,
+        restricted_sha256: str | None = None,
+    ) -> ChangeSet:
+        """Apply the delta ``from_version -> to_version`` in place, atomically.
+
+        ``ops`` are ``("P", record)`` (put: add or replace) and ``("D", entry_id)``
+        (remove). The whole delta is one SQLite transaction that commits only if the
+        resulting ``state.sum`` and entry count equal the signed ``expected_sum`` and
+        ``expected_entries``; otherwise it is rolled back, nothing changed, and
+        :class:`DigestMismatch` is raised (also when a delete names an entry the base does
+        not hold). :class:`BaseVersionMismatch` if the local version is not
+        ``from_version`` (or there is none). ``expected_sha256`` (the manifest's
+        ``state.sha256``) cannot be checked without a full scan: it is stored and
+        :meth:`verify` checks it. ``restricted`` replaces the restricted partition in the
+        same transaction (``None`` keeps it).
+        """
+        expected_sum = _check_hex64(expected_sum, "expected_sum")
+        expected_sha256 = _check_hex64(expected_sha256, "expected_sha256")
+        if to_version <= from_version:
+            raise FormatError(f"a delta must go forward, not {from_version} -> {to_version}")
+        with self._write_lock():
+            name = self._read_pointer()
+            if name is None:
+                raise BaseVersionMismatch(
+                    f"delta from version {from_version}, but no version is stored locally"
+                )
+            conn, codec = self._open_writer(name)
+            try:
+                with _sqlite_errors(f"applying delta {from_version}->{to_version} failed"):
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        changes = _apply_delta(
+                            conn,
+                            codec,
+                            from_version,
+                            to_version,
+                            ops,
+                            manifest=manifest,
+                            expected_sum=expected_sum,
+                            expected_entries=expected_entries,
+                            expected_sha256=expected_sha256,
+                            restricted=restricted,
+                            restricted_sha256=restricted_sha256,
+                        )
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                    conn.execute("COMMIT")
+            finally:
+                conn.close()
+        _log.info(
+            "list version %d stored from delta %d->%d: %d added, %d changed, %d removed",
+            to_version,
+            from_version,
+            to_version,
+            len(changes.added),
+            len(changes.changed),
+            len(changes.removed),
+        )
+        return changes
+
+    def replace_restricted(
+        self, version: int, records: Iterable[bytes], *, restricted_sha256: str | None
+    ) -> ChangeSet:
+        """Replace only the restricted partition of the current ``version``, atomically.
+
+        For a subscriber's restricted box fetched after the public data of ``version``
+        was stored. The records must be in entry_id order; :class:`DigestMismatch` if
+        they differ from ``restricted_sha256`` (nothing changed), and
+        :class:`BaseVersionMismatch` if the local version is another one.
+        """
+        with self._write_lock():
+            name = self._read_pointer()
+            if name is None:
+                raise BaseVersionMismatch(f"restricted data of version {version}: none stored")
+            conn, codec = self._open_writer(name)
+            try:
+                with _sqlite_errors("replacing the restricted records failed"):
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        gen, st = _read_state(conn)
+                        if st.version != version:
+                            raise BaseVersionMismatch(
+                                f"restricted data of version {version}, but the local "
+                                f"version is {st.version}"
+                            )
+                        before: dict[str, int | None] = {}
+                        after: dict[str, int | None] = {}
+                        rmeta = _replace_restricted(
+                            conn,
+                            codec,
+                            records=records,
+                            restricted_sha256=restricted_sha256,
+                            before=before,
+                            after=after,
+                            version=version,
+                        )
+                        _write_meta(conn, {"gen": gen + 1, **rmeta})
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                    conn.execute("COMMIT")
+            finally:
+                conn.close()
+        return _changes(version, version, before, after)
+
+    def _open_writer(self, name: str) -> tuple[sqlite3.Connection, _Codec]:
+        match = _DB_RE.fullmatch(name)
+        assert match is not None
+        path = self._dir / name
+        if not path.exists():
+            raise StoreCorrupted(f"CURRENT names {name}, which does not exist")
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = _connect(path, mode="rw", timeout=60.0)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            codec = _check_file(conn, match.group(2))
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise _translate(exc, f"cannot open {name} for writing") from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        return conn, codec
+
+    # -- verification ---------------------------------------------------------------------
+    def verify(self) -> StoreState:
+        """Re-check the whole stored state against its signed digests (a full scan).
+
+        In one read transaction: recomputes the public ``state.sha256`` (entry_id order),
+        ``state.sum`` and entry count, the restricted partition's SHA-256 and count, and
+        the key index from every record; checks that each record's entry_id and partition
+        match its row, that ``CURRENT`` names an existing file of this store, and, when
+        the stored manifest is a readable envelope, that its version, hash key and state
+        equal the stored ones (verifying its *signature* is the caller's job). Raises
+        :class:`StoreCorrupted` on any difference, :class:`NeverSynced` if nothing was
+        ever stored.
+        """
+        name = self._read_pointer()
+        if name is None:
+            raise NeverSynced("no verified list version has been stored yet")
+        match = _DB_RE.fullmatch(name)
+        assert match is not None
+        path = self._dir / name
+        if not path.exists():
+            raise StoreCorrupted(f"CURRENT names {name}, which does not exist")
+        try:
+            conn = _connect(path, mode="ro" if self._readonly else "rw", timeout=30.0)
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"cannot open {name}") from exc
+        try:
+            with _sqlite_errors(f"verifying {name} failed"):
+                conn.execute("PRAGMA query_only = ON")
+                conn.execute("BEGIN")
+                try:
+                    codec = _check_file(conn, match.group(2))
+                    _gen, st = _read_state(conn)
+                    _verify_scan(conn, codec, st)
+                finally:
+                    conn.execute("COMMIT")
+        finally:
+            conn.close()
+        _verify_manifest(st)
+        _log.info("list version %d verified: %d entries", st.version, st.entries)
+        return st
+
+    def close(self) -> None:
+        """Close every connection this store opened in this process; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            readers = list(self._readers)
+            self._readers = weakref.WeakSet()
+        for rd in readers:
+            rd.release()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self._dir)!r}, readonly={self._readonly})"
+
+
+# ---------------------------------------------------------------------------------------
+# Write helpers
+# ---------------------------------------------------------------------------------------
+
+
+class _OldFile:
+    """The previous version's file during a snapshot build (one read transaction)."""
+
+    __slots__ = ("codec", "conn", "state")
+
+    def __init__(self, conn: sqlite3.Connection, codec: _Codec, state: StoreState) -> None:
+        self.conn = conn
+        self.codec = codec
+        self.state = state
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+
+
+def _flush_build(
+    conn: sqlite3.Connection,
+    rows: list[tuple[int, str, int, bytes]],
+    krows: list[tuple[bytes, int, int]],
+) -> None:
+    if rows:
+        conn.executemany("INSERT INTO records(rid, entry_id, part, body) VALUES (?, ?, ?, ?)", rows)
+        rows.clear()
+    if krows:
+        conn.executemany("INSERT INTO temp.stage(k, rid, rel) VALUES (?, ?, ?)", krows)
+        krows.clear()
+
+
+_Row = tuple[int, str, bytes, bytes, list[tuple[bytes, int]]]
+
+
+def _restricted_rows(
+    codec: _Codec, records: Iterable[bytes], last_rid: int
+) -> tuple[_Digest, list[_Row]]:
+    """Parse, digest and encode restricted records (a subscriber's partition is small)."""
+    digest = _Digest()
+    rows: list[_Row] = []
+    rid = last_rid
+    for record in records:
+        eid, keys, is_restricted = _parse_record(record)
+        if not is_restricted:
+            raise FormatError(f"record {eid} in the restricted partition is not restricted")
+        digest.add(eid, record)
+        rid += 1
+        rows.append((rid, eid, record, codec.encode(record, eid), keys))
+    return digest, rows
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: list[_Row], part: int, table: str) -> None:
+    for rid, eid, _record, body, keys in rows:
+        conn.execute(
+            "INSERT INTO records(rid, entry_id, part, body) VALUES (?, ?, ?, ?)",
+            (rid, eid, part, body),
+        )
+        conn.executemany(
+            f"INSERT INTO {table}(k, rid, rel) VALUES (?, ?, ?)",
+            [(k, rid, rel) for k, rel in keys],
+        )
+
+
+def _build_restricted(
+    conn: sqlite3.Connection,
+    codec: _Codec,
+    *,
+    old: _OldFile | None,
+    restricted: Iterable[bytes] | None,
+    restricted_sha256: str | None,
+    last_rid: int,
+    diff: _Diff,
+    version: int,
+) -> dict[str, object]:
+    """The restricted partition of a new snapshot file; returns its meta values."""
+    if restricted is None:  # carry the previous partition over, bytes unchanged
+        if old is None or old.state.restricted_sha256 is None:
+            return {"restricted_entries": 0}
+        restricted_sha256 = old.state.restricted_sha256
+        restricted = [
+            old.codec.decode(body, eid)
+            for eid, body in old.conn.execute(
+                "SELECT entry_id, body FROM records WHERE part = 1 ORDER BY entry_id"
+            )
+        ]
+    digest, rows = _restricted_rows(codec, restricted, last_rid)
+    if restricted_sha256 is not None and digest.sha.hexdigest() != restricted_sha256.lower():
+        raise DigestMismatch(f"version {version}: restricted records do not match their digest")
+    _insert_rows(conn, rows, 1, "temp.stage")
+    for _rid, eid, record, _body, _keys in rows:
+        diff.restricted(eid, record)
+    return {"restricted_entries": digest.count, "restricted_sha256": digest.sha.hexdigest()}
+
+
+def _replace_restricted(
+    conn: sqlite3.Connection,
+    codec: _Codec,
+    *,
+    records: Iterable[bytes],
+    restricted_sha256: str | None,
+    before: dict[str, int | None],
+    after: dict[str, int | None],
+    version: int,
+) -> dict[str, object]:
+    """Swap the restricted partition in place (inside the caller's transaction)."""
+    for rid, eid, body in conn.execute(
+        "SELECT rid, entry_id, body FROM records WHERE part = 1"
+    ).fetchall():
+        record = codec.decode(body, eid)
+        before.setdefault(eid, _record_int(record))
+        after[eid] = None
+        _delete_row(conn, rid, record)
+    (last_rid,) = conn.execute("SELECT coalesce(max(rid), 0) FROM records").fetchone()
+    digest, rows = _restricted_rows(codec, records, last_rid)
+    if restricted_sha256 is not None and digest.sha.hexdigest() != restricted_sha256.lower():
+        raise DigestMismatch(f"version {version}: restricted records do not match their digest")
+    _insert_rows(conn, rows, 1, "keys")
+    for _rid, eid, record, _body, _keys in rows:
+        before.setdefault(eid, None)
+        after[eid] = _record_int(record)
+    return {"restricted_entries": digest.count, "restricted_sha256": digest.sha.hexdigest()}
+
+
+def _apply_delta(
+    conn: sqlite3.Connection,
+    codec: _Codec,
+    from_version: int,
+    to_version: int,
+    ops: Iterable[tuple[str, bytes]],
+    *,
+    manifest: bytes,
+    expected_sum: str,
+    expected_entries: int,
+    expected_sha256: str,
+    restricted: Iterable[bytes] | None,
+    restricted_sha256: str | None,
+) -> ChangeSet:
+    """The body of :meth:`Store.apply_delta`, inside its ``BEGIN IMMEDIATE``."""
+    gen, st = _read_state(conn)
+    if st.version != from_version:
+        raise BaseVersionMismatch(
+            f"delta from version {from_version}, but the local version is {st.version}"
+        )
+    try:
+        total = int(st.state_sum, 16)
+    except ValueError:
+        raise StoreCorrupted("the stored state sum is malformed") from None
+    count = st.entries
+    before: dict[str, int | None] = {}  # record hash of each touched entry before the delta
+    after: dict[str, int | None] = {}
+    if restricted is not None:
+        # Old restricted rows go first, so an entry can move between the partitions.
+        for rid, eid, body in conn.execute(
+            "SELECT rid, entry_id, body FROM records WHERE part = 1"
+        ).fetchall():
+            record = codec.decode(body, eid)
+            before.setdefault(eid, _record_int(record))
+            after[eid] = None
+            _delete_row(conn, rid, record)
+    (next_rid,) = conn.execute("SELECT coalesce(max(rid), 0) + 1 FROM records").fetchone()
+    for op, arg in ops:
+        if op == "P":
+            eid, keys, is_restricted = _parse_record(arg)
+            if is_restricted:
+                raise FormatError(f"the delta puts restricted record {eid} in the public list")
+            row = conn.execute(
+                "SELECT rid, part, body FROM records WHERE entry_id = ?", (eid,)
+            ).fetchone()
+            body = codec.encode(arg, eid)
+            if row is None:
+                before.setdefault(eid, None)
+                rid = next_rid
+                next_rid += 1
+                conn.execute(
+                    "INSERT INTO records(rid, entry_id, part, body) VALUES (?, ?, 0, ?)",
+                    (rid, eid, body),
+                )
+            else:
+                rid, part, old_body = row
+                if part != 0:
+                    raise FormatError(f"the delta puts {eid}, a restricted entry here")
+                old = codec.decode(old_body, eid)
+                old_int = _record_int(old)
+                before.setdefault(eid, old_int)
+                total -= old_int
+                count -= 1
+                _delete_keys(conn, rid, old)
+                conn.execute("UPDATE records SET body = ? WHERE rid = ?", (body, rid))
+            conn.executemany(
+                "INSERT INTO keys(k, rid, rel) VALUES (?, ?, ?)",
+                [(k, rid, rel) for k, rel in keys],
+            )
+            new_int = _record_int(arg)
+            total += new_int
+            count += 1
+            after[eid] = new_int
+        elif op == "D":
+            eid = _op_entry_id(arg)
+            row = conn.execute(
+                "SELECT rid, part, body FROM records WHERE entry_id = ?", (eid,)
+            ).fetchone()
+            if row is None or row[1] != 0:
+                raise DigestMismatch(
+                    f"delta {from_version}->{to_version} removes {eid}, which local version "
+                    f"{st.version} does not hold: this is not the delta's base"
+                )
+            rid, _part, old_body = row
+            old = codec.decode(old_body, eid)
+            old_int = _record_int(old)
+            before.setdefault(eid, old_int)
+            total -= old_int
+            count -= 1
+            _delete_row(conn, rid, old)
+            after[eid] = None
+        else:
+            raise FormatError(f"unknown delta operation {op!r}")
+    rmeta: dict[str, object] = {}
+    if restricted is not None:
+        digest, rows = _restricted_rows(codec, restricted, next_rid - 1)
+        if restricted_sha256 is not None and digest.sha.hexdigest() != restricted_sha256.lower():
+            raise DigestMismatch(
+                f"version {to_version}: restricted records do not match their digest"
+            )
+        _insert_rows(conn, rows, 1, "keys")
+        for _rid, eid, record, _body, _keys in rows:
+            before.setdefault(eid, None)
+            after[eid] = _record_int(record)
+        rmeta = {"restricted_entries": digest.count, "restricted_sha256": digest.sha.hexdigest()}
+    new_sum = f"{total % _SUM_MOD:064x}"
+    if new_sum != expected_sum or count != expected_entries:
+        raise DigestMismatch(
+            f"delta {from_version}->{to_version}: the resulting state ({count} entries) does "
+            f"not match the signed one ({expected_entries} entries); rolled back"
+        )
+    _write_meta(
+        conn,
+        {
+            "version": to_version,
+            "entries": count,
+            "state_sha256": expected_sha256,
+            "state_sum": new_sum,
+            "manifest": bytes(manifest),
+            "applied_at": _now_iso(),
+            "gen": gen + 1,
+            **rmeta,
+        },
+    )
+    return _changes(from_version, to_version, before, after)
+
+
+def _delete_keys(conn: sqlite3.Connection, rid: int, record: bytes) -> None:
+    """Delete the index rows of a stored record (re-derived from it: no rid index)."""
+    try:
+        _eid, keys, _r = _parse_record(record)
+    except FormatError:
+        raise StoreCorrupted(f"a stored record (row {rid}) cannot be parsed") from None
+    conn.executemany(
+        "DELETE FROM keys WHERE k = ? AND rid = ? AND rel = ?",
+        [(k, rid, rel) for k, rel in keys],
+    )
+
+
+def _delete_row(conn: sqlite3.Connection, rid: int, record: bytes) -> None:
+    _delete_keys(conn, rid, record)
+    conn.execute("DELETE FROM records WHERE rid = ?", (rid,))
+
+
+def _op_entry_id(arg: bytes | str) -> str:
+    eid = arg.decode("ascii", "replace") if isinstance(arg, (bytes, bytearray)) else arg
+    if not isinstance(eid, str) or not _ENTRY_ID_RE.fullmatch(eid):
+        raise FormatError("a delete operation has no valid entry_id")
+    return eid
+
+
+def _changes(
+    from_version: int | None,
+    to_version: int,
+    before: dict[str, int | None],
+    after: dict[str, int | None],
+) -> ChangeSet:
+    added: set[str] = set()
+    changed: set[str] = set()
+    removed: set[str] = set()
+    for eid, old in before.items():
+        new = after.get(eid, old)
+        if old is None and new is not None:
+            added.add(eid)
+        elif old is not None and new is None:
+            removed.add(eid)
+        elif old != new:
+            changed.add(eid)
+    return ChangeSet(
+        from_version, to_version, frozenset(added), frozenset(changed), frozenset(removed)
+    )
+
+
+class _Diff:
+    """The ChangeSet of a snapshot against the previous file, by a streaming merge-join.
+
+    Both sides are in entry_id order, so each new record costs one step of a cursor over
+    the old file. Bodies encoded with the same dictionary are compared as stored (same
+    codec, same bytes) and decoded only when they differ.
+    """
+
+    def __init__(self, old: _OldFile | None, codec: _Codec) -> None:
+        self.old = old
+        self.same_codec = old is not None and old.codec.zdict == codec.zdict
+        self.added: set[str] = set()
+        self.changed: set[str] = set()
+        self.removed: set[str] = set()
+        self.old_restricted: dict[str, bytes] = {}
+        self.new_restricted: dict[str, bytes] = {}
+        self._cur: Iterator[tuple[str, bytes]] | None = None
+        self._pending: tuple[str, bytes] | None = None
+        if old is not None:
+            self._cur = iter(
+                old.conn.execute(
+                    "SELECT entry_id, body FROM records WHERE part = 0 ORDER BY entry_id"
+                )
+            )
+            self._pending = next(self._cur, None)
+            self.old_restricted = {
+                eid: old.codec.decode(body, eid)
+                for eid, body in old.conn.execute(
+                    "SELECT entry_id, body FROM records WHERE part = 1"
+                ).fetchall()
+            }
+
+    def public(self, eid: str, record: bytes, body: bytes) -> None:
+        if self._cur is None or self.old is None:
+            return
+        pending = self._pending
+        while pending is not None and pending[0] < eid:
+            self.removed.add(pending[0])
+            pending = next(self._cur, None)
+        if pending is not None and pending[0] == eid:
+            if not (self.same_codec and pending[1] == body) and (
+                self.old.codec.decode(pending[1], eid) != record
+            ):
+                self.changed.add(eid)
+            pending = next(self._cur, None)
+        else:
+            self.added.add(eid)
+        self._pending = pending
+
+    def finish_public(self) -> None:
+        if self._cur is None:
+            return
+        while self._pending is not None:
+            self.removed.add(self._pending[0])
+            self._pending = next(self._cur, None)
+
+    def restricted(self, eid: str, record: bytes) -> None:
+        self.new_restricted[eid] = record
+
+    def result(self, version: int) -> ChangeSet:
+        if self.old is None:
+            return ChangeSet(None, version, frozenset(), frozenset(), frozenset())
+        for eid, record in self.old_restricted.items():
+            new = self.new_restricted.get(eid)
+            if new is None:
+                self.removed.add(eid)
+            elif new != record:
+                self.changed.add(eid)
+        self.added |= self.new_restricted.keys() - self.old_restricted.keys()
+        moved = self.added & self.removed  # between the public and restricted partitions
+        return ChangeSet(
+            self.old.state.version,
+            version,
+            frozenset(self.added - moved),
+            frozenset(self.changed | moved),
+            frozenset(self.removed - moved),
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Verification helpers
+# ---------------------------------------------------------------------------------------
+
+
+def _verify_scan(conn: sqlite3.Connection, codec: _Codec, st: StoreState) -> None:
+    pub = _Digest()
+    res = _Digest()
+    expect_keys = expect_n = 0
+    for rid, eid, part, body in conn.execute(
+        "SELECT rid, entry_id, part, body FROM records ORDER BY entry_id"
+    ):
+        record = codec.decode(body, eid)
+        try:
+            parsed_id, keys, is_restricted = _parse_record(record)
+        except FormatError as exc:
+            raise StoreCorrupted(f"stored record {eid} is malformed: {exc}") from None
+        if parsed_id != eid or part != (1 if is_restricted else 0):
+            raise StoreCorrupted(f"stored record {eid} does not match its row")
+        (res if part else pub).add(eid, record)
+        for k, rel in keys:
+            expect_keys += _key_int(k, rid, rel)
+            expect_n += 1
+    have_keys = have_n = 0
+    for k, rid, rel in conn.execute("SELECT k, rid, rel FROM keys"):
+        have_keys += _key_int(bytes(k), rid, rel)
+        have_n += 1
+    if pub.count != st.entries:
+        raise StoreCorrupted(f"the store holds {pub.count} public entries, not {st.entries}")
+    if pub.sha.hexdigest() != st.state_sha256:
+        raise StoreCorrupted("the public records do not match the signed state.sha256")
+    if pub.sum_hex != st.state_sum:
+        raise StoreCorrupted("the public records do not match the signed state.sum")
+    if res.count != st.restricted_entries:
+        raise StoreCorrupted("the restricted partition does not hold the stored count")
+    if (res.count or st.restricted_sha256 is not None) and (
+        res.sha.hexdigest() != st.restricted_sha256
+    ):
+        raise StoreCorrupted("the restricted records do not match their digest")
+    if expect_n != have_n or expect_keys % _SUM_MOD != have_keys % _SUM_MOD:
+        raise StoreCorrupted("the key index does not match the keys in the records")
+
+
+def _verify_manifest(st: StoreState) -> None:
+    """Cross-check the stored state with the stored manifest, if that is an envelope."""
+    payload = _manifest_payload(st.manifest)
+    if payload is None:
+        _log.debug("the stored manifest is not a readable envelope: cross-check skipped")
+        return
+    problems = []
+    if payload.get("version") != st.version:
+        problems.append("version")
+    state = payload.get("state")
+    if isinstance(state, dict):
+        if state.get("entries") != st.entries:
+            problems.append("state.entries")
+        if str(state.get("sha256", "")).lower() != st.state_sha256:
+            problems.append("state.sha256")
+        if str(state.get("sum", "")).lower() != st.state_sum:
+            problems.append("state.sum")
+    else:
+        problems.append("state")
+    hash_key = payload.get("hash_key")
+    if isinstance(hash_key, str) and hash_key.lower() != st.hash_key.hex():
+        problems.append("hash_key")
+    if problems:
+        raise StoreCorrupted(
+            "the stored state differs from the stored manifest: " + ", ".join(problems)
+        )
+
+
+def _manifest_payload(manifest: bytes) -> dict[str, Any] | None:
+    try:
+        env = pydantic_core.from_json(manifest)
+        if not isinstance(env, dict) or not isinstance(env.get("payload"), str):
+            return None
+        payload = pydantic_core.from_json(base64.b64decode(env["payload"], validate=True))
+    except (ValueError, binascii.Error):
+        return None
+    if not isinstance(payload, dict) or payload.get("type") != "manifest":
+        return None
+    return payload
+
+
+def _hits(codec: _Codec, rows: list[Any]) -> list[Hit]:
+    out: list[Hit] = []
+    decoded: dict[str, bytes] = {}
+    for _gen, k, rel, eid, body in rows:
+        if eid is None:  # an index row without its record: verify() reports it
+            continue
+        record = decoded.get(eid)
+        if record is None:
+            record = decoded[eid] = codec.decode(body, eid)
+        out.append(Hit(eid, RELATIONS[rel], k, record))
+    return out

@@ -1,0 +1,841 @@
+"""The local list store against real SQLite files: atomicity, digests, tampering, crashes.
+
+The crash and concurrency tests run helper processes with ``sys.executable -c`` that
+import this module (``_child_*`` functions), so the record fixtures are shared.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import random
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+from intercept_sdk import (
+    BaseVersionMismatch,
+    DigestMismatch,
+    FormatError,
+    NeverSynced,
+    StoreCorrupted,
+    StoreError,
+)
+from intercept_sdk._store import RELATIONS, ChangeSet, Store, _Codec
+
+HASH_KEY = bytes(range(32))
+TESTS = Path(__file__).resolve().parent
+
+
+# ---------------------------------------------------------------------------------------
+# fixtures: records as the publisher writes them (protocol.md)
+# ---------------------------------------------------------------------------------------
+def key_hex(kind: str, value: str) -> str:
+    return hmac.new(HASH_KEY, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def key(kind: str, value: str) -> bytes:
+    return bytes.fromhex(key_hex(kind, value))
+
+
+def canon(obj: dict[str, object]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def id_number(i: int) -> str:
+    return f"1302031980{(i % 12) + 1:02d}{(i % 28) + 1:02d}{i % 1000:03d}{i % 10}"
+
+
+def person(eid: str, idn: str, *, marker: str = "", visibility: str = "public") -> bytes:
+    obj: dict[str, object] = {
+        "entry_id": eid,
+        "case_no": "(2019)冀0203执123号",
+        "subject_type": "person",
+        "name": "张伟",
+        "id_key": key_hex("id", idn),
+        "id_masked": idn[:4] + "*" * 10 + idn[-4:],
+        "gender": "男",
+        "age": 45,
+        "court": "唐山市路南区人民法院",
+        "basis_doc_no": "(2018)冀0203民初456号",
+        "basis_issuer": "唐山市路南区人民法院",
+        "obligation": f"被告张伟于本判决生效之日起十日内偿还原告借款本金50000元及利息{marker}",
+        "performance": "全部未履行",
+        "situation": 3,
+        "published_at": "2019-06-01",
+        "filed_at": "2019-03-02",
+        "performed_amount": "0",
+        "unperformed_amount": "50000",
+        "severity": 1,
+        "status": "active",
+        "visibility": visibility,
+        "measures": ["*"],
+    }
+    if visibility == "restricted":
+        obj["audience"] = ["hotel-001"]
+    return canon(obj)
+
+
+def entity(
+    eid: str, org: str, related: list[tuple[str, str, str | None]], marker: str = ""
+) -> bytes:
+    rel = []
+    for role, name, idn in related:
+        item: dict[str, object] = {"role": role, "name": name}
+        if idn is not None:
+            item["id_key"] = key_hex("id", idn)
+            item["id_masked"] = idn[:4] + "*" * 10 + idn[-4:]
+        rel.append(item)
+    return canon(
+        {
+            "entry_id": eid,
+            "case_no": "(2020)冀0203执77号",
+            "subject_type": "entity",
+            "name": "唐山市某某建材有限公司",
+            "org_key": key_hex("org", org),
+            "uscc": f"91130203{org}X",
+            "org_code": org,
+            "legal_rep_name": related[0][1],
+            "related": rel,
+            "court": "唐山市路南区人民法院",
+            "basis_doc_no": "(2019)冀0203民初9号",
+            "basis_issuer": "唐山市路南区人民法院",
+            "obligation": f"被执行人支付货款120000元{marker}",
+            "performance": "部分未履行",
+            "situation": 1,
+            "published_at": "2020-01-10",
+            "filed_at": "2019-12-01",
+            "performed_amount": "1000",
+            "unperformed_amount": "119000",
+            "severity": 2,
+            "status": "active",
+            "visibility": "public",
+            "measures": ["*"],
+        }
+    )
+
+
+def digests(records: Iterable[bytes]) -> tuple[str, str, int]:
+    sha = hashlib.sha256()
+    total = 0
+    n = 0
+    for r in records:
+        sha.update(r + b"\n")
+        total += int.from_bytes(hashlib.sha256(r).digest(), "big")
+        n += 1
+    return sha.hexdigest(), f"{total % (1 << 256):064x}", n
+
+
+def manifest(version: int, records: list[bytes]) -> bytes:
+    sha, total, n = digests(records)
+    payload = {
+        "type": "manifest",
+        "spec": 1,
+        "version": version,
+        "hash_key": HASH_KEY.hex(),
+        "state": {"entries": n, "sha256": sha, "sum": total},
+    }
+    return json.dumps(
+        {
+            "payload": base64.b64encode(json.dumps(payload).encode()).decode(),
+            "payload_type": "application/vnd.intercept-sdk.manifest+json",
+            "signatures": [],
+        }
+    ).encode()
+
+
+def eid_of(record: bytes) -> str:
+    return str(json.loads(record)["entry_id"])
+
+
+def snapshot(
+    store: Store,
+    version: int,
+    records: list[bytes],
+    restricted: list[bytes] | None = None,
+) -> ChangeSet:
+    records = sorted(records, key=eid_of)
+    sha, total, _n = digests(records)
+    rsha = None if restricted is None else digests(restricted)[0]
+    return store.write_snapshot(
+        version,
+        iter(records),
+        manifest=manifest(version, records),
+        hash_key=HASH_KEY,
+        expected_sha256=sha,
+        expected_sum=total,
+        restricted=restricted,
+        restricted_sha256=rsha,
+    )
+
+
+def delta(
+    store: Store,
+    old: list[bytes],
+    new: list[bytes],
+    from_version: int,
+    to_version: int,
+    restricted: list[bytes] | None = None,
+) -> ChangeSet:
+    """Apply the delta that turns ``old`` into ``new`` (as the publisher would write it)."""
+    before = {eid_of(r): r for r in old}
+    after = {eid_of(r): r for r in new}
+    ops: list[tuple[str, bytes]] = []
+    for eid in sorted(before.keys() | after.keys()):
+        if eid not in after:
+            ops.append(("D", eid.encode()))
+        elif before.get(eid) != after[eid]:
+            ops.append(("P", after[eid]))
+    new_sorted = sorted(new, key=eid_of)
+    sha, total, n = digests(new_sorted)
+    return store.apply_delta(
+        from_version,
+        to_version,
+        ops,
+        manifest=manifest(to_version, new_sorted),
+        expected_sum=total,
+        expected_entries=n,
+        expected_sha256=sha,
+        restricted=restricted,
+        restricted_sha256=None if restricted is None else digests(restricted)[0],
+    )
+
+
+def base_records(n: int = 20) -> list[bytes]:
+    return [person(f"E{i:05d}", id_number(i)) for i in range(n)]
+
+
+def db_path(cache: Path) -> Path:
+    return cache / (cache / "CURRENT").read_text().strip()
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+# ---------------------------------------------------------------------------------------
+# codec
+# ---------------------------------------------------------------------------------------
+def test_gb18030_round_trips_every_code_point() -> None:
+    text = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    assert text.encode("gb18030").decode("gb18030") == text
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        person("E1", id_number(1)),
+        entity(
+            "E2", "123456789", [("legal_rep", "李四", id_number(2)), ("director", "王五", None)]
+        ),
+        b'{"entry_id":"E3","name":"\xf0\x9f\x98\x80 emoji","x":"\\u0001"}',  # non-BMP, escapes
+        b'{ "entry_id" : "E4" , "id_key":"' + b"a" * 32 + b'"}',  # not canonical
+        b'{"name":"x","entry_id":"E5"}',  # entry_id last: no comma to strip
+        b'{"id_key":"' + b"A" * 32 + b'","entry_id":"E6","org_key":"0123"}',  # not markable
+        b'{"entry_id":"E7","raw":"\x01\x02\x03"}',  # marker bytes present: stored as is
+        b'{"entry_id":"E8","bad":"\xff\xfe"}',  # invalid UTF-8
+        b"",
+    ],
+)
+def test_codec_returns_exact_bytes(record: bytes) -> None:
+    codec = _Codec.train([person(f"S{i}", id_number(i)) for i in range(100)])
+    for eid in ("E1", "E2", "E3", "E4", "E5", "E6", "E7", "E8", "X"):
+        assert codec.decode(codec.encode(record, eid), eid) == record
+
+
+def test_codec_compresses_records() -> None:
+    records = [person(f"E{i:05d}", id_number(i)) for i in range(200)]
+    codec = _Codec.train(records)
+    sizes = [len(codec.encode(r, eid_of(r))) for r in records]
+    assert sum(sizes) / len(sizes) < sum(map(len, records)) / len(records) / 4
+
+
+def test_codec_rejects_garbage_bodies() -> None:
+    codec = _Codec.train([])
+    body = codec.encode(person("E1", id_number(1)), "E1")
+    for bad in (b"", b"\x09" + body[1:], body[:-3], body + b"junk", b"\x01\x00\x00"):
+        with pytest.raises(StoreCorrupted):
+            codec.decode(bad, "E1")
+
+
+# ---------------------------------------------------------------------------------------
+# reading and writing
+# ---------------------------------------------------------------------------------------
+def test_never_synced(cache: Path) -> None:
+    store = Store(cache)
+    assert store.state() is None
+    with pytest.raises(NeverSynced):
+        store.lookup([key("id", id_number(1))])
+    with pytest.raises(NeverSynced):
+        store.lookup_batch([key("id", id_number(1))])
+    with pytest.raises(NeverSynced):
+        store.verify()
+    ro = Store(cache.parent / "missing", readonly=True)
+    assert ro.state() is None
+    assert not (cache.parent / "missing").exists()
+    with pytest.raises(StoreError):
+        snapshot(ro, 1, base_records(2))
+
+
+def test_cache_dir_is_private(cache: Path) -> None:
+    cache.mkdir(mode=0o755)
+    os.chmod(cache, 0o755)
+    store = Store(cache)
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    snapshot(store, 1, base_records(3))
+    for f in cache.iterdir():
+        if f.name.startswith("list-") or f.name in ("CURRENT", "LOCK"):
+            assert stat.S_IMODE(f.stat().st_mode) & 0o077 == 0, f.name
+
+
+def test_snapshot_and_lookup(cache: Path) -> None:
+    rep, director, org = id_number(900), id_number(901), "987654321"
+    ent = entity("E90000", org, [("legal_rep", "李四", rep), ("director", "王五", director)])
+    records = [*base_records(10), ent]
+    store = Store(cache)
+    changes = snapshot(store, 7, records)
+    assert changes == ChangeSet(None, 7, frozenset(), frozenset(), frozenset())
+
+    st = store.state()
+    assert st is not None
+    assert (st.version, st.entries, st.hash_key) == (7, 11, HASH_KEY)
+    assert st.manifest == manifest(7, sorted(records, key=eid_of))
+    assert st.restricted_sha256 is None and st.restricted_entries == 0
+
+    st2, hits = store.lookup([key("id", id_number(3))])
+    assert st2 == st
+    assert [(h.entry_id, h.relation, h.record) for h in hits] == [("E00003", "self", records[3])]
+    assert hits[0].key == key("id", id_number(3))
+
+    _, hits = store.lookup([key("org", org)])
+    assert [(h.entry_id, h.relation, h.record) for h in hits] == [("E90000", "self", ent)]
+    _, hits = store.lookup([key("id", rep), key("id", director), key("id", "nobody")])
+    assert sorted((h.relation, h.key) for h in hits) == sorted(
+        [("legal_rep", key("id", rep)), ("director", key("id", director))]
+    )
+    assert all(h.record == ent for h in hits)
+    assert store.lookup([key("id", "nobody")]) == (st, [])
+    assert store.lookup([]) == (st, [])
+
+    many = [key("id", id_number(i)) for i in range(10)] + [os.urandom(16) for _ in range(1200)]
+    st3, found = store.lookup_batch(many)
+    assert st3 == st and set(found) == set(many[:10])
+    assert found[many[4]][0].record == records[4]
+    _, hits = store.lookup(many[:20])  # more than the small-lookup limit
+    assert [h.entry_id for h in hits] == [f"E{i:05d}" for i in range(10)]
+
+    assert store.get_records(["E00001", "E90000", "nope"]) == {
+        "E00001": records[1],
+        "E90000": ent,
+    }
+    assert store.verify() == st
+    store.close()
+    store.close()
+    with pytest.raises(StoreError):
+        store.lookup([key("id", id_number(3))])
+
+
+def test_no_plaintext_id_in_files(cache: Path) -> None:
+    secret = "11010519491231002X"
+    store = Store(cache)
+    snapshot(store, 1, [*base_records(5), person("E77777", secret)])
+    assert store.lookup([key("id", secret)])[1][0].entry_id == "E77777"
+    store.close()
+    for f in cache.iterdir():
+        data = f.read_bytes()
+        assert secret.encode() not in data, f.name
+        assert secret.encode("utf-16-le") not in data, f.name
+    bad = canon({"entry_id": "E1", "id_number": secret})
+    with pytest.raises(FormatError):
+        snapshot(Store(cache), 2, [bad])
+
+
+def test_snapshot_digest_mismatch_keeps_old_version(cache: Path) -> None:
+    store = Store(cache)
+    snapshot(store, 1, base_records(5))
+    records = base_records(6)
+    sha, total, _ = digests(records)
+    with pytest.raises(DigestMismatch):
+        store.write_snapshot(
+            2, records, manifest=b"m", hash_key=HASH_KEY, expected_sha256=sha, expected_sum="0" * 64
+        )
+    with pytest.raises(DigestMismatch):
+        store.write_snapshot(
+            2,
+            records,
+            manifest=b"m",
+            hash_key=HASH_KEY,
+            expected_sha256="0" * 64,
+            expected_sum=total,
+        )
+    st = store.verify()
+    assert (st.version, st.entries) == (1, 5)
+    assert not [f for f in os.listdir(cache) if f.startswith(".build")]
+    assert len([f for f in os.listdir(cache) if f.endswith(".sqlite")]) == 1
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [person("E2", id_number(2)), person("E1", id_number(1))],  # not sorted
+        [person("E1", id_number(1)), person("E1", id_number(2))],  # duplicate
+        [b'{"entry_id":"E1","id_key":"XYZ"}'],
+        [b'{"entry_id":"E1","related":[{"role":"self","name":"x"}]}'],
+        [b'{"entry_id":"E1"}\n{"entry_id":"E2"}'],
+        [b"[1,2]", b"not json"],
+        [person("E1", id_number(1), visibility="restricted")],
+    ],
+)
+def test_snapshot_format_errors(cache: Path, records: list[bytes]) -> None:
+    store = Store(cache)
+    sha, total, _ = digests(records)
+    with pytest.raises(FormatError):
+        store.write_snapshot(
+            1, records, manifest=b"m", hash_key=HASH_KEY, expected_sha256=sha, expected_sum=total
+        )
+    assert store.state() is None
+
+
+def test_snapshot_changeset_and_cleanup(cache: Path) -> None:
+    store = Store(cache)
+    v1 = base_records(10)
+    snapshot(store, 1, v1)
+    v2 = [r for r in v1 if eid_of(r) != "E00002"]
+    v2[0] = person("E00000", id_number(0), marker="changed")
+    v2.append(person("E00050", id_number(50)))
+    changes = snapshot(store, 2, v2)
+    assert changes == ChangeSet(
+        1, 2, frozenset({"E00050"}), frozenset({"E00000"}), frozenset({"E00002"})
+    )
+    v3 = [*v2, person("E00051", id_number(51))]
+    assert snapshot(store, 3, v3).added == frozenset({"E00051"})
+    dbs = sorted(f for f in os.listdir(cache) if f.endswith(".sqlite"))
+    assert len(dbs) == 2  # the current file and the previous one
+    assert store.verify().version == 3
+    assert store.lookup([key("id", id_number(51))])[1][0].entry_id == "E00051"
+
+
+def test_delta_put_change_delete(cache: Path) -> None:
+    store = Store(cache)
+    ent_rep = id_number(300)
+    v1 = [*base_records(8), entity("E00100", "111111111", [("legal_rep", "赵六", ent_rep)])]
+    snapshot(store, 1, v1)
+    v2 = [r for r in v1 if eid_of(r) not in ("E00001", "E00100")]
+    v2[0] = person("E00000", id_number(0), marker="v2")
+    v2.append(person("E00009", id_number(9)))
+    changes = delta(store, v1, v2, 1, 2)
+    assert changes == ChangeSet(
+        1, 2, frozenset({"E00009"}), frozenset({"E00000"}), frozenset({"E00001", "E00100"})
+    )
+    st, hits = store.lookup([key("id", id_number(0))])
+    assert st.version == 2 and st.entries == 8 and hits[0].record == v2[0]
+    assert store.lookup([key("id", id_number(1))])[1] == []
+    assert store.lookup([key("id", ent_rep), key("org", "111111111")])[1] == []
+    assert store.lookup([key("id", id_number(9))])[1][0].entry_id == "E00009"
+    assert store.verify().version == 2
+    # the same person key changed in place: old key gone, new key found
+    v3 = [r for r in v2 if eid_of(r) != "E00003"] + [person("E00003", id_number(333))]
+    changes = delta(store, v2, v3, 2, 5)
+    assert changes.changed == frozenset({"E00003"}) and changes.to_version == 5
+    assert store.lookup([key("id", id_number(3))])[1] == []
+    assert store.lookup([key("id", id_number(333))])[1][0].entry_id == "E00003"
+    assert store.verify().version == 5
+
+
+def test_delta_wrong_base(cache: Path) -> None:
+    store = Store(cache)
+    with pytest.raises(BaseVersionMismatch):
+        delta(store, [], base_records(2), 1, 2)
+    v1 = base_records(4)
+    snapshot(store, 1, v1)
+    with pytest.raises(BaseVersionMismatch):
+        delta(store, v1, base_records(5), 3, 4)
+    with pytest.raises(FormatError):
+        delta(store, v1, base_records(5), 1, 1)
+    assert store.verify().version == 1
+
+
+@pytest.mark.parametrize("fault", ["sum", "entries", "delete-unknown"])
+def test_delta_digest_mismatch_rolls_back(cache: Path, fault: str) -> None:
+    store = Store(cache)
+    v1 = base_records(6)
+    snapshot(store, 1, v1)
+    before = store.state()
+    v2 = [*v1[1:], person("E00020", id_number(20))]
+    sha, total, n = digests(sorted(v2, key=eid_of))
+    ops: list[tuple[str, bytes]] = [("D", b"E00000"), ("P", v2[-1])]
+    if fault == "sum":
+        total = "1" * 64
+    elif fault == "entries":
+        n += 1
+    else:
+        ops.append(("D", b"E99999"))
+    with pytest.raises(DigestMismatch):
+        store.apply_delta(
+            1, 2, ops, manifest=b"m", expected_sum=total, expected_entries=n, expected_sha256=sha
+        )
+    assert store.state() == before
+    assert store.lookup([key("id", id_number(0))])[1][0].record == v1[0]
+    assert store.lookup([key("id", id_number(20))])[1] == []
+    assert store.verify() == before
+
+
+def test_restricted_partition(cache: Path) -> None:
+    store = Store(cache)
+    pub = base_records(5)
+    secret = person("E00700", id_number(700), visibility="restricted")
+    snapshot(store, 1, pub, restricted=[secret])
+    st, hits = store.lookup([key("id", id_number(700))])
+    assert hits[0].record == secret and st.restricted_entries == 1
+    assert st.restricted_sha256 == digests([secret])[0]
+    assert store.verify() == st
+
+    # a snapshot without restricted data carries the partition over
+    snapshot(store, 2, pub)
+    assert store.lookup([key("id", id_number(700))])[1][0].record == secret
+    assert store.verify().restricted_entries == 1
+
+    # restricted digest mismatch: nothing changes
+    other = person("E00701", id_number(701), visibility="restricted")
+    with pytest.raises(DigestMismatch):
+        store.replace_restricted(2, [other], restricted_sha256="0" * 64)
+    with pytest.raises(BaseVersionMismatch):
+        store.replace_restricted(1, [other], restricted_sha256=None)
+    changes = store.replace_restricted(2, [other], restricted_sha256=digests([other])[0])
+    assert changes == ChangeSet(2, 2, frozenset({"E00701"}), frozenset(), frozenset({"E00700"}))
+    assert store.lookup([key("id", id_number(700))])[1] == []
+    assert store.state() is not None and store.verify().restricted_entries == 1
+
+    # an entry moves from restricted to public within one delta
+    public_now = person("E00701", id_number(701))
+    changes = delta(store, pub, [*pub, public_now], 2, 3, restricted=[])
+    assert changes.changed == frozenset({"E00701"}) and not changes.added
+    st = store.verify()
+    assert (st.entries, st.restricted_entries) == (6, 0)
+    assert store.lookup([key("id", id_number(701))])[1][0].record == public_now
+    with pytest.raises(FormatError):  # a restricted partition of public records
+        snapshot(store, 4, pub, restricted=[public_now])
+
+
+# ---------------------------------------------------------------------------------------
+# tampering
+# ---------------------------------------------------------------------------------------
+def _tamper(cache: Path, sql: str, *args: object) -> None:
+    conn = sqlite3.connect(db_path(cache))
+    conn.execute(sql, args)
+    conn.commit()
+    conn.close()
+
+
+def _body_flip(cache: Path) -> None:
+    conn = sqlite3.connect(db_path(cache))
+    rid, body = conn.execute(
+        "SELECT rid, body FROM records ORDER BY rid LIMIT 1 OFFSET 3"
+    ).fetchone()
+    body = bytearray(body)
+    body[len(body) // 2] ^= 0x01
+    conn.execute("UPDATE records SET body = ? WHERE rid = ?", (bytes(body), rid))
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        "body-byte",
+        "delete-row",
+        "delete-key",
+        "add-key",
+        "entry-id",
+        "part",
+        "meta-entries",
+        "meta-sha",
+        "manifest",
+    ],
+)
+def test_verify_detects_tampering(cache: Path, tamper: str) -> None:
+    store = Store(cache)
+    snapshot(store, 1, base_records(12))
+    store.verify()
+    if tamper == "body-byte":
+        _body_flip(cache)
+    elif tamper == "delete-row":
+        _tamper(cache, "DELETE FROM records WHERE entry_id = ?", "E00004")
+    elif tamper == "delete-key":
+        _tamper(cache, "DELETE FROM keys WHERE k = ?", key("id", id_number(5)))
+    elif tamper == "add-key":
+        _tamper(cache, "INSERT INTO keys VALUES (?, 1, 0)", key("id", "someone else"))
+    elif tamper == "entry-id":
+        _tamper(cache, "UPDATE records SET entry_id = 'E99999' WHERE entry_id = 'E00002'")
+    elif tamper == "part":
+        _tamper(cache, "UPDATE records SET part = 1 WHERE entry_id = 'E00002'")
+    elif tamper == "meta-entries":
+        _tamper(cache, "UPDATE meta SET v = 11 WHERE k = 'entries'")
+    elif tamper == "meta-sha":
+        _tamper(cache, "UPDATE meta SET v = ? WHERE k = 'state_sha256'", "0" * 64)
+    else:
+        _tamper(cache, "UPDATE meta SET v = ? WHERE k = 'manifest'", manifest(1, base_records(3)))
+    with pytest.raises(StoreCorrupted):
+        Store(cache).verify()
+
+
+def test_verify_detects_foreign_current(cache: Path, tmp_path: Path) -> None:
+    store = Store(cache)
+    snapshot(store, 1, base_records(4))
+    real = db_path(cache)
+    copy = cache / "list-1-0123456789abcdef.sqlite"
+    copy.write_bytes(real.read_bytes())
+    cases = {
+        copy.name: StoreCorrupted,  # a copy under another name: its file_id differs
+        "list-1-fedcba9876543210.sqlite": StoreCorrupted,  # missing
+        "../../etc/passwd": StoreCorrupted,
+        "junk": StoreCorrupted,
+    }
+    (cache / "list-2-aaaaaaaaaaaaaaaa.sqlite").write_bytes(b"not a database at all" * 300)
+    cases["list-2-aaaaaaaaaaaaaaaa.sqlite"] = StoreCorrupted
+    for name, exc in cases.items():
+        (cache / "CURRENT").write_text(name + "\n")
+        with pytest.raises(exc):
+            Store(cache).verify()
+        with pytest.raises(exc):
+            Store(cache).lookup([key("id", id_number(1))])
+    # a fresh snapshot repairs the store
+    (cache / "CURRENT").write_text("junk\n")
+    snapshot(Store(cache), 2, base_records(4))
+    assert Store(cache).verify().version == 2
+
+
+# ---------------------------------------------------------------------------------------
+# concurrency within a process, fork
+# ---------------------------------------------------------------------------------------
+def test_other_store_sees_swap_and_delta(cache: Path) -> None:
+    writer, reader = Store(cache), Store(cache)
+    v1 = base_records(6)
+    snapshot(writer, 1, v1)
+    assert reader.lookup([key("id", id_number(1))])[0].version == 1
+    v2 = [*v1, person("E00030", id_number(30))]
+    delta(writer, v1, v2, 1, 2)
+    st, hits = reader.lookup([key("id", id_number(30))])  # same file: seen at once
+    assert st.version == 2 and hits
+    snapshot(writer, 3, v2)
+    time.sleep(0.06)  # a swapped CURRENT is noticed within 50 ms
+    assert reader.lookup([key("id", id_number(30))])[0].version == 3
+    assert reader.state() is not None
+
+
+def test_threads_share_a_store(cache: Path) -> None:
+    store = Store(cache)
+    snapshot(store, 1, base_records(30))
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(300):
+                i = rng.randrange(30)
+                _, hits = store.lookup([key("id", id_number(i))])
+                assert hits[0].entry_id == f"E{i:05d}"
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_reopens_connections(cache: Path) -> None:
+    store = Store(cache)
+    snapshot(store, 1, base_records(5))
+    assert store.lookup([key("id", id_number(2))])[1]
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            code = 0 if store.lookup([key("id", id_number(2))])[1][0].entry_id == "E00002" else 2
+            store.close()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.lookup([key("id", id_number(3))])[1][0].entry_id == "E00003"
+
+
+# ---------------------------------------------------------------------------------------
+# crash safety: kill -9 at random moments
+# ---------------------------------------------------------------------------------------
+CRASH_N = 200
+
+
+def crash_content(version: int) -> list[bytes]:
+    """Deterministic public records of ``version`` (sorted): some appear, change, vanish."""
+    out = []
+    for i in range(CRASH_N):
+        if i % 11 == version % 11:
+            continue
+        changed_at = version - ((version - i) % 5)
+        out.append(person(f"E{i:05d}", id_number(i), marker=f"@v{changed_at}@"))
+    return out
+
+
+def _child_crash_writer(path: str) -> None:
+    """Writes versions forever (deltas, and every fourth one a full snapshot)."""
+    store = Store(Path(path))
+    print("ready", flush=True)
+    while True:
+        st = store.state()
+        if st is None:
+            snapshot(store, 1, crash_content(1))
+            continue
+        v = st.version
+        if (v + 1) % 4 == 0:
+            snapshot(store, v + 1, crash_content(v + 1))
+        else:
+            delta(store, crash_content(v), crash_content(v + 1), v, v + 1)
+
+
+def _run_child(func: str, *args: str) -> subprocess.Popen[bytes]:
+    code = (
+        f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_store; "
+        f"test_store.{func}(*sys.argv[1:])"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def _crash_loop(cache: Path, iterations: int) -> None:
+    rng = random.Random(1234)
+    expected: dict[int, str] = {}
+    seen_versions = set()
+    snapshot(Store(cache), 1, crash_content(1))
+    for _ in range(iterations):
+        proc = _run_child("_child_crash_writer", str(cache))
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        time.sleep(rng.uniform(0.0, 0.4))
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        store = Store(cache)
+        try:
+            st = store.verify()
+        except NeverSynced:
+            continue
+        if st.version not in expected:
+            expected[st.version] = digests(crash_content(st.version))[0]
+        assert st.state_sha256 == expected[st.version]
+        _, hits = store.lookup([key("id", id_number(i)) for i in range(5)])
+        want = [r for r in crash_content(st.version) if eid_of(r) < "E00005"]
+        assert sorted(h.record for h in hits) == sorted(want)
+        seen_versions.add(st.version)
+        store.close()
+    assert len(seen_versions) > 1
+    leftover = [f for f in os.listdir(cache) if f.startswith(".build")]
+    store = Store(cache)
+    st = store.state()
+    assert st is not None
+    snapshot(store, st.version + 1, crash_content(st.version + 1))
+    assert not [f for f in os.listdir(cache) if f.startswith(".build")], leftover
+    assert len([f for f in os.listdir(cache) if f.endswith(".sqlite")]) <= 2
+
+
+def test_kill9_leaves_a_complete_version(cache: Path) -> None:
+    _crash_loop(cache, 20)
+
+
+@pytest.mark.slow
+def test_kill9_leaves_a_complete_version_200(cache: Path) -> None:
+    _crash_loop(cache, 200)
+
+
+# ---------------------------------------------------------------------------------------
+# readers in other processes while a writer applies deltas
+# ---------------------------------------------------------------------------------------
+READ_N = 60
+
+
+def reader_content(version: int) -> list[bytes]:
+    """Every record of ``version`` carries the marker @v<version>@; the count varies."""
+    return [
+        person(f"E{i:05d}", id_number(i), marker=f"@v{version}@")
+        for i in range(READ_N)
+        if i % 7 != version % 7
+    ]
+
+
+def _child_reader(path: str, stop: str) -> None:
+    """Looks up all keys until ``stop`` exists; each answer must be one whole version."""
+    store = Store(Path(path))
+    keys = [key("id", id_number(i)) for i in range(READ_N)]
+    checks = 0
+    versions = set()
+    rng = random.Random(os.getpid())
+    while not os.path.exists(stop):
+        if rng.random() < 0.5:
+            st, hits = store.lookup(keys[:16])
+            want = {i for i in range(16) if i % 7 != st.version % 7}
+        else:
+            st, by_key = store.lookup_batch(keys)
+            hits = [h for hs in by_key.values() for h in hs]
+            want = {i for i in range(READ_N) if i % 7 != st.version % 7}
+        marker = f"@v{st.version}@".encode()
+        assert {int(h.entry_id[1:]) for h in hits} == want, (st.version, len(hits))
+        assert all(marker in h.record for h in hits), st.version
+        checks += 1
+        versions.add(st.version)
+    print(checks, len(versions))
+
+
+def test_readers_see_whole_versions_while_writer_applies(cache: Path) -> None:
+    store = Store(cache)
+    snapshot(store, 1, reader_content(1))
+    stop = cache.parent / "stop"
+    readers = [_run_child("_child_reader", str(cache), str(stop)) for _ in range(4)]
+    try:
+        time.sleep(1.0)  # let the readers start
+        v = 1
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline or v < 8:
+            if v % 10 == 9:
+                snapshot(store, v + 1, reader_content(v + 1))
+            else:
+                delta(store, reader_content(v), reader_content(v + 1), v, v + 1)
+            v += 1
+    finally:
+        stop.touch()
+    for r in readers:
+        out, err = r.communicate(timeout=60)
+        assert r.returncode == 0, err.decode()
+        checks, versions = map(int, out.split())
+        assert checks > 20 and versions > 1, (checks, versions)
+    assert store.verify().version == v
+
+
+def test_relations_table_is_the_protocol_one() -> None:
+    assert RELATIONS[0] == "self"
+    assert set(RELATIONS[1:]) == {
+        "legal_rep",
+        "principal",
+        "actual_controller",
+        "responsible_person",
+        "director",
+        "supervisor",
+        "senior_manager",
+    }
