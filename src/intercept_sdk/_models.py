@@ -19,8 +19,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ._catalog import measure_codes
 from ._exceptions import InvalidEntry, InvalidIdentifier
-from ._identifiers import id_number_info, normalize_id_number, normalize_org_code, normalize_uscc
+from ._identifiers import (
+    IdNumberInfo,
+    normalize_id_number,
+    normalize_org_code,
+    normalize_uscc,
+)
 
 __all__ = ["ROLES", "Entry", "Related", "parse_entry", "validate_entry"]
 
@@ -164,11 +170,17 @@ class Entry(BaseModel):
         """True when a person was under 18 on ``published_at`` (may never be listed)."""
         if self.subject_type != "person" or self.id_number is None:
             return False
-        return id_number_info(self.id_number).age_on(self.published_at) < 18
+        return _info_of_normalised(self.id_number).age_on(self.published_at) < 18
 
     def to_json_dict(self) -> dict[str, Any]:
         """JSON-ready dict with only the fields that are set (the source format)."""
         return self.model_dump(mode="json", exclude_none=True)
+
+
+def _info_of_normalised(number: str) -> IdNumberInfo:
+    """Birth date and sex of an already-normalised ID number (no second validation)."""
+    birth = _dt.date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
+    return IdNumberInfo(number, birth, "男" if int(number[16]) % 2 == 1 else "女")
 
 
 def _semantic_reasons(e: Entry, known_measures: frozenset[str] | None) -> list[str]:
@@ -181,7 +193,7 @@ def _semantic_reasons(e: Entry, known_measures: frozenset[str] | None) -> list[s
         if e.related:
             reasons.append("related: only an entity has related persons")
         if e.id_number is not None:
-            info = id_number_info(e.id_number)
+            info = _info_of_normalised(e.id_number)
             age = info.age_on(e.published_at)
             if age < 18:
                 reasons.append(
@@ -265,11 +277,7 @@ def parse_entry(obj: Mapping[str, Any] | str | bytes, *, check_measures: bool = 
 
 def validate_entry(entry: Entry, *, check_measures: bool = True) -> None:
     """Run the cross-field rules on an already-typed entry; raise InvalidEntry."""
-    known = None
-    if check_measures:
-        from ._catalog import measure_codes
-
-        known = measure_codes()
+    known = measure_codes() if check_measures else None
     reasons = _semantic_reasons(entry, known)
     if reasons:
         raise InvalidEntry(entry.entry_id, reasons)
