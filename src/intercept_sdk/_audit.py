@@ -1,35 +1,62 @@
 """A tamper-evident local audit log of every decision.
 
-Each process appends to its own file ``<cache>/audit/audit-<start>-<pid>.jsonl`` (so
-several processes never interleave writes), one JSON line per decision::
+Why: an enforcing unit must be able to show, later, what it decided and on which list
+version, and nobody (including its own staff) should be able to edit that record
+unnoticed. Yet the log must not become a register of everyone who was checked, so it
+holds no plaintext ID number.
 
-    {"seq": 7, "t": "...", "measure": "...", "key": "<identifier key hex>",
-     "action": "block", "entries": ["E1"], "version": 42, "prev": "<hex>", "h": "<hex>"}
+Format. Each :class:`AuditLog` (one per client per process) appends to its own file
+``<cache>/audit/audit-<start ns>-<pid>-<random>.jsonl``, so several processes (gunicorn
+workers, cron jobs) never interleave writes. One JSON line per decision::
 
-``h = SHA-256(prev || canonical line without h)`` chains every line to the one before; the
-first line's ``prev`` is 64 zeros. Editing, inserting or deleting a line breaks the chain,
-which ``intercept-sdk audit verify`` reports with the file and line. When a subscriber key
-is configured, every flushed batch ends with a ``checkpoint`` line signed with it, so even
-someone who recomputes the chain cannot forge the signed heads.
+    {"seq": 7, "t": "2026-01-31T08:00:00.123456+00:00", "measure": "travel.flight",
+     "key": "<identifier key, 32 hex>", "action": "block", "entries": ["E1"],
+     "version": 42, "prev": "<64 hex>", "h": "<64 hex>"}
 
-No plaintext ID numbers: a subject is recorded only by its keyed identifier hash.
+``key`` is the keyed identifier hash the list is looked up with (HMAC-SHA256 under the
+list's hash key), never the ID number. ``h = SHA-256(prev || canonical line without h)``
+chains every line to the one before; the first line of a file has ``prev`` = 64 zeros.
+Editing, inserting or deleting a line breaks the chain, which :func:`verify_audit`
+(``intercept-sdk audit verify``) reports with file and line. With a subscriber key, every
+flushed batch ends with a ``checkpoint`` line whose Ed25519 signature covers the chain
+head, so even someone who recomputes the hashes cannot forge the signed heads.
 
-Writes are buffered off the check path: ``record()`` appends to an in-memory list; a
-daemon thread flushes at least once per second and on ``close()``. A crash may lose the
-unflushed tail (at most about a second), never break the chain: a torn last line is
-detected and the next writer starts a new file.
+Guarantees:
+
+* ``record()`` is off the I/O path: a deque append (thread-safe, no lock). A daemon thread
+  writes and fsyncs the buffer at least every ``flush_interval`` (1 s), and ``flush()``,
+  ``close()`` and interpreter exit flush what is left.
+* A crash (``kill -9``, power loss) loses at most the unflushed tail and can leave at most
+  one torn last line in that process's file. That file is never appended to again (the
+  next process starts its own), so :func:`verify_audit` reports the torn tail as a
+  *warning*, not a problem: a crash does not make ``audit verify`` fail forever.
+* A failed write (disk full) is rolled back (the file truncated to its last complete
+  line, or a new file started) and the records stay buffered for the next attempt, so a
+  write error never leaves a broken chain either. If the buffer overflows meanwhile,
+  the oldest records are dropped and a ``gap`` line says how many.
+* After ``fork()`` the child gets its own file, buffer and thread.
+
+Limits: the chain proves that lines were not edited, inserted or removed *inside* a file;
+removing whole files, or truncating a file at a line boundary, is indistinguishable from
+a log that ended there. Signed checkpoints and the quarterly summary sent to the
+platform are what bind the totals.
 """
 
 from __future__ import annotations
 
+import atexit
+import collections
 import contextlib
+import datetime as _dt
 import hashlib
 import json
 import logging
 import os
+import secrets
 import threading
 import time
-from collections.abc import Iterable
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +71,10 @@ __all__ = ["AuditLog", "AuditReport", "verify_audit"]
 
 log = logging.getLogger("intercept_sdk.audit")
 _ZERO = "0" * 64
+_GLOB = "audit-*.jsonl"
+_YIELD_EVERY = 256  # records formatted between two voluntary GIL releases in a flush
+
+_Item = tuple[_dt.datetime, str, bytes, str, Sequence[str], int]
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
@@ -54,8 +85,76 @@ def _chain(prev: str, body: dict[str, Any]) -> str:
     return hashlib.sha256(prev.encode() + _dumps(body)).hexdigest()
 
 
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-+")
+
+
+def _safe(text: str) -> bool:
+    """True when ``text`` needs no JSON escaping (so it can be written verbatim)."""
+    return _SAFE.issuperset(text)
+
+
+class _TimeFormat:
+    """UTC ISO 8601 with microseconds, the seconds part cached (a flush formats thousands
+    of times within the same second; ``datetime.isoformat`` is the costliest step)."""
+
+    __slots__ = ("prefix", "sec")
+
+    def __init__(self) -> None:
+        self.sec = -1
+        self.prefix = ""
+
+    def __call__(self, t: _dt.datetime) -> str:
+        sec = int(t.timestamp() // 1)
+        if sec != self.sec:
+            self.sec = sec
+            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self.prefix}.{t.microsecond:06d}+00:00"
+
+
+def _record_line(prev: str, seq: int, item: _Item, fmt: _TimeFormat) -> tuple[bytes, str]:
+    """The line of one decision, byte-identical to ``_dumps`` of the same body.
+
+    Written by hand because this runs for every check (in the flush thread, but under
+    the GIL): string formatting is several times cheaper than ``json.dumps`` with sorted
+    keys. Values that might need escaping go through ``json.dumps``; the equivalence
+    with :func:`_dumps` is what :func:`verify_audit` checks and the tests pin.
+    """
+    t, measure, key, action, entries, version = item
+    ents = ",".join(f'"{e}"' for e in entries) if all(map(_safe, entries)) else None
+    if ents is None or not (_safe(measure) and _safe(action)) or type(version) is not int:
+        return _line(
+            prev,
+            {
+                "seq": seq,
+                "t": fmt(t),
+                "measure": measure,
+                "key": key.hex(),
+                "action": action,
+                "entries": list(entries),
+                "version": version,
+                "prev": prev,
+            },
+        )
+    raw = (
+        f'{{"action":"{action}","entries":[{ents}],"key":"{key.hex()}",'
+        f'"measure":"{measure}","prev":"{prev}","seq":{seq},"t":"{fmt(t)}",'
+        f'"version":{version}}}'
+    ).encode()
+    h = hashlib.sha256(prev.encode() + raw).hexdigest()
+    return raw[:-1] + b',"h":"' + h.encode() + b'"}\n', h
+
+
+def _line(prev: str, body: dict[str, Any]) -> tuple[bytes, str]:
+    """The file line for ``body`` (which holds ``prev``) and its chain hash ``h``."""
+    raw = _dumps(body)
+    h = hashlib.sha256(prev.encode() + raw).hexdigest()
+    # "h" is appended rather than re-sorted in: verification parses the line and
+    # re-serialises it without "h", so where "h" sits does not matter.
+    return raw[:-1] + b',"h":"' + h.encode() + b'"}\n', h
+
+
 class AuditLog:
-    """Buffered, hash-chained decision log for one process."""
+    """Buffered, hash-chained decision log of one process (see the module docstring)."""
 
     def __init__(
         self,
@@ -63,65 +162,60 @@ class AuditLog:
         *,
         signing_key: Ed25519PrivateKey | None = None,
         flush_interval: float = 1.0,
+        max_buffer: int = 1_000_000,
     ) -> None:
         self.directory = ensure_private_dir(Path(directory))
         self.signing_key = signing_key
         self.flush_interval = flush_interval
-        self._buf: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._io_lock = threading.Lock()
-        self._wake = threading.Event()
+        self.max_buffer = max_buffer
         self._closed = False
-        self._thread: threading.Thread | None = None
-        self._pid = -1
-        self._reset_file()
+        self._init_process_state()
+        _logs.add(self)
 
-    def _reset_file(self) -> None:
-        self._pid = os.getpid()
-        self.path = self.directory / f"audit-{time.time_ns()}-{self._pid}.jsonl"
+    def _init_process_state(self) -> None:
+        """Fresh file, chain, buffer, locks and thread (at start and in a forked child)."""
+        self._buf: collections.deque[_Item] = collections.deque()
+        self._dropped = 0
+        self._io_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._new_file()
+
+    def _new_file(self) -> None:
+        name = f"audit-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(3)}.jsonl"
+        self.path = self.directory / name
         self._prev = _ZERO
         self._seq = 0
-        self._thread = None
+        self._size = 0
 
-    def record(
+    def record(  # noqa: PLR0917 - positional on purpose: called once per check
         self,
-        *,
         measure: str,
-        key: str,
+        key: bytes,
         action: str,
-        entries: Iterable[str],
+        entries: Sequence[str],
         version: int,
-        t: str,
+        t: _dt.datetime,
     ) -> None:
-        """Queue one decision; cheap (a list append), never blocks on I/O."""
+        """Queue one decision. Cheap (a deque append) and never blocks on I/O."""
         if self._closed:
             return
-        if self._pid != os.getpid():  # forked child: own file, own thread
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._buf = []
-                    self._reset_file()
-        item = {
-            "t": t,
-            "measure": measure,
-            "key": key,
-            "action": action,
-            "entries": list(entries),
-            "version": version,
-        }
-        with self._lock:
-            self._buf.append(item)
+        buf = self._buf
+        if len(buf) >= self.max_buffer:
+            self._dropped += 1
+            return
+        buf.append((t, measure, key, action, entries, version))
         if self._thread is None:
             self._start()
 
     def _start(self) -> None:
-        with self._lock:
+        with self._start_lock:
             if self._thread is not None or self._closed:
                 return
-            self._thread = threading.Thread(
-                target=self._run, name="intercept-sdk-audit", daemon=True
-            )
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name="intercept-sdk-audit", daemon=True)
+            thread.start()
+            self._thread = thread
 
     def _run(self) -> None:
         while not self._closed:
@@ -129,40 +223,93 @@ class AuditLog:
             self._wake.clear()
             try:
                 self.flush()
-            except OSError as exc:  # disk full etc.: keep the buffer, say so loudly
-                log.error("audit log flush failed: %s", exc)
+            except OSError as exc:  # disk full etc.: records stay buffered; say so loudly
+                log.error("audit log flush failed (records kept in memory): %s", exc)
+
+    def pending(self) -> int:
+        """Records buffered and not yet written."""
+        return len(self._buf)
 
     def flush(self) -> None:
-        """Write the buffered records (and a signed checkpoint) to disk, fsync'd."""
+        """Write the buffered records (and a signed checkpoint) to disk and fsync them.
+
+        On a write error the file is restored to its last complete line (or a new file
+        is started), the records go back to the buffer, and the error is raised.
+        """
         with self._io_lock:
-            with self._lock:
-                items, self._buf = self._buf, []
-            if not items:
+            buf = self._buf
+            n = len(buf)
+            dropped = self._dropped
+            if n == 0 and dropped == 0:
                 return
+            items = [buf.popleft() for _ in range(n)]
+            self._dropped = 0
+            seq, prev = self._seq, self._prev
             lines: list[bytes] = []
-            for item in items:
-                self._seq += 1
-                body = {"seq": self._seq, **item, "prev": self._prev}
-                h = _chain(self._prev, body)
-                lines.append(_dumps({**body, "h": h}) + b"\n")
-                self._prev = h
+            if dropped:
+                seq += 1
+                line, prev = _line(
+                    prev,
+                    {
+                        "seq": seq,
+                        "t": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                        "gap": dropped,
+                        "prev": prev,
+                    },
+                )
+                lines.append(line)
+            fmt = _TimeFormat()
+            for n, item in enumerate(items, 1):
+                seq += 1
+                line, prev = _record_line(prev, seq, item, fmt)
+                lines.append(line)
+                if n % _YIELD_EVERY == 0:
+                    # Let a waiting check() thread run now rather than after the
+                    # interpreter's 5 ms switch interval: bounds the latency a big flush
+                    # adds to concurrent checks.
+                    time.sleep(0)
             if self.signing_key is not None:
-                self._seq += 1
-                body = {"seq": self._seq, "checkpoint": self._prev, "prev": self._prev}
-                sig = self.signing_key.sign(self._prev.encode()).hex()
-                body["sig"] = sig
-                h = _chain(self._prev, body)
-                lines.append(_dumps({**body, "h": h}) + b"\n")
-                self._prev = h
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                seq += 1
+                body = {
+                    "seq": seq,
+                    "checkpoint": prev,
+                    "sig": self.signing_key.sign(prev.encode()).hex(),
+                    "prev": prev,
+                }
+                line, prev = _line(prev, body)
+                lines.append(line)
+            data = b"".join(lines)
             try:
-                os.write(fd, b"".join(lines))
+                self._write(data)
+            except OSError:
+                buf.extendleft(reversed(items))
+                self._dropped += dropped
+                raise
+            self._seq, self._prev = seq, prev
+            self._size += len(data)
+
+    def _write(self, data: bytes) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            view = memoryview(data)
+            try:
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
                 os.fsync(fd)
-            finally:
-                os.close(fd)
+            except OSError:
+                # Undo a partial write so the chain never continues after a torn line.
+                try:
+                    os.ftruncate(fd, self._size)
+                    os.fsync(fd)
+                except OSError:
+                    self._new_file()  # cannot repair: continue in a fresh file
+                raise
+        finally:
+            os.close(fd)
 
     def close(self, timeout: float = 2.0) -> None:
-        """Flush and stop; idempotent and bounded."""
+        """Flush and stop the thread; idempotent and bounded by ``timeout``."""
         if self._closed:
             return
         self._closed = True
@@ -170,18 +317,48 @@ class AuditLog:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
-        with contextlib.suppress(OSError):
+        try:
             self.flush()
+        except OSError as exc:
+            log.error("audit log: %d records could not be written: %s", self.pending(), exc)
+        _logs.discard(self)
+
+
+_logs: weakref.WeakSet[AuditLog] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for audit in list(_logs):
+        # The parent flushes its own buffer; the child starts clean in its own file.
+        audit._init_process_state()
+
+
+def _flush_at_exit() -> None:
+    for audit in list(_logs):
+        with contextlib.suppress(Exception):
+            audit.flush()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_flush_at_exit)
 
 
 @dataclass(frozen=True)
 class AuditReport:
-    """Result of verifying the audit directory."""
+    """Result of :func:`verify_audit`.
+
+    ``problems`` are evidence of tampering or corruption (an edited, inserted or removed
+    line; a bad signature; garbage followed by more records): ``ok`` is false.
+    ``warnings`` are what a crash or a full disk leaves (a torn last line of a file,
+    records dropped on buffer overflow): reported, but ``ok`` stays true.
+    """
 
     files: int
     records: int
     checkpoints: int
     problems: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -191,41 +368,65 @@ class AuditReport:
 def verify_audit(
     directory: Path, *, public_key: Ed25519PublicKey | None = None, raise_on_error: bool = False
 ) -> AuditReport:
-    """Re-check every chain (and checkpoint signatures when ``public_key`` is given)."""
+    """Re-check every file's chain (and checkpoint signatures when ``public_key`` is given).
+
+    Raises :class:`StoreCorrupted` on a problem when ``raise_on_error`` is true.
+    """
     files = records = checkpoints = 0
     problems: list[str] = []
-    for path in sorted(Path(directory).glob("audit-*.jsonl")):
+    warnings: list[str] = []
+    for path in sorted(Path(directory).glob(_GLOB)):
         files += 1
         prev = _ZERO
+        expected_seq = 1
         with path.open("rb") as f:
-            for n, raw in enumerate(f, 1):
+            lines = iter(f)
+            raw = next(lines, None)
+            n = 0
+            while raw is not None:
+                following = next(lines, None)
+                n += 1
                 where = f"{path.name}:{n}"
-                if not raw.endswith(b"\n"):
-                    problems.append(f"{where}: torn last line (crash before flush completed)")
+                if not raw.endswith(b"\n"):  # only the very last line can lack one
+                    warnings.append(f"{where}: torn last line (the writer crashed mid-write)")
                     break
                 try:
                     obj = json.loads(raw)
                     h = obj.pop("h")
-                except (ValueError, KeyError, AttributeError):
-                    problems.append(f"{where}: not an audit record")
+                except (ValueError, KeyError, AttributeError, TypeError):
+                    if following is None:
+                        # What a power loss can leave (a zero-filled block); nothing
+                        # follows it, so it hides nothing.
+                        warnings.append(f"{where}: unreadable last line (crash or power loss)")
+                    else:
+                        problems.append(f"{where}: not an audit record")
                     break
                 if obj.get("prev") != prev or _chain(prev, obj) != h:
                     problems.append(
                         f"{where}: hash chain broken (line edited, inserted or removed)"
                     )
                     break
+                if obj.get("seq") != expected_seq:
+                    problems.append(
+                        f"{where}: sequence number {obj.get('seq')!r}, expected {expected_seq}"
+                    )
+                    break
+                expected_seq += 1
                 if "checkpoint" in obj:
                     checkpoints += 1
                     if public_key is not None:
                         try:
                             public_key.verify(bytes.fromhex(obj["sig"]), prev.encode())
-                        except (InvalidSignature, ValueError):
+                        except (InvalidSignature, ValueError, KeyError, TypeError):
                             problems.append(f"{where}: checkpoint signature invalid")
                             break
+                elif "gap" in obj:
+                    warnings.append(f"{where}: {obj['gap']} records dropped (buffer overflow)")
                 else:
                     records += 1
                 prev = h
-    report = AuditReport(files, records, checkpoints, tuple(problems))
+                raw = following
+    report = AuditReport(files, records, checkpoints, tuple(problems), tuple(warnings))
     if raise_on_error and problems:
         raise StoreCorrupted("audit log: " + "; ".join(problems))
     return report

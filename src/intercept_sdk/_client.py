@@ -11,7 +11,13 @@ Guarantees:
 
 * ``check`` never touches the network and never answers "allow" without a verified list
   (:class:`NeverSynced`); a stale list is flagged and (by default) downgrades block to
-  review.
+  review. Its hot path is one memoised HMAC, one prepared SQLite statement, cached
+  staleness deadlines and a deque append to the audit buffer; records are parsed only
+  when an identifier hits.
+* Every decision of ``check``/``block``/``screen`` is written to the audit log; a watch
+  audits the changed decisions it delivers (not its periodic re-evaluations).
+* Watch callbacks run on the thread that applied the new version (the SDK's background
+  thread, or the caller of ``sync()``); one failing callback is logged, the others run.
 * ``close()`` is idempotent and bounded by its timeout; background threads are daemons and
   are re-created lazily in a forked child (``os.register_at_fork``).
 * Logs go to the ``intercept_sdk`` logger; the root logger is never configured.
@@ -23,6 +29,7 @@ import asyncio
 import contextlib
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -37,15 +44,16 @@ from typing import Any, Literal
 
 import httpx
 
-from ._audit import AuditLog, verify_audit
+from ._audit import AuditLog
 from ._catalog import Measure, get_measure
 from ._decisions import (
     Decision,
     Entity,
+    KeyMaker,
     Match,
     Person,
-    Probe,
     Subject,
+    allow_decision,
     decide,
     notice_text,
     probes_for,
@@ -54,12 +62,11 @@ from ._exceptions import (
     ClientClosed,
     ConfigurationError,
     HTTPStatusError,
-    InterceptError,
     Intercepted,
+    InterceptError,
     InvalidInput,
     NeverSynced,
-    SyncError,
-    VerificationError,
+    StoreError,
 )
 from ._fetch import HttpFetcher, RetryPolicy, make_fetcher
 from ._outbox import Outbox, Sender
@@ -71,14 +78,18 @@ from ._reports import (
     sign_report,
     summarize,
 )
-from ._site import identifier_key
-from ._store import Store, StoreState
+from ._store import Hit, Store, StoreState
 from ._sync import SyncResult, Updater
 from ._util import ensure_private_dir, format_utc, parse_duration, parse_utc, utcnow
 
-__all__ = ["AsyncClient", "Client", "LastError", "Status", "WatchChange", "Watch"]
+__all__ = ["AsyncClient", "Client", "LastError", "Status", "Watch", "WatchChange"]
 
 log = logging.getLogger("intercept_sdk.client")
+
+_NEVER_SYNCED = (
+    "no verified list version in the cache yet: call sync() first "
+    "(the SDK never answers 'allow' without a verified list)"
+)
 
 
 @dataclass(frozen=True)
@@ -113,19 +124,23 @@ class Status:
         out: dict[str, Any] = {}
         for k, v in self.__dict__.items():
             if isinstance(v, _dt.datetime):
-                v = format_utc(v)
+                out[k] = format_utc(v)
             elif isinstance(v, LastError):
-                v = {**v.__dict__, "at": format_utc(v.at)}
-            out[k] = v
+                out[k] = {**v.__dict__, "at": format_utc(v.at)}
+            else:
+                out[k] = v
         return out
 
 
 @dataclass(frozen=True)
 class WatchChange:
-    """A watched subject whose decision changed after a new list version.
+    """A watched subject whose decision changed after a new list version was applied.
 
-    ``kind`` is ``"listed"`` (newly restricted), ``"lifted"`` (no longer restricted: the
-    restriction must be lifted, and a ``lift`` report filed), or ``"changed"``.
+    ``kind`` is ``"listed"`` (was allow, now restricted: apply the measure),
+    ``"lifted"`` (was restricted, now allow: the entry was revoked, deleted or expired, so
+    the restriction **must be lifted**; file a ``lift`` report), or ``"changed"`` (still
+    restricted, but the action or the entries differ). ``before`` is ``None`` only when
+    the watch started before the first sync.
     """
 
     subject: Subject
@@ -134,9 +149,27 @@ class WatchChange:
     kind: Literal["listed", "lifted", "changed"]
 
 
-@dataclass
+def _change_kind(
+    before: Decision | None, after: Decision
+) -> Literal["listed", "lifted", "changed"] | None:
+    if before is None:
+        return "listed" if after.action != "allow" else None
+    if before.action == after.action and before.entry_ids == after.entry_ids:
+        return None
+    if before.action == "allow":
+        return "listed"
+    if after.action == "allow":
+        return "lifted"
+    return "changed"
+
+
+@dataclass(eq=False)
 class Watch:
-    """A portfolio under supervision; ``cancel()`` stops it."""
+    """A portfolio under supervision (see :meth:`Client.watch`); ``cancel()`` stops it.
+
+    ``last`` maps each subject's index in ``subjects`` to its current decision, and
+    ``version`` is the list version they were taken from.
+    """
 
     subjects: tuple[Subject, ...]
     measure: str
@@ -144,8 +177,10 @@ class Watch:
     last: dict[int, Decision] = field(default_factory=dict)
     version: int | None = None
     _owner: weakref.ref[_Core] | None = None
+    _state: tuple[int, str, str | None] | None = None
 
     def cancel(self) -> None:
+        """Stop watching; idempotent."""
         owner = self._owner() if self._owner else None
         if owner is not None:
             owner.unwatch(self)
@@ -203,7 +238,7 @@ class _Core:
         if subscriber_key is None or isinstance(subscriber_key, SubscriberKeys):
             self._keys = subscriber_key
         else:
-            self._keys = load_subscriber_key(subscriber_key)
+            self._keys = load_subscriber_key(Path(subscriber_key))
         if self._keys is not None and subscriber_id is None:
             raise ConfigurationError("a subscriber_key needs a subscriber_id")
         self._subscribed: frozenset[str] | None = None
@@ -258,6 +293,9 @@ class _Core:
         self._last_success_read = 0.0
         self._high_water = self._read_high_water()
         self._expiry_cache: dict[int, _dt.datetime] = {}
+        self._fresh: tuple[int, _dt.datetime, _dt.datetime, float] | None = None
+        self._km: KeyMaker | None = None
+        self._measures: dict[str, Measure] = {}
         self._reported_data_errors: set[str] = set()
         self._watches: list[Watch] = []
         self._watch_lock = threading.RLock()
@@ -269,6 +307,7 @@ class _Core:
         self._push_connected = False
         self._sse_client: httpx.Client | None = None
         self._quarter_checked: str | None = None
+        _register_fork_handler(self)
 
     # -- time ---------------------------------------------------------------------
     def _now(self) -> _dt.datetime:
@@ -297,14 +336,13 @@ class _Core:
         atomic_write(self.cache_dir / "clock", format_utc(now).encode(), mode=0o600)
         self._last_success = now
         self._last_success_read = time.monotonic()
+        self._fresh = None
 
     def last_success(self) -> _dt.datetime | None:
         """When any process last synced this cache successfully (re-read at most 1/s)."""
         if time.monotonic() - self._last_success_read > 1.0:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 self._last_success = parse_utc((self.cache_dir / "last_sync").read_text().strip())
-            except (OSError, ValueError):
-                pass
             self._last_success_read = time.monotonic()
         return self._last_success
 
@@ -312,8 +350,6 @@ class _Core:
     def _check_open(self) -> None:
         if self._closed:
             raise ClientClosed("the client is closed")
-        if self._bg_pid != os.getpid():
-            self._after_fork()
 
     def _manifest_expiry(self, state: StoreState) -> _dt.datetime:
         exp = self._expiry_cache.get(state.version)
@@ -328,15 +364,36 @@ class _Core:
         return exp
 
     def is_stale(self, state: StoreState, now: _dt.datetime) -> bool:
-        last = self.last_success() or state.applied_at
-        if (now - last).total_seconds() > self.max_staleness:
-            return True
-        return self._manifest_expiry(state) <= now
+        """True when the last successful sync (by any process sharing the cache) is older
+        than ``max_staleness`` or the signed manifest has expired.
+
+        The two deadlines are computed once per version and re-derived at most once a
+        second (when another process may have synced), so the check path only compares
+        two datetimes.
+        """
+        fresh = self._fresh
+        mono = time.monotonic()
+        if fresh is None or fresh[0] != state.version or mono > fresh[3]:
+            last = self.last_success() or state.applied_at
+            fresh = (
+                state.version,
+                last + _dt.timedelta(seconds=self.max_staleness),
+                self._manifest_expiry(state),
+                mono + 1.0,
+            )
+            self._fresh = fresh
+        return now > fresh[1] or now >= fresh[2]
 
     def _measure(self, code: str) -> Measure:
-        m = get_measure(code)
-        if self._subscribed is not None and m.code not in self._subscribed:
-            raise InvalidInput(f"measure {code!r} is not among the measures this client enforces")
+        m = self._measures.get(code) if isinstance(code, str) else None
+        if m is None:
+            m = get_measure(code)  # UnknownMeasure, with a did-you-mean
+            if self._subscribed is not None and m.code not in self._subscribed:
+                raise InvalidInput(
+                    f"measure {code!r} is not among the measures this client enforces "
+                    f"({', '.join(sorted(self._subscribed))})"
+                )
+            self._measures[code] = m
         return m
 
     # -- sync ---------------------------------------------------------------------
@@ -360,112 +417,202 @@ class _Core:
         log.warning("sync failed: %s: %s", type(exc).__name__, exc)
 
     # -- decisions ----------------------------------------------------------------
-    def _keyfuncs(self, hash_key: bytes) -> tuple[Callable[[str], bytes], Callable[[str], bytes]]:
-        return (
-            lambda v: identifier_key(hash_key, "id", v),
-            lambda v: identifier_key(hash_key, "org", v),
-        )
+    def _keymaker(self) -> KeyMaker:
+        """The key maker of the current list's hash key (NeverSynced without a list)."""
+        km = self._km
+        if km is None:
+            state = self.store.state()
+            if state is None:
+                raise NeverSynced(_NEVER_SYNCED)
+            km = self._km = KeyMaker(state.hash_key)
+        return km
 
-    def _state(self) -> StoreState:
-        state = self.store.state()
-        if state is None:
-            raise NeverSynced(
-                "no verified list version in the cache yet: call sync() first "
-                "(the SDK never answers 'allow' without a list)"
-            )
-        return state
+    def _lookup(self, subject: Subject) -> tuple[KeyMaker, list[bytes], StoreState, list[Hit]]:
+        """Keys of ``subject`` under the current hash key, and their hits in one read."""
+        km = self._km or self._keymaker()
+        for _ in range(3):
+            if type(subject) is Person:
+                keys = [km.person(subject.id_number)]
+            else:
+                keys = [p.key for p in probes_for(subject, km.person, km.org)]
+            try:
+                state, hits = self.store.lookup(keys)
+            except NeverSynced:
+                raise NeverSynced(_NEVER_SYNCED) from None
+            if state.hash_key == km.hash_key:
+                return km, keys, state, hits
+            # A version with a new hash key was applied meanwhile: re-key and look again.
+            km = self._km = KeyMaker(state.hash_key)
+        raise StoreError("the list's hash key keeps changing; cannot answer")  # pragma: no cover
 
     def check(self, subject: Subject, measure: str) -> Decision:
-        self._check_open()
-        m = self._measure(measure)
-        if not isinstance(subject, (Person, Entity)):
+        """The decision for ``subject`` under ``measure``, from the local list only.
+
+        The hot path, profiled: one memoised HMAC, one prepared SQLite statement, no
+        record parsing unless an identifier hits, cached staleness deadlines, and a deque
+        append for the audit log (formatted and hashed later, in the flush thread).
+        """
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        try:
+            m = self._measures[measure]
+        except (KeyError, TypeError):  # first use of this code, or not a code at all
+            m = self._measure(measure)
+        if type(subject) is not Person and not isinstance(subject, (Person, Entity)):
             raise InvalidInput("subject must be a Person or an Entity")
-        state = self._state()
-        while True:
-            pk, ok = self._keyfuncs(state.hash_key)
-            probes = probes_for(subject, pk, ok)
-            got_state, hits = self.store.lookup([p.key for p in probes])
-            if got_state.hash_key == state.hash_key:
-                state = got_state
-                break
-            state = got_state  # a new version with a new hash key arrived meanwhile
-        by_key = {p.key: p for p in probes}
-        now = self._now()
-        decision = decide(
-            m,
-            probes,
-            [(by_key[h.key], h.relation, h.record) for h in hits if h.key in by_key],
-            list_version=state.version,
-            stale=self.is_stale(state, now),
-            stale_action=self.stale_action,
-            now=now,
-        )
-        self._after_decision(probes[0].key, decision)
-        return decision
-
-    def _after_decision(self, key: bytes, decision: Decision) -> None:
-        if self.audit is not None:
-            self.audit.record(
-                measure=decision.measure,
-                key=key.hex(),
-                action=decision.action,
-                entries=[m.entry_id for m in decision.matches],
-                version=decision.list_version,
-                t=decision.checked_at.isoformat(),
-            )
-        for entry_id in decision.data_errors:
-            if entry_id not in self._reported_data_errors and self._keys is not None:
-                self._reported_data_errors.add(entry_id)
-                try:
-                    self.report_raw(
-                        "data_error",
-                        measure=decision.measure,
-                        entry_id=entry_id,
-                        list_version=decision.list_version,
-                        outcome="not_enforced",
-                        details={"description": "listed person was under 18 on the published date"},
-                    )
-                except InterceptError as exc:
-                    log.error("could not queue data_error report for %s: %s", entry_id, exc)
-
-    def screen(
-        self, subjects: Iterable[Subject], measure: str, batch: int = 2000
-    ) -> Iterator[Decision]:
-        self._check_open()
-        m = self._measure(measure)
-        buf: list[Subject] = []
-        for s in subjects:
-            buf.append(s)
-            if len(buf) >= batch:
-                yield from self._screen_batch(buf, m)
-                buf = []
-        if buf:
-            yield from self._screen_batch(buf, m)
-
-    def _screen_batch(self, subjects: Sequence[Subject], m: Measure) -> Iterator[Decision]:
-        state = self._state()
-        pk, ok = self._keyfuncs(state.hash_key)
-        all_probes = [probes_for(s, pk, ok) for s in subjects]
-        keys = list({p.key for ps in all_probes for p in ps})
-        got_state, hits_by_key = self.store.lookup_batch(keys)
-        if got_state.hash_key != state.hash_key:  # version with a new hash key: redo
-            yield from self._screen_batch(subjects, m)
-            return
-        now = self._now()
-        stale = self.is_stale(got_state, now)
-        for probes in all_probes:
-            hits = [(p, h.relation, h.record) for p in probes for h in hits_by_key.get(p.key, ())]
+        km, keys, state, hits = self._lookup(subject)
+        now = self._clock()
+        now = max(now, self._high_water)
+        stale = self.is_stale(state, now)
+        if not hits:
+            decision = allow_decision(m, list_version=state.version, stale=stale, now=now)
+        else:
             decision = decide(
                 m,
-                probes,
-                hits,
-                list_version=got_state.version,
+                probes_for(subject, km.person, km.org),
+                [(h.key, h.relation, h.record) for h in hits],
+                list_version=state.version,
                 stale=stale,
                 stale_action=self.stale_action,
                 now=now,
             )
-            self._after_decision(probes[0].key, decision)
-            yield decision
+        audit = self.audit
+        if audit is not None:
+            audit.record(m.code, keys[0], decision.action, decision.entry_ids, state.version, now)
+        if decision.data_errors:
+            self._report_data_errors(decision)
+        return decision
+
+    def _after_decision(self, key: bytes, decision: Decision) -> None:
+        audit = self.audit
+        if audit is not None:
+            audit.record(
+                decision.measure,
+                key,
+                decision.action,
+                decision.entry_ids,
+                decision.list_version,
+                decision.checked_at,
+            )
+        if decision.data_errors:
+            self._report_data_errors(decision)
+
+    def _report_data_errors(self, decision: Decision) -> None:
+        """A minor's listing reached the site: never enforced; say so, once per entry."""
+        for entry_id in decision.data_errors:
+            if entry_id in self._reported_data_errors:
+                continue
+            self._reported_data_errors.add(entry_id)
+            log.error(
+                "entry %s lists a person who was under 18 on its published date; "
+                "not enforced (data error)",
+                entry_id,
+            )
+            if self._keys is None:
+                continue
+            try:
+                self.report_raw(
+                    "data_error",
+                    measure=decision.measure,
+                    entry_id=entry_id,
+                    list_version=decision.list_version,
+                    outcome="not_enforced",
+                    details={"description": "listed person was under 18 on the published date"},
+                )
+            except InterceptError as exc:
+                log.error("could not queue data_error report for %s: %s", entry_id, exc)
+
+    def block(self, subject: Subject, measure: str, **context: Any) -> Decision:
+        decision = self.check(subject, measure)
+        if decision.action == "block":
+            raise self.intercepted(decision, context)
+        return decision
+
+    def intercepted(self, decision: Decision, context: Mapping[str, Any]) -> Intercepted:
+        """Queue the interception report (durably) and build the exception to raise.
+
+        A report that cannot be queued (no subscriber key, a full outbox, a context value
+        the report format refuses, such as an ID number) is logged and ``report_id`` is
+        ``None``: it never turns the interception into an ordinary error that a
+        fail-open handler could swallow.
+        """
+        report_id = None
+        try:
+            report_id = self.report("interception", decision, **context)
+        except ConfigurationError:
+            log.warning("interception not reported: no subscriber key configured")
+        except InterceptError as exc:
+            log.error("interception not reported: %s: %s", type(exc).__name__, exc)
+        return Intercepted(decision, self.notice(decision), report_id)
+
+    def screen(
+        self, subjects: Iterable[Subject], measure: str, batch: int = 2000, *, audit: bool = True
+    ) -> Iterator[Decision]:
+        """Validate now (closed client, unknown measure raise here), then stream lazily."""
+        self._check_open()
+        m = self._measure(measure)
+        if batch < 1:
+            raise InvalidInput("batch must be at least 1")
+        return self._screen(iter(subjects), m, batch, audit)
+
+    def _screen(
+        self, subjects: Iterator[Subject], m: Measure, batch: int, audit: bool
+    ) -> Iterator[Decision]:
+        while True:
+            buf = list(itertools.islice(subjects, batch))
+            if not buf:
+                return
+            yield from self._screen_batch(buf, m, audit)
+
+    def _screen_batch(
+        self, subjects: Sequence[Subject], m: Measure, audit: bool = True
+    ) -> list[Decision]:
+        for s in subjects:
+            if not isinstance(s, (Person, Entity)):
+                raise InvalidInput("subjects must be Person or Entity objects")
+        km = self._keymaker()
+        for _ in range(3):
+            all_probes = [probes_for(s, km.person, km.org) for s in subjects]
+            try:
+                state, by_key = self.store.lookup_batch([p.key for ps in all_probes for p in ps])
+            except NeverSynced:
+                raise NeverSynced(_NEVER_SYNCED) from None
+            if state.hash_key == km.hash_key:
+                break
+            km = self._km = KeyMaker(state.hash_key)
+        else:  # pragma: no cover
+            raise StoreError("the list's hash key keeps changing; cannot answer")
+        now = self._now()
+        stale = self.is_stale(state, now)
+        out: list[Decision] = []
+        for probes in all_probes:
+            if len(probes) == 1:
+                found = by_key.get(probes[0].key)
+                hits = [(h.key, h.relation, h.record) for h in found] if found else None
+            else:
+                hits = [
+                    (h.key, h.relation, h.record)
+                    for k in dict.fromkeys(p.key for p in probes)
+                    for h in by_key.get(k, ())
+                ]
+            if not hits:
+                d = allow_decision(m, list_version=state.version, stale=stale, now=now)
+            else:
+                d = decide(
+                    m,
+                    probes,
+                    hits,
+                    list_version=state.version,
+                    stale=stale,
+                    stale_action=self.stale_action,
+                    now=now,
+                )
+            if audit:
+                self._after_decision(probes[0].key, d)
+            elif d.data_errors:
+                self._report_data_errors(d)
+            out.append(d)
+        return out
 
     def notice(self, decision: Decision) -> str:
         return notice_text(decision, self.unit_name)
@@ -585,8 +732,14 @@ class _Core:
         on_change: Callable[[list[WatchChange]], None],
     ) -> Watch:
         self._check_open()
-        self._measure(measure)
-        w = Watch(tuple(subjects), measure, on_change, _owner=weakref.ref(self))
+        m = self._measure(measure)
+        if not callable(on_change):
+            raise InvalidInput("on_change must be callable")
+        subs = tuple(subjects)
+        for s in subs:
+            if not isinstance(s, (Person, Entity)):
+                raise InvalidInput("subjects must be Person or Entity objects")
+        w = Watch(subs, m.code, on_change, _owner=weakref.ref(self))
         with self._watch_lock:
             self._evaluate(w, notify=False)
             self._watches.append(w)
@@ -598,49 +751,47 @@ class _Core:
                 self._watches.remove(w)
 
     def _evaluate(self, w: Watch, *, notify: bool) -> None:
+        """Re-decide every subject of ``w`` if the list changed since its last look, and
+        hand the subjects whose decision changed to its callback (when ``notify``)."""
         state = self.store.state()
         if state is None:
             return
-        if w.version == state.version:
+        ident = (state.version, state.state_sha256, state.restricted_sha256)
+        if w._state == ident:
             return
+        m = self._measure(w.measure)
+        decisions = list(self._screen(iter(w.subjects), m, 2000, audit=False))
         changes: list[WatchChange] = []
-        for i, d in enumerate(self.screen(w.subjects, w.measure)):
+        for i, d in enumerate(decisions):
             before = w.last.get(i)
-            w.last[i] = d
-            if before is None and not notify:
-                continue
-            if (
-                before is None
-                or before.action != d.action
-                or ({m.entry_id for m in before.matches} != {m.entry_id for m in d.matches})
-            ):
-                if before is None:
-                    kind: Literal["listed", "lifted", "changed"] = (
-                        "listed" if d.action != "allow" else "changed"
-                    )
-                elif before.action != "allow" and d.action == "allow":
-                    kind = "lifted"
-                elif before.action == "allow" and d.action != "allow":
-                    kind = "listed"
-                else:
-                    kind = "changed"
-                if before is None and d.action == "allow":
-                    continue
+            kind = _change_kind(before, d)
+            if kind is not None and notify:
                 changes.append(WatchChange(w.subjects[i], before, d, kind))
+        w.last = dict(enumerate(decisions))
         w.version = state.version
-        if changes and notify:
-            try:
-                w.on_change(changes)
-            except Exception:
-                log.exception("a watch callback raised; other watches continue")
+        w._state = ident
+        if not changes:
+            return
+        for c in changes:  # the decisions acted upon are audited like any other
+            self._after_decision(self._subject_key(c.subject), c.after)
+        try:
+            w.on_change(changes)
+        except Exception:
+            log.exception("a watch callback raised; the other watches continue")
+
+    def _subject_key(self, subject: Subject) -> bytes:
+        km = self._keymaker()
+        if isinstance(subject, Person):
+            return km.person(subject.id_number)
+        return km.org(subject.effective_org_code)
 
     def _after_version_change(self, result: SyncResult | None = None) -> None:
         with self._watch_lock:
             for w in list(self._watches):
                 try:
                     self._evaluate(w, notify=True)
-                except InterceptError as exc:
-                    log.error("watch evaluation failed: %s", exc)
+                except Exception:
+                    log.exception("watch evaluation failed; it is retried after the next sync")
 
     # -- background ---------------------------------------------------------------
     def start_background(self) -> None:
@@ -811,13 +962,29 @@ class _Core:
 
 
 class Client:
-    """Synchronous client. See the README for a walk-through.
+    """Synchronous client: decisions from a verified local copy of the list.
 
     ``Client(platform, trust_root, cache_dir, subscriber_id, ...)``: ``platform`` is an
     https URL, a ``file://`` URL or a directory holding a copied site; ``trust_root`` the
     pinned ``root.json`` (path or bytes) shipped with the application; ``cache_dir`` a
-    private directory (created 0700). ``background=True`` starts the sync thread (push +
-    polling) and the report sender.
+    private directory (created 0700), which several processes may share.
+
+    Options (keyword only):
+
+    * ``subscriber_key`` - directory or file of the subscriber's key pair: signs reports
+      (interceptions are reported automatically) and opens restricted entries;
+    * ``measures`` - the measure codes this deployment enforces; others raise;
+    * ``max_staleness`` (``"72h"``) and ``stale_action`` (``"review"``; ``"block"`` keeps
+      blocking on a stale list);
+    * ``poll_interval`` (``"5m"``), ``push`` (listen to the platform's push channel),
+      ``background`` (start the sync thread and the report sender now);
+    * ``unit_name`` - who applies the measure, named in notices as where to ask for 复核;
+    * ``transport``/``report_transport`` (an ``httpx`` transport, for tests), ``proxy``,
+      ``ca_bundle``, timeouts, ``retry``; ``clock`` (a UTC clock, for tests); ``audit``.
+
+    Guarantees: decisions never touch the network; without a verified list every
+    decision raises :class:`NeverSynced` instead of allowing; every decision is written to
+    the tamper-evident audit log; the client is thread-safe and fork-safe.
     """
 
     def __init__(
@@ -831,7 +998,6 @@ class Client:
         **options: Any,
     ) -> None:
         self._core = _Core(platform, trust_root, cache_dir, subscriber_id, **options)
-        _register_fork_handler(self._core)
         if background:
             self._core.start_background()
 
@@ -840,29 +1006,44 @@ class Client:
         """Bring the local list up to date now; raises on failure (old version stays)."""
         return self._core.sync(progress)
 
+    def start_background(self) -> None:
+        """Start the sync thread (push + polling) and the report sender; idempotent.
+
+        The same as ``background=True`` at construction, for applications that create
+        the client before they are ready to serve.
+        """
+        self._core.start_background()
+
     def check(self, subject: Subject, measure: str) -> Decision:
-        """The decision for ``subject`` under ``measure``, from the local list only."""
+        """The decision for ``subject`` (:class:`Person` or :class:`Entity`) under the
+        measure code ``measure``, from the local list only (microseconds, no network).
+
+        Raises :class:`UnknownMeasure` for a code not in the catalog, and
+        :class:`NeverSynced` when no verified list is available.
+        """
         return self._core.check(subject, measure)
 
     def block(self, subject: Subject, measure: str, **context: Any) -> Decision:
         """Like :meth:`check`, but raise :class:`Intercepted` when the action is block.
 
-        Every interception is queued as an ``interception`` report (with ``context`` as
-        its details) before the exception is raised.
+        The exception carries the decision and ``notice`` (the Chinese text to show the
+        person: case, court, what is restricted, how to object). Every interception is
+        queued durably as an ``interception`` report (``context`` becomes its details,
+        e.g. ``room="1808"``) before the exception is raised. Otherwise the decision
+        (allow, monitor, review, or a block downgraded on a stale list) is returned.
         """
-        decision = self._core.check(subject, measure)
-        if decision.action == "block":
-            report_id = None
-            try:
-                report_id = self._core.report("interception", decision, **context)
-            except ConfigurationError:
-                log.warning("interception not reported: no subscriber key configured")
-            raise Intercepted(decision, self._core.notice(decision), report_id)
-        return decision
+        return self._core.block(subject, measure, **context)
 
-    def screen(self, subjects: Iterable[Subject], measure: str) -> Iterator[Decision]:
-        """Decisions for many subjects, streamed in input order (batched lookups)."""
-        return self._core.screen(subjects, measure)
+    def screen(
+        self, subjects: Iterable[Subject], measure: str, *, batch: int = 2000
+    ) -> Iterator[Decision]:
+        """Decisions for many subjects, streamed in input order.
+
+        ``subjects`` is consumed ``batch`` at a time (any iterable, e.g. a CSV reader),
+        each batch answered from one read transaction. The measure is validated now;
+        decisions are computed as the iterator is consumed.
+        """
+        return self._core.screen(subjects, measure, batch)
 
     def watch(
         self,
@@ -870,7 +1051,16 @@ class Client:
         measure: str,
         on_change: Callable[[list[WatchChange]], None],
     ) -> Watch:
-        """Keep ``subjects`` under supervision; ``on_change`` runs after each new version."""
+        """Keep ``subjects`` under supervision for ``measure``.
+
+        After each newly applied list version, ``on_change`` receives the subjects whose
+        decision changed (:class:`WatchChange`: ``listed``, ``lifted`` - the restriction
+        must be lifted - or ``changed``). It runs on the thread that applied the version:
+        the SDK's background thread (``background=True``), or the caller of
+        :meth:`sync`; keep it short (hand long work to your own queue), since the next
+        sync waits for it. An exception in one callback is logged and does not stop the
+        other watches. Returns a :class:`Watch` (``cancel()`` stops it).
+        """
         return self._core.watch(subjects, measure, on_change)
 
     def notice(self, decision: Decision) -> str:
@@ -1000,19 +1190,23 @@ class AsyncClient:
         return self._core.check(subject, measure)
 
     async def block(self, subject: Subject, measure: str, **context: Any) -> Decision:
+        """Like :meth:`Client.block`; the durable report write runs in a worker thread."""
         decision = self._core.check(subject, measure)
         if decision.action == "block":
-            report_id = None
-            try:
-                report_id = self._core.report("interception", decision, **context)
-            except ConfigurationError:
-                log.warning("interception not reported: no subscriber key configured")
-            raise Intercepted(decision, self._core.notice(decision), report_id)
+            raise await asyncio.to_thread(self._core.intercepted, decision, context)
         return decision
 
-    async def screen(self, subjects: Iterable[Subject], measure: str) -> AsyncIterator[Decision]:
-        for d in self._core.screen(subjects, measure):
-            yield d
+    def screen(
+        self, subjects: Iterable[Subject], measure: str, *, batch: int = 2000
+    ) -> AsyncIterator[Decision]:
+        """Like :meth:`Client.screen`; validated now, iterated with ``async for``."""
+        decisions = self._core.screen(subjects, measure, batch)
+
+        async def stream() -> AsyncIterator[Decision]:
+            for d in decisions:
+                yield d
+
+        return stream()
 
     async def watch(
         self,
@@ -1053,6 +1247,7 @@ class AsyncClient:
 
 
 _cores: weakref.WeakSet[_Core] = weakref.WeakSet()
+_fork_hook_installed = False
 
 
 def _child_after_fork() -> None:
@@ -1062,9 +1257,9 @@ def _child_after_fork() -> None:
 
 
 def _register_fork_handler(core: _Core) -> None:
-    if not _cores and hasattr(os, "register_at_fork"):
+    """Make a forked child re-create ``core``'s threads lazily (one hook per process)."""
+    global _fork_hook_installed
+    if not _fork_hook_installed and hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_child_after_fork)
+        _fork_hook_installed = True
     _cores.add(core)
-
-
-_ = (VerificationError, SyncError, verify_audit)

@@ -1,78 +1,169 @@
 """Subjects, decisions, and the rules that turn store hits into an action.
 
-Rules (see the decisions issue and the seed documents):
+This module is pure: no I/O, no clock of its own. The client feeds it the hits of one
+lookup and the time; everything here is deterministic and unit-testable.
 
-* Identifiers decide; names never block. A person is matched by ID number (a 15-digit ID
-  matches its 18-digit form, since both normalise alike); an entity by its organisation
-  code, given or embedded in the USCC, so USCC and organisation-code queries meet.
-* Relations: ``self`` (the subject is the listed debtor); ``legal_rep``, ``principal``,
-  ``actual_controller``, ``responsible_person`` ... (a person recorded with that role in a
-  listed entity); ``officer:<role>`` (an Entity whose declared officer is listed). Which
-  relations a measure covers comes from the catalog.
-* An entry counts only when active, covering the measure, not past ``valid_until`` (offline
-  too), and not a listing of a minor (never enforced; reported as a data error).
-* The action is the strongest among counted matches: block > review > monitor > allow.
-* When the list is stale a block is downgraded (by default) to review, reason ``stale``.
+The rules (the "Decisions" issue and the seed documents):
 
-This module is pure: no I/O. The client feeds it store hits and the clock.
+* **Identifiers decide; names never block.** A person is matched by resident ID number
+  (a legacy 15-digit number normalises to its 18-digit form, so both meet). An entity is
+  matched by its organisation code, given directly or embedded in the USCC (positions
+  9-17): the publisher keys every entity on that code, so a USCC query finds an entry
+  published with only the organisation code, and the other way round. A name that differs
+  from the listed one adds the reason ``name_mismatch`` (and ``Match.name_mismatch``) but
+  never changes the action.
+* **Relations.** ``self``: the subject is the listed debtor. ``legal_rep``, ``principal``,
+  ``actual_controller``, ``responsible_person`` (and the other roles of :data:`ROLES`): the
+  subject is a person recorded with that role among a listed entity's related persons.
+  ``officer:<role>``: the subject is an Entity and one of its declared officers is itself
+  listed. Which relations a measure reaches comes from the catalog
+  (:meth:`Measure.applies_to`). A related person published without an ID number is shown
+  in :attr:`Match.related` but can never be matched, because only identifiers decide.
+* **Which entries count.** Only entries that are ``active``, whose ``measures`` include the
+  measure (or ``"*"``), that are not past ``valid_until`` (compared with the date in China,
+  offline too), that reach the relation, and that are not the listing of a minor. An entry
+  naming a person who was under 18 on its published date is never enforced and is
+  reported as a data error (:attr:`Decision.data_errors`).
+* **The action** is the strongest among counted matches (block > review > monitor >
+  allow); with no counted match it is ``allow``.
+* **Staleness.** When the list is stale the reason ``stale`` is added and, unless the
+  integrator chose ``stale_action="block"``, a block is downgraded to review.
+
+Reasons are a small fixed vocabulary (:data:`REASONS`), each at most once per decision;
+the entries concerned are in :attr:`Decision.matches` (counted) and
+:attr:`Decision.ignored` (hit by an identifier but not counted, with why).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+import hashlib
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, NamedTuple
 
 import pydantic_core
 
 from ._catalog import Measure
 from ._exceptions import FormatError, InvalidInput
-from ._identifiers import normalize_id_number, normalize_org_code, normalize_uscc
+from ._identifiers import mask_identifier, normalize_id_number, normalize_org_code, normalize_uscc
 from ._models import ROLES
 
 __all__ = [
+    "REASONS",
     "Action",
     "Decision",
     "Entity",
+    "Ignored",
+    "KeyMaker",
     "Match",
     "Officer",
     "Person",
+    "Probe",
+    "RelatedPerson",
     "Subject",
+    "allow_decision",
     "decide",
+    "notice_text",
+    "probes_for",
+    "strongest",
 ]
 
 Action = Literal["block", "review", "monitor", "allow"]
-_STRENGTH: dict[str, int] = {"allow": 0, "monitor": 1, "review": 2, "block": 3}
+_STRENGTH: Final[dict[str, int]] = {"allow": 0, "monitor": 1, "review": 2, "block": 3}
+
+#: China Standard Time: list dates (published_at, valid_until) are Chinese calendar dates.
+CHINA_TZ: Final = _dt.timezone(_dt.timedelta(hours=8), "CST")
+
+# -- reasons ------------------------------------------------------------------------------
+LISTED: Final = "listed"
+"""At least one entry counts against the subject (see ``Decision.matches``)."""
+NAME_MISMATCH: Final = "name_mismatch"
+"""A counted entry's listed name differs from the name given (``Match.name_mismatch``)."""
+STALE: Final = "stale"
+"""The local list is stale; a block is downgraded to review unless configured otherwise."""
+REVOKED: Final = "revoked"
+"""An identifier hit an entry the court revoked (should never have been listed)."""
+DELETED: Final = "deleted"
+"""An identifier hit an entry that was deleted (debt performed, term ended ...)."""
+EXPIRED: Final = "expired"
+"""An identifier hit an entry past its ``valid_until`` date."""
+MEASURE_NOT_COVERED: Final = "measure_not_covered"
+"""An identifier hit an entry whose ``measures`` do not include this measure."""
+RELATION_NOT_COVERED: Final = "relation_not_covered"
+"""An identifier hit an entry through a relation this measure does not reach."""
+MINOR_NOT_ENFORCED: Final = "minor_not_enforced"
+"""An identifier hit the listing of a minor: never enforced, reported as a data error."""
+
+#: Every reason a decision can carry, in the order they appear in ``Decision.reasons``.
+REASONS: Final = (
+    LISTED,
+    NAME_MISMATCH,
+    REVOKED,
+    DELETED,
+    EXPIRED,
+    MEASURE_NOT_COVERED,
+    RELATION_NOT_COVERED,
+    MINOR_NOT_ENFORCED,
+    STALE,
+)
+_REASON_ORDER: Final = {r: i for i, r in enumerate(REASONS)}
+
+
+# -- subjects -------------------------------------------------------------------------------
+
+
+def _clean_name(name: object, what: str) -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise InvalidInput(f"{what} name must be a string or None")
+    name = name.strip()
+    return name or None
 
 
 @dataclass(frozen=True, slots=True)
 class Person:
-    """A natural person, identified by resident ID number (validated on construction)."""
+    """A natural person, identified by resident ID number.
+
+    ``id_number`` is normalised on construction (full-width digits, spaces and a lower-case
+    ``x`` are accepted; a legacy 15-digit number becomes its 18-digit form) and validated
+    (length, birth date, check character): :class:`InvalidIdentifier` otherwise. ``name``
+    is only compared, never used to match. ``repr()`` masks the ID number, so a Person in
+    a log line or a traceback never shows it in full.
+    """
 
     id_number: str
     name: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id_number", normalize_id_number(self.id_number))
+        object.__setattr__(self, "name", _clean_name(self.name, "a person's"))
 
-    def __repr__(self) -> str:  # never print a full ID number in logs or tracebacks
-        masked = self.id_number[:4] + "**********" + self.id_number[-4:]
-        return f"Person(id_number={masked!r}, name={self.name!r})"
+    def __repr__(self) -> str:
+        return f"Person(id_number={mask_identifier(self.id_number)!r}, name={self.name!r})"
 
     @property
     def birth_date(self) -> _dt.date:
+        """The birth date encoded in positions 7-14 of the ID number."""
         n = self.id_number
         return _dt.date(int(n[6:10]), int(n[10:12]), int(n[12:14]))
 
     def age_on(self, day: _dt.date) -> int:
+        """Completed years of age on ``day``."""
         b = self.birth_date
         return day.year - b.year - ((day.month, day.day) < (b.month, b.day))
 
 
 @dataclass(frozen=True, slots=True)
 class Officer:
-    """A person holding a role in an Entity (legal representative, director, ...)."""
+    """A person holding ``role`` (one of :data:`ROLES`) in an :class:`Entity`.
+
+    Declaring officers lets measures that reach ``officer`` (finance.credit,
+    supervision.key_target ...) find an entity whose legal representative, director ...
+    is personally listed.
+    """
 
     role: str
     person: Person
@@ -81,12 +172,17 @@ class Officer:
         if self.role not in ROLES:
             raise InvalidInput(f"officer role {self.role!r} is not one of {', '.join(ROLES)}")
         if not isinstance(self.person, Person):
-            raise InvalidInput("officer person must be a Person")
+            raise InvalidInput("an officer's person must be a Person")
 
 
 @dataclass(frozen=True, slots=True)
 class Entity:
-    """An organisation, identified by USCC and/or organisation code (at least one)."""
+    """An organisation, identified by USCC and/or organisation code (at least one).
+
+    Both are normalised and validated on construction (:class:`InvalidIdentifier`); when
+    both are given, the organisation code must be the one embedded in the USCC.
+    ``officers`` are optional declared officers (see :class:`Officer`).
+    """
 
     uscc: str | None = None
     org_code: str | None = None
@@ -100,25 +196,56 @@ class Entity:
             raise InvalidInput("an Entity needs a uscc or an org_code")
         if uscc is not None and org is not None and uscc[8:17] != org:
             raise InvalidInput("org_code differs from the code embedded in the uscc")
+        if isinstance(self.officers, (str, bytes)) or not isinstance(self.officers, Iterable):
+            raise InvalidInput("officers must be a list of Officer(role, Person)")
         officers = tuple(self.officers)
         for o in officers:
             if not isinstance(o, Officer):
                 raise InvalidInput("officers must be Officer(role, Person) objects")
         object.__setattr__(self, "uscc", uscc)
         object.__setattr__(self, "org_code", org)
+        object.__setattr__(self, "name", _clean_name(self.name, "an entity's"))
         object.__setattr__(self, "officers", officers)
 
     @property
     def effective_org_code(self) -> str:
-        return self.org_code if self.org_code is not None else str(self.uscc)[8:17]
+        """The organisation code: given, or positions 9-17 of the USCC."""
+        if self.org_code is not None:
+            return self.org_code
+        assert self.uscc is not None
+        return self.uscc[8:17]
 
 
 Subject = Person | Entity
 
 
+# -- results ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RelatedPerson:
+    """A person published with a role in a listed entity. ``masked_id`` is ``None`` when
+    the platform published no ID number: such a person is shown, never matched."""
+
+    role: str
+    name: str
+    masked_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"role": self.role, "name": self.name, "masked_id": self.masked_id}
+
+
 @dataclass(frozen=True)
 class Match:
-    """One list entry that matched the subject, with what a clerk needs to see."""
+    """One list entry that counts against the subject, with what a clerk needs to see.
+
+    ``name`` and ``masked_id`` are the listed debtor's (an entity's codes are public and
+    shown as published; a person's ID number is masked by the publisher). ``relation``
+    says how the subject stands to the entry (``self``, a role, ``officer:<role>``).
+    ``matched_person`` is, for a role relation, the listed name of the related person
+    whose ID number matched. ``name_mismatch`` is true when the name given for the
+    matched person or entity differs from the listed one.
+    """
 
     entry_id: str
     case_no: str
@@ -131,15 +258,40 @@ class Match:
     published_at: str
     subject_type: str
     valid_until: str | None = None
-    matched_person: str | None = None  # for role/officer relations: whose ID matched
+    matched_person: str | None = None
+    name_mismatch: bool = False
+    related: tuple[RelatedPerson, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        """JSON-ready dict; ``None`` fields are left out. Never a plaintext ID number."""
+        out = {k: v for k, v in self.__dict__.items() if v is not None}
+        out["related"] = [r.to_dict() for r in self.related]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """An entry an identifier hit that did not count, and the reason (see REASONS)."""
+
+    entry_id: str
+    relation: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"entry_id": self.entry_id, "relation": self.relation, "reason": self.reason}
 
 
 @dataclass(frozen=True)
 class Decision:
-    """The answer for one subject and one measure. Never contains a plaintext ID."""
+    """The answer for one subject and one measure, from one verified list version.
+
+    ``action`` is ``block``, ``review``, ``monitor`` or ``allow``; ``reasons`` are codes
+    from :data:`REASONS` (each at most once); ``matches`` the entries that count;
+    ``ignored`` the entries hit by an identifier that do not count (revoked, expired,
+    other measures ...); ``data_errors`` the entry ids that must never be enforced (a
+    minor's listing) and were reported. ``stale`` is true when the list was stale at
+    ``checked_at`` (UTC). A Decision never contains a plaintext ID number.
+    """
 
     action: Action
     measure: str
@@ -149,13 +301,23 @@ class Decision:
     list_version: int
     checked_at: _dt.datetime
     measure_title: str = ""
-    data_errors: tuple[str, ...] = field(default=(), repr=False)  # entry ids not enforced
+    data_errors: tuple[str, ...] = ()
+    ignored: tuple[Ignored, ...] = ()
 
     @property
     def blocked(self) -> bool:
+        """True when the action is ``block``."""
         return self.action == "block"
 
+    @property
+    def entry_ids(self) -> tuple[str, ...]:
+        """Entry ids of the counted matches, without repeats (what the audit log records)."""
+        if not self.matches:
+            return ()
+        return tuple(dict.fromkeys(m.entry_id for m in self.matches))
+
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (``checked_at`` in ISO 8601). Never a plaintext ID number."""
         return {
             "action": self.action,
             "measure": self.measure,
@@ -165,195 +327,461 @@ class Decision:
             "stale": self.stale,
             "list_version": self.list_version,
             "checked_at": self.checked_at.isoformat(),
+            "ignored": [i.to_dict() for i in self.ignored],
+            "data_errors": list(self.data_errors),
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Probe:
-    """One identifier key to look up, and what a hit on it would mean."""
+_new = object.__new__
+_NO_REASONS: Final[tuple[str, ...]] = ()
+_STALE_ONLY: Final = (STALE,)
+
+
+def _make_decision(  # noqa: PLR0917 - internal, called positionally on the hot path
+    action: Action,
+    measure: Measure,
+    matches: tuple[Match, ...],
+    reasons: tuple[str, ...],
+    stale: bool,
+    list_version: int,
+    now: _dt.datetime,
+    data_errors: tuple[str, ...] = (),
+    ignored: tuple[Ignored, ...] = (),
+) -> Decision:
+    # The check path builds one Decision per call; filling __dict__ directly skips the
+    # frozen dataclass's per-field object.__setattr__ (several times faster). The result
+    # is an ordinary, fully initialised frozen Decision.
+    d: Decision = _new(Decision)
+    d.__dict__.update(
+        action=action,
+        measure=measure.code,
+        matches=matches,
+        reasons=reasons,
+        stale=stale,
+        list_version=list_version,
+        checked_at=now,
+        measure_title=measure.title,
+        data_errors=data_errors,
+        ignored=ignored,
+    )
+    return d
+
+
+_ALLOW_TEMPLATES: dict[tuple[str, int, bool], dict[str, Any]] = {}
+
+
+def allow_decision(
+    measure: Measure, *, list_version: int, stale: bool, now: _dt.datetime
+) -> Decision:
+    """The decision when no identifier hit anything (the common case, kept cheap: every
+    field but ``checked_at`` comes from a template per measure, version and staleness)."""
+    template = _ALLOW_TEMPLATES.get((measure.code, list_version, stale))
+    if template is None:
+        if len(_ALLOW_TEMPLATES) > 1024:
+            _ALLOW_TEMPLATES.clear()
+        template = _make_decision(
+            "allow", measure, (), _STALE_ONLY if stale else _NO_REASONS, stale, list_version, now
+        ).__dict__
+        _ALLOW_TEMPLATES[(measure.code, list_version, stale)] = template
+    d: Decision = _new(Decision)
+    fields = d.__dict__
+    fields.update(template)
+    fields["checked_at"] = now
+    return d
+
+
+# -- lookups ----------------------------------------------------------------------------------
+
+
+class KeyMaker:
+    """``identifier_key`` (HMAC-SHA256 truncated to 16 bytes) for one list's hash key.
+
+    Same result as :func:`intercept_sdk._site.identifier_key`, which the publisher uses,
+    but with the HMAC's inner and outer hash states precomputed once per hash key (the
+    one-shot HMAC re-derives them on every call, which dominated ``check()``), and a
+    bounded memo of recent identifiers (a guest checked at the desk is often checked again
+    at the lift). The memo lives in memory only and is dropped with the KeyMaker, which
+    the client replaces whenever the list's hash key changes.
+    """
+
+    __slots__ = ("_inner", "_memo", "_outer", "hash_key")
+    MEMO_SIZE: Final = 4096
+
+    def __init__(self, hash_key: bytes) -> None:
+        self.hash_key = hash_key
+        key = hashlib.sha256(hash_key).digest() if len(hash_key) > 64 else hash_key
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+        self._memo: dict[str, bytes] = {}
+
+    def _key(self, tagged: str) -> bytes:
+        memo = self._memo
+        k = memo.get(tagged)
+        if k is None:
+            inner = self._inner.copy()
+            inner.update(tagged.encode())
+            outer = self._outer.copy()
+            outer.update(inner.digest())
+            k = outer.digest()[:16]
+            if len(memo) >= self.MEMO_SIZE:
+                memo.clear()
+            memo[tagged] = k
+        return k
+
+    def person(self, id_number: str) -> bytes:
+        """Key of a normalised 18-character ID number."""
+        return self._key("id:" + id_number)
+
+    def org(self, org_code: str) -> bytes:
+        """Key of a normalised 9-character organisation code."""
+        return self._key("org:" + org_code)
+
+
+class Probe(NamedTuple):
+    """One identifier key to look up, and what a hit on it means for the subject.
+
+    ``person`` is set when the key is a person's ID (the subject itself, or an officer);
+    ``officer_role`` when that person is a declared officer of the Entity checked.
+    """
 
     key: bytes
-    kind: Literal["person", "entity"]
-    person: Person | None  # the person whose ID the key is (for minors / names)
-    officer_role: str | None = None  # set when the person is an Entity's officer
-    name: str | None = None
+    person: Person | None
+    officer_role: str | None
+    name: str | None
 
 
-def probes_for(subject: Subject, person_key: Any, org_key: Any) -> list[Probe]:
-    """Keys to look up for ``subject``. ``person_key``/``org_key`` map a value to a key."""
-    if isinstance(subject, Person):
-        return [Probe(person_key(subject.id_number), "person", subject, None, subject.name)]
-    out = [Probe(org_key(subject.effective_org_code), "entity", None, None, subject.name)]
+def probes_for(
+    subject: Subject,
+    person_key: Callable[[str], bytes],
+    org_key: Callable[[str], bytes],
+) -> list[Probe]:
+    """The keys to look up for ``subject``; the first is the subject's own key."""
+    if type(subject) is Person:
+        return [Probe(person_key(subject.id_number), subject, None, subject.name)]
+    if not isinstance(subject, Entity):
+        if isinstance(subject, Person):
+            return [Probe(person_key(subject.id_number), subject, None, subject.name)]
+        raise InvalidInput("subject must be a Person or an Entity")
+    out = [Probe(org_key(subject.effective_org_code), None, None, subject.name)]
     for o in subject.officers:
-        out.append(Probe(person_key(o.person.id_number), "person", o.person, o.role, o.person.name))
+        out.append(Probe(person_key(o.person.id_number), o.person, o.role, o.person.name))
     return out
 
 
-def _parse(record: bytes) -> Mapping[str, Any]:
-    try:
-        obj = pydantic_core.from_json(record)
-    except ValueError:
-        raise FormatError("a stored record is not JSON") from None
-    if not isinstance(obj, dict):
-        raise FormatError("a stored record is not a JSON object")
-    return obj
+# -- the rules ----------------------------------------------------------------------------------
+
+
+class _Record:
+    """What the rules need from one signed record, parsed once and cached by its bytes."""
+
+    __slots__ = (
+        "entry_id",
+        "measures",
+        "published",
+        "published_compact",
+        "rec",
+        "related",
+        "status",
+        "valid_until",
+    )
+
+    def __init__(self, record: bytes) -> None:
+        try:
+            rec = pydantic_core.from_json(record)
+        except ValueError:
+            raise FormatError("a stored record is not JSON") from None
+        if not isinstance(rec, dict):
+            raise FormatError("a stored record is not a JSON object")
+        self.rec: dict[str, Any] = rec
+        self.entry_id = str(rec.get("entry_id"))
+        self.status = rec.get("status", "active")
+        measures = rec.get("measures")
+        self.measures = frozenset(measures) if isinstance(measures, list) else frozenset()
+        valid_until = rec.get("valid_until")
+        self.valid_until = valid_until if isinstance(valid_until, str) else None
+        published = rec.get("published_at")
+        self.published = published if isinstance(published, str) else ""
+        self.published_compact = self.published.replace("-", "")
+        items = rec.get("related")
+        self.related = (
+            tuple(
+                RelatedPerson(str(r.get("role", "")), str(r.get("name", "")), r.get("id_masked"))
+                for r in items
+                if isinstance(r, dict)
+            )
+            if isinstance(items, list)
+            else ()
+        )
+
+
+_RECORDS: dict[bytes, _Record] = {}
+_RECORDS_MAX = 2048
+
+
+def _record(record: bytes) -> _Record:
+    # Records are immutable signed bytes: equal bytes parse alike, whatever version they
+    # came from, so a bounded memo is always correct (listed people are checked often).
+    r = _RECORDS.get(record)
+    if r is None:
+        r = _Record(record)
+        if len(_RECORDS) >= _RECORDS_MAX:
+            _RECORDS.clear()
+        _RECORDS[record] = r
+    return r
+
+
+_DOTS = str.maketrans({c: "·" for c in "•‧・∙⋅．.・"})
+
+
+def _norm_name(name: str) -> str:
+    """Names compared after NFKC, without whitespace, with one kind of middle dot."""
+    return "".join(unicodedata.normalize("NFKC", name).translate(_DOTS).split())
+
+
+def _names_differ(given: str | None, listed: object) -> bool:
+    if not given or not isinstance(listed, str) or not listed:
+        return False
+    return given != listed and _norm_name(given) != _norm_name(listed)
+
+
+def _was_minor(id_number: str, published_compact: str) -> bool:
+    """True when the holder of ``id_number`` was under 18 on the date YYYYMMDD.
+
+    The 18th birthday as YYYYMMDD compared as text: someone born on 29 February is of age
+    on 1 March of a common year, exactly as completed-years arithmetic says.
+    """
+    if len(published_compact) != 8:
+        return False
+    return published_compact < f"{int(id_number[6:10]) + 18:04d}{id_number[10:14]}"
 
 
 def decide(
     measure: Measure,
     probes: Sequence[Probe],
-    hits: Iterable[tuple[Probe, str, bytes]],
+    hits: Iterable[tuple[bytes, str, bytes]],
     *,
     list_version: int,
     stale: bool,
     stale_action: Literal["review", "block"],
     now: _dt.datetime,
 ) -> Decision:
-    """Apply the rules to the hits of ``probes`` (each hit: probe, relation, record)."""
-    today = now.date()
+    """Apply the rules to the ``hits`` of ``probes``: each hit is ``(key, relation,
+    record)`` where ``relation`` is how the key appears in the record (``self`` or a role)
+    and ``record`` the exact signed record bytes.
+
+    ``now`` must be timezone-aware; expiry is judged on its date in China.
+    """
+    by_key: dict[bytes, list[Probe]] = {}
+    for p in probes:
+        by_key.setdefault(p.key, []).append(p)
+    today = china_date(now)
     matches: list[Match] = []
-    reasons: list[str] = []
+    ignored: list[Ignored] = []
     data_errors: list[str] = []
+    reasons: set[str] = set()
     seen: set[tuple[str, str]] = set()
-    for probe, stored_relation, record in hits:
-        rec = _parse(record)
-        entry_id = str(rec.get("entry_id"))
-        # Which relation does this hit mean for the *subject*?
-        if probe.officer_role is not None:
-            if stored_relation != "self":
-                continue  # an officer who is only related to another listed entity
-            relation = f"officer:{probe.officer_role}"
-        else:
-            relation = stored_relation
-        if (entry_id, relation) in seen:
-            continue
-        seen.add((entry_id, relation))
-        if rec.get("status", "active") != "active":
-            reasons.append(f"{rec.get('status')}_entry:{entry_id}")
-            continue
-        codes = rec.get("measures") or ()
-        if "*" not in codes and measure.code not in codes:
-            reasons.append(f"measure_not_covered:{entry_id}")
-            continue
-        valid_until = rec.get("valid_until")
-        if isinstance(valid_until, str) and valid_until < today.isoformat():
-            reasons.append(f"expired_entry:{entry_id}")
-            continue
-        if not measure.applies_to(relation):
-            reasons.append(f"relation_not_covered:{relation}:{entry_id}")
-            continue
-        published = str(rec.get("published_at", ""))
-        if probe.person is not None and stored_relation == "self" and published:
-            try:
-                age = probe.person.age_on(_dt.date.fromisoformat(published))
-            except ValueError:
-                age = 18
-            if age < 18:
-                reasons.append(f"minor_entry_not_enforced:{entry_id}")
-                data_errors.append(entry_id)
+    for key, stored_relation, record in hits:
+        for probe in by_key.get(key, ()):
+            if probe.officer_role is not None:
+                if stored_relation != "self":
+                    continue  # the officer is only *related* to another listed entity
+                relation = "officer:" + probe.officer_role
+            else:
+                relation = stored_relation
+            r = _record(record)
+            if (r.entry_id, relation) in seen:
                 continue
-        # Name check: names never block, but a difference is worth a look.
-        listed_name = rec.get("name")
-        matched_person = None
-        if stored_relation != "self":
-            for rel in rec.get("related") or ():
-                if rel.get("role") == stored_relation:
-                    matched_person = rel.get("name")
-                    break
-            listed_name_for_probe = matched_person
-        else:
-            listed_name_for_probe = listed_name
-        if probe.name and listed_name_for_probe and probe.name != listed_name_for_probe:
-            reasons.append(f"name_mismatch:{entry_id}")
-        masked = rec.get("id_masked") or rec.get("uscc") or rec.get("org_code")
-        matches.append(
-            Match(
-                entry_id=entry_id,
-                case_no=str(rec.get("case_no", "")),
-                court=str(rec.get("court", "")),
-                relation=relation,
-                name=str(listed_name or ""),
-                masked_id=masked,
-                obligation=str(rec.get("obligation", "")),
-                unperformed_amount=str(rec.get("unperformed_amount", "")),
-                published_at=published,
-                subject_type=str(rec.get("subject_type", "")),
-                valid_until=valid_until if isinstance(valid_until, str) else None,
-                matched_person=matched_person
-                or (probe.person.name if probe.officer_role and probe.person else None),
-            )
-        )
-    action: Action = measure.action if matches else "allow"
+            seen.add((r.entry_id, relation))
+            why = _not_counted(measure, r, relation, stored_relation, probe, today)
+            if why is not None:
+                ignored.append(Ignored(r.entry_id, relation, why))
+                reasons.add(why)
+                if why == MINOR_NOT_ENFORCED:
+                    data_errors.append(r.entry_id)
+                continue
+            match = _match(r, relation, stored_relation, probe, key)
+            if match.name_mismatch:
+                reasons.add(NAME_MISMATCH)
+            matches.append(match)
+    action: Action = "allow"
     if matches:
-        reasons.insert(0, "listed")
+        reasons.add(LISTED)
+        action = measure.action
     if stale:
-        reasons.append("stale")
+        reasons.add(STALE)
         if action == "block" and stale_action == "review":
             action = "review"
-    return Decision(
-        action=action,
-        measure=measure.code,
-        matches=tuple(matches),
-        reasons=tuple(reasons),
-        stale=stale,
-        list_version=list_version,
-        checked_at=now,
-        measure_title=measure.title,
-        data_errors=tuple(data_errors),
+    if len(matches) > 1:
+        matches.sort(key=_match_order)
+    if len(ignored) > 1:
+        ignored.sort(key=_ignored_order)
+    return _make_decision(
+        action,
+        measure,
+        tuple(matches),
+        tuple(r for r in REASONS if r in reasons),
+        stale,
+        list_version,
+        now,
+        tuple(dict.fromkeys(data_errors)) if data_errors else (),
+        tuple(ignored),
     )
+
+
+_EPOCH: Final = _dt.date(1970, 1, 1)
+_today: tuple[int, str] = (-1, "")
+
+
+def china_date(now: _dt.datetime) -> str:
+    """The calendar date in China (UTC+8) at ``now``, as YYYY-MM-DD (cached per day).
+
+    List dates (``valid_until``, ``published_at``) are Chinese calendar dates, so a term
+    ends at midnight in China whatever the server's time zone.
+    """
+    global _today
+    day = int((now.timestamp() + 8 * 3600) // 86400)
+    cached = _today  # one tuple: read and replaced atomically
+    if cached[0] != day:
+        cached = _today = (day, (_EPOCH + _dt.timedelta(days=day)).isoformat())
+    return cached[1]
+
+
+def _match_order(m: Match) -> tuple[str, str]:
+    return (m.entry_id, m.relation)
+
+
+def _ignored_order(i: Ignored) -> tuple[str, str]:
+    return (i.entry_id, i.relation)
+
+
+def _not_counted(  # noqa: PLR0917 - internal helper of decide()
+    measure: Measure,
+    r: _Record,
+    relation: str,
+    stored_relation: str,
+    probe: Probe,
+    today: str,
+) -> str | None:
+    """Why this hit does not count, or ``None`` when it does."""
+    if r.status != "active":
+        return REVOKED if r.status == "revoked" else DELETED
+    person = probe.person
+    if (
+        stored_relation == "self"
+        and person is not None
+        and _was_minor(person.id_number, r.published_compact)
+    ):
+        return MINOR_NOT_ENFORCED
+    if measure.code not in r.measures and "*" not in r.measures:
+        return MEASURE_NOT_COVERED
+    if r.valid_until is not None and r.valid_until < today:
+        return EXPIRED
+    if not measure.applies_to(relation):
+        return RELATION_NOT_COVERED
+    return None
+
+
+def _match(
+    r: _Record,
+    relation: str,
+    stored_relation: str,
+    probe: Probe,
+    key: bytes,
+) -> Match:
+    rec = r.rec
+    listed_name = rec.get("name")
+    matched_person: str | None = None
+    compare_with: object = listed_name
+    if stored_relation != "self":
+        key_hex = key.hex()
+        for rel in rec.get("related") or ():
+            if (
+                isinstance(rel, dict)
+                and rel.get("role") == stored_relation
+                and rel.get("id_key") == key_hex
+            ):
+                matched_person = rel.get("name")
+                break
+        compare_with = matched_person
+    masked = rec.get("id_masked") or rec.get("uscc") or rec.get("org_code")
+    m: Match = _new(Match)
+    m.__dict__.update(  # see _make_decision: same frozen Match, without per-field setattr
+        entry_id=r.entry_id,
+        case_no=str(rec.get("case_no", "")),
+        court=str(rec.get("court", "")),
+        relation=relation,
+        name=str(listed_name or ""),
+        masked_id=masked if isinstance(masked, str) else None,
+        obligation=str(rec.get("obligation", "")),
+        unperformed_amount=str(rec.get("unperformed_amount", "")),
+        published_at=r.published,
+        subject_type=str(rec.get("subject_type", "")),
+        valid_until=r.valid_until,
+        matched_person=matched_person,
+        name_mismatch=_names_differ(probe.name, compare_with),
+        related=r.related,
+    )
+    return m
 
 
 def strongest(actions: Iterable[str]) -> Action:
     """The strongest of ``actions`` (block > review > monitor > allow)."""
-    best = "allow"
+    best: Action = "allow"
     for a in actions:
         if _STRENGTH[a] > _STRENGTH[best]:
-            best = a
-    return best  # type: ignore[return-value]
+            best = a  # type: ignore[assignment]
+    return best
 
 
-def notice_text(decision: Decision, unit_name: str | None = None) -> str:
-    """The Chinese notice a clerk can show the person when a measure blocks them."""
-    lines = [f"根据失信被执行人联合惩戒规定，您被限制：{decision.measure_title}。"]
-    for m in decision.matches:
-        who = (
-            "本人"
-            if m.relation == "self"
-            else f"关联关系（{_REL_TITLES.get(m.relation, m.relation)}）"
-        )
-        lines.append(
-            f"案号：{m.case_no}；执行法院：{m.court}；被执行人：{m.name}；{who}；"
-            f"未履行金额：{m.unperformed_amount}元；发布日期：{m.published_at}。"
-        )
-    unit = unit_name or "本单位"
-    lines.append(
-        "如对失信信息有异议，可向执行法院书面申请纠正；"
-        f"如对本次限制措施有异议，可向{unit}申请复核。"
-        "履行义务后，法院将依法删除失信信息，限制随之解除。"
-    )
-    if decision.stale:
-        lines.append("（提示：本地名单未及时更新，本决定需人工复核。）")
-    return "\n".join(lines)
+# -- the notice -----------------------------------------------------------------------------
 
-
-_REL_TITLES = {
+_ROLE_TITLES: Final = {
     "legal_rep": "法定代表人",
     "principal": "主要负责人",
     "actual_controller": "实际控制人",
-    "responsible_person": "直接责任人员",
+    "responsible_person": "影响债务履行的直接责任人员",
     "director": "董事",
     "supervisor": "监事",
     "senior_manager": "高级管理人员",
-    **{
-        f"officer:{r}": f"本单位{t}被列入名单"
-        for r, t in [
-            ("legal_rep", "法定代表人"),
-            ("principal", "主要负责人"),
-            ("actual_controller", "实际控制人"),
-            ("responsible_person", "直接责任人员"),
-            ("director", "董事"),
-            ("supervisor", "监事"),
-            ("senior_manager", "高级管理人员"),
-        ]
-    },
 }
+
+
+def _relation_text(m: Match) -> str:
+    if m.relation == "self":
+        who = "您" if m.subject_type == "person" else "贵单位"
+        return f"{who}（{m.name}）已被列入失信被执行人名单"
+    if m.relation.startswith("officer:"):
+        role = _ROLE_TITLES.get(m.relation[8:], m.relation[8:])
+        return f"贵单位{role}{m.name}已被列入失信被执行人名单"
+    role = _ROLE_TITLES.get(m.relation, m.relation)
+    return f"您系失信被执行人{m.name}的{role}"
+
+
+def notice_text(decision: Decision, unit_name: str | None = None) -> str:
+    """The Chinese notice a clerk shows the person when a measure restricts them.
+
+    It says what is restricted (the measure), on which listing (case number, enforcing
+    court, debtor, unperformed amount, publication date) and how to object: a request for
+    correction to the enforcing court (which reviews within 15 days; the listing stays in
+    force meanwhile), and 复核 of this measure with the unit that applied it
+    (``unit_name``, default 本单位).
+    """
+    unit = unit_name or "本单位"
+    lines = [
+        f"根据失信被执行人联合惩戒的有关规定，{unit}对您采取以下措施：{decision.measure_title}。"
+    ]
+    for m in decision.matches:
+        lines.append(
+            f"{_relation_text(m)}。案号：{m.case_no}；执行法院：{m.court}；"
+            f"未履行金额：{m.unperformed_amount}元；发布日期：{m.published_at}。"
+        )
+    courts = "、".join(dict.fromkeys(m.court for m in decision.matches)) or "执行法院"
+    lines.append(
+        f"如认为失信信息有误，可向执行法院（{courts}）书面申请纠正，法院应在十五日内审查；"
+        f"如对本次限制措施有异议，可向{unit}申请复核。"
+        "履行义务或失信信息被删除、撤销后，限制随之解除。"
+    )
+    if decision.stale:
+        lines.append("（提示：本地名单未及时更新，本决定须经人工复核。）")
+    return "\n".join(lines)

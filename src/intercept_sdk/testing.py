@@ -40,6 +40,7 @@ from ._synth import valid_id_number, valid_uscc
 __all__ = ["TestPlatform", "make_id_number", "make_uscc"]
 
 _RNG = random.Random(20261122)
+_SEQ = itertools.count(_RNG.randrange(0, 500))
 
 
 def make_id_number(
@@ -49,10 +50,14 @@ def make_id_number(
     area: str = "130203",
     seq: int | None = None,
 ) -> str:
-    """A valid 18-digit resident ID number with the given birth date and sex."""
+    """A valid 18-digit resident ID number with the given birth date and sex.
+
+    Without ``seq``, successive calls use successive sequence numbers, so up to 500 calls
+    with the same birth date, sex and area never repeat a number within one process.
+    """
     if isinstance(birth, str):
         birth = _dt.date.fromisoformat(birth)
-    s = seq if seq is not None else _RNG.randrange(0, 500)
+    s = seq if seq is not None else next(_SEQ) % 500
     seq3 = f"{(s * 2 + (1 if male else 0)) % 1000:03d}"
     body = f"{area}{birth:%Y%m%d}{seq3}"
     return body + id_check(body)
@@ -103,7 +108,7 @@ class TestPlatform:
 
     def _base(self, **overrides: Any) -> dict[str, Any]:
         n = next(self._ids)
-        entry = {
+        entry: dict[str, Any] = {
             "entry_id": f"T{n:07d}",
             "case_no": f"(2024)冀0203执{n}号",
             "court": "唐山市路北区人民法院",
@@ -122,6 +127,8 @@ class TestPlatform:
             "measures": ["*"],
         }
         entry.update(overrides)
+        if "filed_at" not in overrides and entry["filed_at"] > entry["published_at"]:
+            entry["filed_at"] = entry["published_at"]  # a filing never follows publication
         return entry
 
     def person_entry(self, id_number: str | None = None, **overrides: Any) -> dict[str, Any]:
@@ -182,6 +189,18 @@ class TestPlatform:
     ) -> dict[str, Any]:
         """Add a listed entity (with related persons) and republish."""
         return self.add(self.entity_entry(uscc, related=related, **kw), publish=publish)
+
+    def update(self, entry_id: str, *, publish: bool = True, **fields: Any) -> dict[str, Any]:
+        """Change fields of an entry (``None`` removes a field) and republish."""
+        e = self.entries[entry_id]
+        for k, v in fields.items():
+            if v is None:
+                e.pop(k, None)
+            else:
+                e[k] = v
+        if publish:
+            self.publish()
+        return e
 
     def revoke(self, entry_id: str, *, publish: bool = True) -> None:
         """Mark an entry revoked (a changed record in the next delta)."""
@@ -254,7 +273,28 @@ class TestPlatform:
         finally:
             server.stop()
 
+    def env(self, cache_dir: str | Path | None = None) -> dict[str, str]:
+        """The ``INTERCEPT_*`` environment an integration (or an example) reads its
+        configuration from, pointing at this site with this platform's subscriber key."""
+        if self.last is None:
+            self.publish()
+        cache = Path(cache_dir) if cache_dir else self.directory / "env-cache"
+        return {
+            "INTERCEPT_PLATFORM": str(self.site_dir),
+            "INTERCEPT_TRUST_ROOT": str(self.trust_root),
+            "INTERCEPT_CACHE_DIR": str(cache),
+            "INTERCEPT_SUBSCRIBER_ID": self.subscriber_id,
+            "INTERCEPT_SUBSCRIBER_KEY": str(self.subscriber_key_dir),
+        }
+
     def close(self) -> None:
+        """Close every client this platform handed out (idempotent)."""
         for c in self._clients:
             c.close()
         self._clients.clear()
+
+    def __enter__(self) -> TestPlatform:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
