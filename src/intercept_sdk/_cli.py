@@ -438,6 +438,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     print(
         f"{report.files} files, {report.records:,} records, {report.checkpoints} signed checkpoints"
     )
+    for w in report.warnings:
+        print(f"  WARNING {w}")
     for p in report.problems:
         print(f"  PROBLEM {p}")
     return EXIT_OK if report.ok else EXIT_ERROR
