@@ -220,6 +220,21 @@ def test_plaintext_id_numbers_are_refused(value: str) -> None:
     assert value not in str(err.value)
 
 
+def test_error_messages_never_echo_an_id_number() -> None:
+    number = valid_id18()
+    for over in (
+        {"outcome": f"x{number}"},
+        {"measure": f"m.{number}"},
+        {"details": {number: {"when": dt.datetime(2026, 1, 1)}}},
+    ):
+        with pytest.raises(InvalidReport) as err:
+            report(**over)
+        assert number not in str(err.value)
+    with pytest.raises(InvalidReport) as err:
+        build_report(f"k{number}", subscriber_id=SUB)
+    assert number not in str(err.value)
+
+
 def test_id_numbers_are_found_anywhere() -> None:
     for details in (
         {"nested": {"deeper": [1, {"x": valid_id18()}]}},

@@ -910,7 +910,7 @@ class _Core:
             stale=stale,
             last_error=self._last_error,
             pending_reports=self.outbox.pending_count(),
-            dead_letters=len(self.outbox.dead_letters()),
+            dead_letters=self.outbox.dead_count(),
             sent_reports=self.outbox.sent_count(),
             report_error=str(self.sender.last_error)
             if self.sender and self.sender.last_error

@@ -31,7 +31,7 @@ backs off exponentially with full jitter, respects a maximum report rate when dr
 backlog, and moves refused batches to the dead-letter table (splitting to isolate the
 culprit). Delivery is at-least-once: the platform de-duplicates by ``report_id``.
 An offline unit (``file://`` or directory platform) simply runs no Sender: its outbox
-accumulates until the reports are carried over another way.
+accumulates, up to the cap (``batch()`` reads it for any out-of-band transfer).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ._exceptions import ConfigurationError, InvalidReport, OutboxFull, ReportError
-from ._reports import MAX_ENVELOPE_BYTES, REPORT_KINDS
+from ._reports import MAX_ENVELOPE_BYTES, REPORT_KINDS, _shown
 from ._signing import REPORT_TYPE
 from ._util import format_utc, fsync_dir, parse_utc, utcnow
 
@@ -156,7 +156,7 @@ def _utc_text(value: str | _dt.datetime) -> str:
     try:
         when = parse_utc(value) if isinstance(value, str) else value
     except ValueError:
-        raise InvalidReport(f"created_at {value!r} is not an ISO 8601 UTC time") from None
+        raise InvalidReport(f"created_at {_shown(value)} is not an ISO 8601 UTC time") from None
     if not isinstance(when, _dt.datetime) or when.tzinfo is None:
         raise InvalidReport("created_at must be a timezone-aware datetime or ISO 8601 text")
     return format_utc(when)
@@ -401,37 +401,38 @@ class Outbox:
         created = self._check_envelope(data, report_id, kind, measure, created_at)
         now = _now_text()
         need = len(data) + _ROW_OVERHEAD
-        added = False
-        with self._write("enqueue") as conn:
-            used = self._usage(conn, need)
-            if used + need > self.max_bytes:
-                if self._known(conn, report_id):
-                    return
-                pending = conn.execute("SELECT count(*) FROM pending").fetchone()[0]
-                raise OutboxFull(
-                    f"report outbox {self.path} is full ({used} of {self.max_bytes} bytes, "
-                    f"{pending} reports waiting for the platform): report {report_id} was NOT "
-                    "queued and nothing was dropped. Restore connectivity to the platform "
-                    "(see the sender's last_error) or raise max_bytes."
-                )
-            seq = conn.execute(
-                "INSERT INTO pending (report_id, envelope) VALUES (?, ?)", (report_id, data)
-            ).lastrowid
-            # The journal's primary key is the idempotency check: a known id inserts
-            # nothing, and the envelope just written is rolled back.
-            if not conn.execute(
-                "INSERT OR IGNORE INTO journal "
-                "(report_id, seq, kind, measure, created_at, state, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-                (report_id, seq, kind, measure, created, now),
-            ).rowcount:
-                raise _Duplicate
-            added = True
-        if added and self._est_used is not None:
-            self._est_used += need
-            self._est_added += need
-        if added:
-            self._check_warn(used + need)
+        with self._lock:  # the usage estimate and warning state change together
+            added = False
+            with self._write("enqueue") as conn:
+                used = self._usage(conn, need)
+                if used + need > self.max_bytes:
+                    if self._known(conn, report_id):
+                        return
+                    pending = conn.execute("SELECT count(*) FROM pending").fetchone()[0]
+                    raise OutboxFull(
+                        f"report outbox {self.path} is full ({used} of {self.max_bytes} bytes, "
+                        f"{pending} reports waiting for the platform): report {report_id} was NOT "
+                        "queued and nothing was dropped. Restore connectivity to the platform "
+                        "(see the sender's last_error) or raise max_bytes."
+                    )
+                seq = conn.execute(
+                    "INSERT INTO pending (report_id, envelope) VALUES (?, ?)", (report_id, data)
+                ).lastrowid
+                # The journal's primary key is the idempotency check: a known id inserts
+                # nothing, and the envelope just written is rolled back.
+                if not conn.execute(
+                    "INSERT OR IGNORE INTO journal "
+                    "(report_id, seq, kind, measure, created_at, state, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                    (report_id, seq, kind, measure, created, now),
+                ).rowcount:
+                    raise _Duplicate
+                added = True
+            if added and self._est_used is not None:
+                self._est_used += need
+                self._est_added += need
+            if added:
+                self._check_warn(used + need)
 
     @staticmethod
     def _known(conn: sqlite3.Connection, report_id: str) -> bool:
@@ -479,7 +480,7 @@ class Outbox:
         if payload.get("type") != "report" or not isinstance(signed_created, str):
             raise InvalidReport("envelope payload is not a report")
         if kind not in REPORT_KINDS:
-            raise InvalidReport(f"unknown report kind {str(kind)[:40]!r}")
+            raise InvalidReport(f"unknown report kind {_shown(kind, 40)}")
         if not isinstance(report_id, str) or not _REPORT_ID_RE.match(report_id):
             raise InvalidReport("report_id must be 32 lower-case hex characters")
         # Fast path: the caller passed the payload's own text (the usual case).
@@ -547,7 +548,7 @@ class Outbox:
                 ).rowcount
             used = self._used_bytes(conn)
             self._est_used, self._est_added = used, 0
-        self._check_warn(used)
+            self._check_warn(used)
         return done
 
     def mark_dead(self, ids: Iterable[str], status: int, reason: str) -> int:
@@ -583,7 +584,7 @@ class Outbox:
                 ).rowcount
             used = self._used_bytes(conn)
             self._est_used, self._est_added = used, 0
-        self._check_warn(used)
+            self._check_warn(used)
         return done
 
     def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
@@ -877,7 +878,9 @@ class Sender:
 
     ``transport`` (e.g. ``httpx.MockTransport``) replaces the network; ``sleep`` and
     ``clock`` (monotonic) replace waiting and time for tests. The default ``sleep`` is
-    interrupted by ``close()``.
+    interrupted by ``close()``. Fork safety covers the default transport (a fresh
+    connection pool per process); a ``transport`` object passed in is shared with forked
+    children as it is, so pass one only if it holds no pooled sockets (or in tests).
     """
 
     def __init__(

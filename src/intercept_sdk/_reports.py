@@ -168,6 +168,14 @@ def _looks_like_id_number(text: str) -> bool:
     return squeezed != folded and _ID_RE.search(squeezed) is not None
 
 
+def _shown(value: object, limit: int = 80) -> str:
+    """``repr`` for an error message, unless it could carry an ID number (never echoed)."""
+    text = str(value)
+    if _looks_like_id_number(text):
+        return "<value withheld: it looks like an ID number>"
+    return repr(text[:limit])
+
+
 def _id_reason(where: str) -> str:
     return (
         f"{where} contains what looks like a plaintext resident ID number; a report never "
@@ -201,9 +209,11 @@ def _plain_json(value: object, where: str, depth: int, reasons: list[str]) -> An
             if not isinstance(k, str):
                 reasons.append(f"{where} has a key of type {type(k).__name__}; keys must be str")
                 continue
+            child = f"{where}.{k}"
             if _looks_like_id_number(k):
                 reasons.append(_id_reason(f"a key of {where}"))
-            out[k] = _plain_json(v, f"{where}.{k}", depth + 1, reasons)
+                child = f"{where}.<withheld key>"
+            out[k] = _plain_json(v, child, depth + 1, reasons)
         return out
     if isinstance(value, (list, tuple)):
         return [_plain_json(v, f"{where}[{i}]", depth + 1, reasons) for i, v in enumerate(value)]
@@ -235,12 +245,12 @@ def _check_str(
         return
     if not isinstance(value, str):
         reasons.append(f"{field} must be a string, got {type(value).__name__}")
-    elif pattern is not None and not pattern.match(value):
-        reasons.append(f"{field} {value[:80]!r} does not match {pattern.pattern}")
-    elif not 1 <= len(value) <= max_len:
-        reasons.append(f"{field} must be 1..{max_len} characters")
     elif _looks_like_id_number(value):
         reasons.append(_id_reason(field))
+    elif pattern is not None and not pattern.match(value):
+        reasons.append(f"{field} {_shown(value)} does not match {pattern.pattern}")
+    elif not 1 <= len(value) <= max_len:
+        reasons.append(f"{field} must be 1..{max_len} characters")
 
 
 def _validate(payload: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -256,7 +266,7 @@ def _validate(payload: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         reasons.append('type must be "report"')
     kind = payload.get("kind")
     if kind not in REPORT_KINDS:
-        reasons.append(f"kind must be one of {', '.join(REPORT_KINDS)}, got {str(kind)[:40]!r}")
+        reasons.append(f"kind must be one of {', '.join(REPORT_KINDS)}, got {_shown(kind, 40)}")
     rid = payload.get("report_id")
     if not isinstance(rid, str) or not _REPORT_ID_RE.match(rid):
         reasons.append("report_id must be 32 lower-case hex characters (uuid4().hex)")
@@ -278,7 +288,7 @@ def _validate(payload: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         if not isinstance(measure, str):
             reasons.append(f"measure must be a string, got {type(measure).__name__}")
         elif measure not in _measure_codes():
-            reasons.append(f"measure {measure[:80]!r} is not a code of the measure catalog")
+            reasons.append(f"measure {_shown(measure)} is not a code of the measure catalog")
     version = payload.get("list_version")
     if version is not None and (
         not isinstance(version, int) or isinstance(version, bool) or version < 0
@@ -433,7 +443,7 @@ def verify_report(
         raise InvalidReport(f"subscriber_id must match {_SUBSCRIBER_RE.pattern}")
     key = subscriber_keys.get(sid)
     if key is None:
-        raise SignatureError(f"unknown subscriber {sid!r}: no report key registered")
+        raise SignatureError(f"unknown subscriber {_shown(sid)}: no report key registered")
     verify_single(key, envelope)
     # Authenticated from here on.
     return validate_report(unverified)
