@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from intercept_sdk import (
+import intercept_sdk._store
+from intercept_sdk._exceptions import (
     BaseVersionMismatch,
     DigestMismatch,
     FormatError,
@@ -36,6 +37,7 @@ from intercept_sdk._store import RELATIONS, ChangeSet, Store, _Codec
 
 HASH_KEY = bytes(range(32))
 TESTS = Path(__file__).resolve().parent
+PACKAGE = Path(intercept_sdk._store.__file__).resolve().parent
 
 
 # ---------------------------------------------------------------------------------------
@@ -629,10 +631,33 @@ def test_other_store_sees_swap_and_delta(cache: Path) -> None:
     delta(writer, v1, v2, 1, 2)
     st, hits = reader.lookup([key("id", id_number(30))])  # same file: seen at once
     assert st.version == 2 and hits
+    wal = Path(f"{db_path(cache)}-wal")  # checkpointed and truncated despite the reader
+    assert not wal.exists() or wal.stat().st_size == 0
     snapshot(writer, 3, v2)
     time.sleep(0.06)  # a swapped CURRENT is noticed within 50 ms
     assert reader.lookup([key("id", id_number(30))])[0].version == 3
     assert reader.state() is not None
+
+
+def test_lookup_redone_when_a_write_lands_between_its_reads(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer, reader = Store(cache), Store(cache)
+    v1 = base_records(6)
+    snapshot(writer, 1, v1)
+    v2 = [person("E00000", id_number(0), marker="@v2@"), *v1[1:]]
+    real = intercept_sdk._store._read_state
+    fired: list[int] = []
+
+    def racing(conn: sqlite3.Connection) -> object:
+        if not fired:  # the reader's hits are read; a delta commits before its state is
+            fired.append(1)
+            delta(writer, v1, v2, 1, 2)
+        return real(conn)
+
+    monkeypatch.setattr(intercept_sdk._store, "_read_state", racing)
+    st, hits = reader.lookup([key("id", id_number(0))])
+    assert fired and st.version == 2 and [h.record for h in hits] == [v2[0]]
 
 
 def test_threads_share_a_store(cache: Path) -> None:
@@ -696,8 +721,9 @@ def crash_content(version: int) -> list[bytes]:
 
 def _child_crash_writer(path: str) -> None:
     """Writes versions forever (deltas, and every fourth one a full snapshot)."""
-    store = Store(Path(path))
     print("ready", flush=True)
+    sys.stdin.readline()  # the parent says when: imports overlap the previous round
+    store = Store(Path(path))
     while True:
         st = store.state()
         if st is None:
@@ -711,12 +737,19 @@ def _child_crash_writer(path: str) -> None:
 
 
 def _run_child(func: str, *args: str) -> subprocess.Popen[bytes]:
+    # The child loads only the store's modules under a bare package: the package
+    # __init__ pulls in the whole client, whose import time would dominate these loops.
     code = (
-        f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_store; "
+        "import sys, types; pkg = types.ModuleType('intercept_sdk'); "
+        f"pkg.__path__ = [{str(PACKAGE)!r}]; sys.modules['intercept_sdk'] = pkg; "
+        f"sys.path.insert(0, {str(TESTS)!r}); import test_store; "
         f"test_store.{func}(*sys.argv[1:])"
     )
     return subprocess.Popen(
-        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-c", code, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -725,10 +758,14 @@ def _crash_loop(cache: Path, iterations: int) -> None:
     expected: dict[int, str] = {}
     seen_versions = set()
     snapshot(Store(cache), 1, crash_content(1))
+    upcoming = _run_child("_child_crash_writer", str(cache))
     for _ in range(iterations):
-        proc = _run_child("_child_crash_writer", str(cache))
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == b"ready\n"
+        proc = upcoming
+        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n", proc.communicate()[1].decode()
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        upcoming = _run_child("_child_crash_writer", str(cache))
         time.sleep(rng.uniform(0.0, 0.4))
         assert proc.poll() is None, proc.communicate()[1].decode()
         proc.send_signal(signal.SIGKILL)
@@ -746,6 +783,8 @@ def _crash_loop(cache: Path, iterations: int) -> None:
         assert sorted(h.record for h in hits) == sorted(want)
         seen_versions.add(st.version)
         store.close()
+    upcoming.kill()
+    upcoming.communicate()
     assert len(seen_versions) > 1
     leftover = [f for f in os.listdir(cache) if f.startswith(".build")]
     store = Store(cache)
@@ -761,7 +800,9 @@ def test_kill9_leaves_a_complete_version(cache: Path) -> None:
 
 
 @pytest.mark.slow
-def test_kill9_leaves_a_complete_version_200(cache: Path) -> None:
+def test_kill9_leaves_a_complete_version_200(cache: Path, request: pytest.FixtureRequest) -> None:
+    if "slow" not in str(request.config.getoption("markexpr", "")):
+        pytest.skip("slow: run with -m slow")
     _crash_loop(cache, 200)
 
 
@@ -787,6 +828,8 @@ def _child_reader(path: str, stop: str) -> None:
     checks = 0
     versions = set()
     rng = random.Random(os.getpid())
+    store.lookup(keys[:1])
+    print("ready", flush=True)
     while not os.path.exists(stop):
         if rng.random() < 0.5:
             st, hits = store.lookup(keys[:16])
@@ -809,9 +852,11 @@ def test_readers_see_whole_versions_while_writer_applies(cache: Path) -> None:
     stop = cache.parent / "stop"
     readers = [_run_child("_child_reader", str(cache), str(stop)) for _ in range(4)]
     try:
-        time.sleep(1.0)  # let the readers start
+        for r in readers:  # wait until every reader is up and has read version 1
+            assert r.stdout is not None
+            assert r.stdout.readline() == b"ready\n", r.communicate()[1].decode()
         v = 1
-        deadline = time.monotonic() + 12
+        deadline = time.monotonic() + 4
         while time.monotonic() < deadline or v < 8:
             if v % 10 == 9:
                 snapshot(store, v + 1, reader_content(v + 1))

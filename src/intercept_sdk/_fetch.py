@@ -10,8 +10,18 @@ and full jitter, honouring ``Retry-After``; other 4xx (401/403/404...) stop at o
 surface as :class:`HTTPStatusError`. Redirects are not followed: a site is plain files,
 so a redirect (possibly to another host) is treated as an error.
 
-Foreign exceptions (httpx, OSError) are translated here into :class:`NetworkError` /
-:class:`HTTPStatusError`.
+TLS verification is always on for https (``ca_bundle`` replaces the system CAs with a
+private CA; there is no switch to turn verification off). Files are asked for without
+content coding (``Accept-Encoding: identity``), since signed lengths, hashes and Range
+offsets are those of the files.
+
+Downloads resume: a partial file is kept across network failures and completed with
+``Range``; a file that fails its signed length or hash is deleted, never resumed (after a
+resume, the artefact is fetched once more from zero before the failure is raised), so a
+bad partial file cannot block later attempts. Verification failures are not retried.
+
+Foreign exceptions (httpx, OSError while reading a local site) are translated here into
+:class:`NetworkError` / :class:`HTTPStatusError`.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import email.utils
 import logging
 import os
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +41,14 @@ from urllib.parse import unquote, urlparse
 import httpx
 import tenacity
 
-from ._exceptions import ConfigurationError, HTTPStatusError, NetworkError, SyncError, TooLarge
+from ._exceptions import (
+    ConfigurationError,
+    HTTPStatusError,
+    NetworkError,
+    SyncError,
+    TooLarge,
+    VerificationError,
+)
 from ._trust import Artefact, ArtefactCheck
 
 __all__ = [
@@ -176,10 +194,18 @@ class FileFetcher:
                     if progress:
                         progress(len(chunk))
         except FileNotFoundError:
+            dest.unlink(missing_ok=True)
             raise HTTPStatusError(f"{artefact.path} not found in the site directory", 404) from None
+        except TooLarge:
+            dest.unlink(missing_ok=True)
+            raise
         except OSError as exc:
             raise NetworkError(f"cannot read {artefact.path}: {exc.strerror}") from None
-        check.finish()
+        try:
+            check.finish()
+        except VerificationError:
+            dest.unlink(missing_ok=True)
+            raise
 
     def close(self) -> None:
         return None
@@ -212,7 +238,7 @@ class HttpFetcher:
         self.description = base_url
         self.total_timeout = total_timeout
         self.retry = retry or RetryPolicy()
-        verify: str | bool = str(ca_bundle) if ca_bundle is not None else True
+        verify: ssl.SSLContext | bool = True if ca_bundle is None else _ca_context(ca_bundle)
         self._client = httpx.Client(
             base_url=base_url,
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout),
@@ -220,7 +246,11 @@ class HttpFetcher:
             verify=verify,
             transport=transport,
             follow_redirects=False,
-            headers={"User-Agent": "intercept-sdk/0.1", **(headers or {})},
+            headers={
+                "User-Agent": "intercept-sdk/0.1",
+                "Accept-Encoding": "identity",
+                **(headers or {}),
+            },
         )
 
     # -- plumbing ------------------------------------------------------------------
@@ -254,15 +284,37 @@ class HttpFetcher:
         on_response: Callable[[httpx.Response], bool],
         on_chunk: Callable[[bytes], None],
     ) -> None:
-        """One request with a total deadline; translates httpx errors."""
+        """One request with a total deadline; translates httpx errors.
+
+        The body is consumed one network read at a time (no fixed chunk size, which would
+        buffer until it is full), and the deadline is checked after the headers and after
+        every read, so a server dripping a byte at a time within the read timeout is cut
+        off at ``total_timeout``. Redirects are never followed (:class:`HTTPStatusError`
+        with the 3xx status).
+
+        Every request asks for ``Accept-Encoding: identity``: signed lengths and hashes,
+        and Range offsets, are those of the files themselves. A server that compresses
+        anyway is decoded (``iter_bytes``), and the caps apply to the decoded bytes.
+        """
         deadline = time.monotonic() + self.total_timeout
+
+        def check_deadline() -> None:
+            if time.monotonic() > deadline:
+                raise NetworkError(f"{path}: total deadline of {self.total_timeout}s exceeded")
+
         try:
             with self._client.stream("GET", path, headers=headers) as resp:
+                check_deadline()
+                if resp.is_redirect and resp.status_code != 304:  # 304 is not a redirect
+                    raise HTTPStatusError(
+                        f"{path}: redirect to {resp.headers.get('Location', '?')!r} refused "
+                        "(a site is plain files; redirects are not followed)",
+                        resp.status_code,
+                    )
                 if not on_response(resp):
                     return
-                for chunk in resp.iter_raw(_CHUNK):
-                    if time.monotonic() > deadline:
-                        raise NetworkError(f"{path}: total deadline of {self.total_timeout}s")
+                for chunk in resp.iter_bytes():
+                    check_deadline()
                     on_chunk(chunk)
         except httpx.TimeoutException as exc:
             raise NetworkError(f"{path}: timeout ({type(exc).__name__})") from None
@@ -329,54 +381,124 @@ class HttpFetcher:
         """Stream ``artefact`` into ``dest``, resuming a partial file with HTTP Range.
 
         The bytes already in ``dest`` are re-hashed, then the rest is requested with
-        ``Range: bytes=N-``; a server that ignores Range (200) restarts from zero. The
-        signed length caps the download at every step.
+        ``Range: bytes=N-``; a server that ignores Range (200) restarts from zero, a 206
+        for another offset or a 416 discards the partial file. The signed length caps the
+        download at every step (:class:`TooLarge` as soon as one byte too many arrives).
+        When the result fails its check after a resume, the kept prefix may be what was
+        wrong, so the artefact is fetched once more from zero; a file that fails its check
+        is deleted (a bad file must never block later attempts). Network errors leave the
+        partial file for the next attempt, which resumes it.
         """
 
         def once() -> None:
-            have = dest.stat().st_size if dest.exists() else 0
-            if have > artefact.length:
-                dest.unlink()
-                have = 0
-            check = ArtefactCheck(artefact)
-            if have:
-                with dest.open("rb") as f:
-                    while chunk := f.read(_CHUNK):
-                        check.update(chunk)
+            have = _usable_prefix(artefact, dest)
             if have == artefact.length:
-                check.finish()
-                return
-            headers = {"Range": f"bytes={have}-"} if have else {}
-            out_box: list[BinaryIO] = []
-
-            def on_response(resp: httpx.Response) -> bool:
-                nonlocal check
-                if resp.status_code == 206 and have:
-                    out_box.append(dest.open("ab"))
-                elif resp.status_code == 200:
-                    check = ArtefactCheck(artefact)
-                    out_box.append(dest.open("wb"))
-                else:
-                    raise self._status_error(resp, artefact.path)
-                return True
-
-            def on_chunk(chunk: bytes) -> None:
-                check.update(chunk)
-                out_box[0].write(chunk)
-                if progress:
-                    progress(len(chunk))
-
+                return  # a complete, verified earlier download
             try:
-                self._stream(artefact.path, headers, on_response, on_chunk)
-            finally:
-                for out in out_box:
-                    out.close()
-            check.finish()
+                self._fetch_into(artefact, dest, have, progress)
+            except VerificationError:
+                dest.unlink(missing_ok=True)
+                if not have:
+                    raise
+                log.warning("%s failed its check after a resume; fetching it whole", artefact.path)
+                try:
+                    self._fetch_into(artefact, dest, 0, progress)
+                except VerificationError:
+                    dest.unlink(missing_ok=True)
+                    raise
 
         self._retrying()(once)
 
+    def _fetch_into(
+        self,
+        artefact: Artefact,
+        dest: Path,
+        have: int,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        """GET ``artefact`` from byte ``have`` on, appending to the ``have`` bytes in ``dest``."""
+        check = ArtefactCheck(artefact)
+        if have:
+            with dest.open("rb") as f:
+                while chunk := f.read(_CHUNK):
+                    check.update(chunk)
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        out_box: list[BinaryIO] = []
+
+        def on_response(resp: httpx.Response) -> bool:
+            nonlocal check
+            if resp.status_code == 206 and have:
+                if _content_range_start(resp.headers.get("Content-Range")) != have:
+                    dest.unlink(missing_ok=True)
+                    raise NetworkError(f"{artefact.path}: 206 for another range; restarting")
+                out_box.append(dest.open("ab"))
+            elif resp.status_code == 200:
+                check = ArtefactCheck(artefact)
+                out_box.append(dest.open("wb"))
+            elif resp.status_code == 416 and have:
+                dest.unlink(missing_ok=True)
+                raise NetworkError(f"{artefact.path}: range not satisfiable; restarting")
+            else:
+                raise self._status_error(resp, artefact.path)
+            return True
+
+        def on_chunk(chunk: bytes) -> None:
+            check.update(chunk)
+            out_box[0].write(chunk)
+            if progress:
+                progress(len(chunk))
+
+        try:
+            self._stream(artefact.path, headers, on_response, on_chunk)
+        finally:
+            for out in out_box:
+                out.close()
+        check.finish()
+
     def close(self) -> None:
         self._client.close()
+
+
+def _ca_context(ca_bundle: str | os.PathLike[str]) -> ssl.SSLContext:
+    """A verifying TLS context trusting the CA file (or directory) ``ca_bundle`` only."""
+    path = Path(ca_bundle)
+    try:
+        if path.is_dir():
+            return ssl.create_default_context(capath=str(path))
+        return ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"cannot use CA bundle {path}: {exc}") from None
+
+
+def _usable_prefix(artefact: Artefact, dest: Path) -> int:
+    """Bytes of ``dest`` worth resuming from: 0 if absent or longer than the artefact,
+    the full length only if the whole file passes its check (else it is deleted)."""
+    try:
+        have = dest.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if have > artefact.length:
+        dest.unlink(missing_ok=True)
+        return 0
+    if have == artefact.length:
+        check = ArtefactCheck(artefact)
+        with dest.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                check.update(chunk)
+        try:
+            check.finish()
+        except VerificationError:
+            dest.unlink(missing_ok=True)
+            return 0
+    return have
+
+
+def _content_range_start(value: str | None) -> int | None:
+    """First byte position of a ``Content-Range: bytes A-B/N`` header, or None."""
+    if not value or not value.startswith("bytes "):
+        return None
+    head = value[6:].split("-", 1)[0].strip()
+    return int(head) if head.isdigit() else None
 
 
 def make_fetcher(platform: str | os.PathLike[str], **http_options: object) -> Fetcher:

@@ -9,17 +9,30 @@ failures are normal.
 
 Attacks and the exception each one raises:
 
-========================================  ===========================
-forged / missing signature, unknown key   SignatureError
-below threshold, wrong role's key         SignatureError
-rollback (older version offered)          RollbackError
-freeze (expired manifest or root)         ExpiredError
-mix-and-match (hash/length not bound)     DigestMismatch
-endless data (longer than signed length)  TooLarge
-delta for another base version            BaseVersionMismatch
-root rotation not doubly signed / skip    RootRotationError
-malformed signed content, bad paths       FormatError
-========================================  ===========================
+* forged or missing signature, a key not in root, below threshold, wrong role's key:
+  :class:`SignatureError`;
+* rollback (an older version, or the trusted version with other bytes):
+  :class:`RollbackError`;
+* freeze (expired manifest, or expired trusted root): :class:`ExpiredError`;
+* mix-and-match (artefact hash or length not the signed one): :class:`DigestMismatch`;
+* endless data (more bytes than the signed length): :class:`TooLarge` (the fetcher caps
+  the manifest and roots, which have no signed length, by a configured maximum);
+* a delta made for another base version than the one it is listed from:
+  :class:`BaseVersionMismatch`;
+* root rotation not signed by both thresholds, or skipping a version:
+  :class:`RootRotationError`;
+* a cached root that does not chain to the pinned one: :class:`TrustRootError`;
+* signed content that is not in the protocol's format, paths outside their directory:
+  :class:`FormatError`.
+
+Two checks of the list live next to the data rather than here, because they need it: the
+state digest after a delta (``state.sum``, checked by :meth:`Store.apply_delta` inside the
+transaction it can roll back) and after a snapshot (``state.sha256``,
+:meth:`Store.write_snapshot`). Both raise :class:`DigestMismatch`.
+
+Signatures are checked over the exact bytes received (the envelope's base64 payload), and
+only then is the payload parsed; the caller persists those same bytes (``Root.raw``,
+``Manifest.raw``), never a re-serialisation.
 """
 
 from __future__ import annotations
@@ -42,8 +55,10 @@ from ._exceptions import (
     RootRotationError,
     SignatureError,
     TooLarge,
+    TrustRootError,
+    VerificationError,
 )
-from ._signing import MANIFEST_TYPE, ROOT_TYPE, Envelope
+from ._signing import MANIFEST_TYPE, ROOT_TYPE, Envelope, keyid_of
 from ._util import parse_utc, utcnow
 
 __all__ = [
@@ -59,6 +74,9 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _ARTEFACT_PATH = re.compile(
     r"^(snapshots|deltas|restricted/[A-Za-z0-9][A-Za-z0-9_.-]{0,63})/[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$"
 )
+# protocol.md names a delta ``deltas/<F>-<V>.<sha256>.ndjson.gz``: the name says which base
+# it was made for, so a delta listed under another base is caught before it is applied.
+_DELTA_NAME = re.compile(r"^deltas/([0-9]{1,18})-([0-9]{1,18})\.[0-9a-f]{64}\.ndjson\.gz$")
 _SUBSCRIBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -94,6 +112,8 @@ def _nonneg(obj: Mapping[str, Any], name: str, where: str) -> int:
 
 @dataclass(frozen=True)
 class Role:
+    """Key ids allowed to sign for one role, and how many of them must."""
+
     keyids: frozenset[str]
     threshold: int
 
@@ -126,8 +146,6 @@ class Root:
                 public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(meta["public"]))
             except (KeyError, ValueError, TypeError):
                 raise FormatError(f"root: key {keyid[:12]} has a bad public value") from None
-            from ._signing import keyid_of
-
             if keyid_of(public) != keyid:
                 raise FormatError(f"root: key id {keyid[:12]} does not match its key")
             keys[keyid] = public
@@ -172,25 +190,29 @@ class Artefact:
     path: str
     sha256: str
     length: int
+    raw_length: int | None = None  # uncompressed size: caps decompression (bomb guard)
 
     @classmethod
-    def parse(cls, obj: Any, where: str) -> Artefact:
+    def parse(cls, obj: Any, where: str, *, under: str) -> Artefact:
+        """Parse one artefact entry; its path must be a plain file name below ``under``.
+
+        The directory is fixed by the kind of artefact (``snapshots/``, ``deltas/``,
+        ``restricted/<subscriber>/``), so a signed manifest cannot point one kind of
+        download at another kind's file, nor outside the site.
+        """
         if not isinstance(obj, dict):
             raise FormatError(f"{where}: not an object")
         path = _req(obj, "path", str, where)
-        if not _ARTEFACT_PATH.match(path) or ".." in path:
+        if not _ARTEFACT_PATH.match(path) or ".." in path or not path.startswith(under):
             raise FormatError(f"{where}: artefact path {path!r} is not allowed")
-        return cls(path, _hex(obj, "sha256", where), _nonneg(obj, "length", where))
-
-
-@dataclass(frozen=True)
-class Delta:
-    from_version: int
-    artefact: Artefact
+        raw = _nonneg(obj, "raw_length", where) if "raw_length" in obj else None
+        return cls(path, _hex(obj, "sha256", where), _nonneg(obj, "length", where), raw)
 
 
 @dataclass(frozen=True)
 class RestrictedBox:
+    """One subscriber's sealed box of restricted records, with its signed digests."""
+
     artefact: Artefact
     entries: int
     state_sha256: str
@@ -233,14 +255,16 @@ class Manifest:
             frm = _nonneg(d, "from", w)
             if frm >= version:
                 raise FormatError(f"{w}: delta from {frm} is not older than version {version}")
-            deltas[frm] = Artefact.parse(d, w)
+            deltas[frm] = Artefact.parse(d, w, under="deltas/")
         restricted: dict[str, RestrictedBox] = {}
         for sub, r in _req(payload, "restricted", dict, where).items():
             w = f"manifest.restricted[{sub}]"
             if not _SUBSCRIBER.match(sub) or not isinstance(r, dict):
                 raise FormatError(f"{w}: bad subscriber id or entry")
             restricted[sub] = RestrictedBox(
-                Artefact.parse(r, w), _nonneg(r, "entries", w), _hex(r, "state_sha256", w)
+                Artefact.parse(r, w, under=f"restricted/{sub}/"),
+                _nonneg(r, "entries", w),
+                _hex(r, "state_sha256", w),
             )
         return cls(
             version=version,
@@ -251,20 +275,38 @@ class Manifest:
             entries=_nonneg(state, "entries", "manifest.state"),
             state_sha256=_hex(state, "sha256", "manifest.state"),
             state_sum=_hex(state, "sum", "manifest.state"),
-            snapshot=Artefact.parse(_req(payload, "snapshot", dict, where), "manifest.snapshot"),
+            snapshot=Artefact.parse(
+                _req(payload, "snapshot", dict, where), "manifest.snapshot", under="snapshots/"
+            ),
             deltas=deltas,
             restricted=restricted,
             raw=raw,
         )
 
-    def delta_from(self, local_version: int) -> Artefact:
-        """The delta whose base is ``local_version``; BaseVersionMismatch if none."""
-        try:
-            return self.deltas[local_version]
-        except KeyError:
+    def delta_from(self, local_version: int) -> Artefact | None:
+        """The delta to apply to ``local_version``, or None when the manifest has none.
+
+        None is normal (the local copy is older than the deltas kept): take the snapshot.
+        :class:`BaseVersionMismatch` when the delta listed for ``local_version`` is a file
+        made for another base or another target (its protocol name ``<F>-<V>.`` says so):
+        signed content that would apply changes to the wrong state.
+        """
+        artefact = self.deltas.get(local_version)
+        if artefact is None:
+            return None
+        m = _DELTA_NAME.match(artefact.path)
+        if m is None:
             raise BaseVersionMismatch(
-                f"manifest {self.version} has no delta from version {local_version}"
-            ) from None
+                f"manifest {self.version}: delta {artefact.path!r} listed from version "
+                f"{local_version} does not name its base (deltas/<F>-<V>.<sha256>.ndjson.gz)"
+            )
+        base, target = int(m.group(1)), int(m.group(2))
+        if base != local_version or target != self.version:
+            raise BaseVersionMismatch(
+                f"manifest {self.version}: the delta listed from version {local_version} "
+                f"is {artefact.path!r}, made for {base}->{target}"
+            )
+        return artefact
 
 
 class ArtefactCheck:
@@ -320,6 +362,10 @@ class TrustedState:
         root = Root.parse(payload, pinned_root)
         root.check_signed_by(envelope, "root", "trust root")
         self.root: Root = root
+        # Every root trusted so far, by version: the stored manifest is re-verified under
+        # the root it was accepted with, which a later rotation of the online keys must not
+        # invalidate (new manifests are only ever verified with the newest root).
+        self._roots: dict[int, Root] = {root.version: root}
         self.manifest: Manifest | None = None
 
     # -- helpers ---------------------------------------------------------------------
@@ -357,32 +403,65 @@ class TrustedState:
         except SignatureError as exc:
             raise RootRotationError(f"not signed by the new root's own threshold: {exc}") from None
         self.root = new
+        self._roots[new.version] = new
         return new
 
+    def load_cached_root(self, data: bytes) -> Root:
+        """Accept root N+1 read from the writable cache, under the same rules as the site's.
+
+        The cache is never a source of trust: a cached root is only a copy of one that was
+        verified before, so it must chain from the pinned root exactly like a fresh one.
+        Raises :class:`TrustRootError` (wrapping the reason) when it does not.
+        """
+        try:
+            return self.update_root(data)
+        except VerificationError as exc:
+            raise TrustRootError(
+                f"cached root {self.root.version + 1} does not chain to the pinned root: {exc}"
+            ) from exc
+
     # -- manifest --------------------------------------------------------------------
-    def _verified_manifest(self, data: bytes) -> Manifest:
+    def _verified_manifest(self, data: bytes, root: Root | None = None) -> Manifest:
+        """Signatures by ``root``'s online role (the newest root by default), then format."""
+        root = root or self.root
         envelope = self._envelope(data, MANIFEST_TYPE, "manifest")
-        self.root.check_signed_by(envelope, "online", "manifest")
+        root.check_signed_by(envelope, "online", "manifest")
         manifest = Manifest.parse(envelope.payload_json(), data)
-        if manifest.root_version > self.root.version:
+        if manifest.root_version > root.version:
             raise RootRotationError(
-                f"manifest needs root {manifest.root_version}, trusted root is {self.root.version}"
+                f"manifest needs root {manifest.root_version}, trusted root is {root.version}"
             )
         return manifest
 
     def load_trusted_manifest(self, data: bytes) -> Manifest:
-        """Re-load the manifest persisted in the cache at start-up.
+        """Re-load the manifest stored with the local list (start-up, after a failed sync).
 
         Signatures are checked (a tampered cache copy is rejected) but expiry is not: an
         expired local list is still the newest verified one; the client reports it stale.
+        The manifest was accepted under some root trusted then, so it is verified with the
+        newest trusted root whose online role signed it, and it must not name a newer root
+        than that one: after a rotation of the online keys the local list stays usable
+        until the next version arrives, signed by the new keys.
         """
-        manifest = self._verified_manifest(data)
-        self.manifest = manifest
-        return manifest
+        error: VerificationError | None = None
+        for version in sorted(self._roots, reverse=True):
+            try:
+                manifest = self._verified_manifest(data, self._roots[version])
+            except SignatureError as exc:
+                error = error or exc  # the newest root's reason is the one to report
+                continue
+            self.manifest = manifest
+            return manifest
+        assert error is not None
+        raise error
 
-    def update_manifest(self, data: bytes) -> Manifest:
-        """Accept a newly fetched manifest, or raise.
+    def update_manifest(self, data: bytes, *, floor: int = 0) -> Manifest:
+        """Accept a newly fetched manifest, or raise (and keep the trusted one).
 
+        Order: trusted root not expired, online threshold of the newest trusted root,
+        format, ``root_version`` not ahead of the trusted root, no rollback, not expired.
+        ``floor`` is a version the new one may not go below even when no manifest is
+        trusted (the local list's version when its own manifest could not be re-verified).
         Returns the trusted manifest; when ``data`` is the very manifest already trusted it
         is returned unchanged (nothing to do).
         """
@@ -390,6 +469,10 @@ class TrustedState:
         if self.root.expires <= now:
             raise ExpiredError(f"trusted root {self.root.version} expired at {self.root.expires}")
         manifest = self._verified_manifest(data)
+        if manifest.version < floor:
+            raise RollbackError(
+                f"manifest version {manifest.version} is older than the local version {floor}"
+            )
         current = self.manifest
         if current is not None:
             if manifest.version < current.version:
