@@ -593,7 +593,7 @@ def test_verify_detects_tampering(cache: Path, tamper: str) -> None:
         Store(cache).verify()
 
 
-def test_verify_detects_foreign_current(cache: Path, tmp_path: Path) -> None:
+def test_verify_detects_foreign_current(cache: Path) -> None:
     store = Store(cache)
     snapshot(store, 1, base_records(4))
     real = db_path(cache)
@@ -800,9 +800,7 @@ def test_kill9_leaves_a_complete_version(cache: Path) -> None:
 
 
 @pytest.mark.slow
-def test_kill9_leaves_a_complete_version_200(cache: Path, request: pytest.FixtureRequest) -> None:
-    if "slow" not in str(request.config.getoption("markexpr", "")):
-        pytest.skip("slow: run with -m slow")
+def test_kill9_leaves_a_complete_version_200(cache: Path) -> None:
     _crash_loop(cache, 200)
 
 
