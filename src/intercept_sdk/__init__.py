@@ -3,49 +3,128 @@
 The public API is what ``__all__`` lists; everything in ``_``-prefixed modules is private.
 """
 
-from ._catalog import Measure, get_measure, measures
-from ._client import AsyncClient, Client, LastError, Status, Watch, WatchChange
-from ._decisions import Decision, Entity, Match, Officer, Person
-from ._exceptions import (
-    BaseVersionMismatch,
-    ClientClosed,
-    ConfigurationError,
-    DigestMismatch,
-    ExpiredError,
-    FormatError,
-    HTTPStatusError,
-    Intercepted,
-    InterceptError,
-    InvalidEntry,
-    InvalidIdentifier,
-    InvalidInput,
-    InvalidReport,
-    NetworkError,
-    NeverSynced,
-    OutboxFull,
-    ReportError,
-    RollbackError,
-    RootRotationError,
-    SignatureError,
-    StoreCorrupted,
-    StoreError,
-    SyncError,
-    TooLarge,
-    TrustRootError,
-    UnknownMeasure,
-    VerificationError,
-)
-from ._fetch import RetryPolicy
-from ._identifiers import (
-    IdNumberInfo,
-    id_number_info,
-    normalize_id_number,
-    normalize_org_code,
-    normalize_uscc,
-)
-from ._models import Entry, Related, parse_entry
-from ._reports import SubscriberKeys, load_subscriber_key
-from ._sync import SyncResult
+from __future__ import annotations
+
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
+if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; at run time names load lazily
+    from ._catalog import Measure, get_measure, measures
+    from ._client import AsyncClient, Client, LastError, Status, Watch, WatchChange
+    from ._decisions import Decision, Entity, Match, Officer, Person
+    from ._exceptions import (
+        BaseVersionMismatch,
+        ClientClosed,
+        ConfigurationError,
+        DigestMismatch,
+        ExpiredError,
+        FormatError,
+        HTTPStatusError,
+        Intercepted,
+        InterceptError,
+        InvalidEntry,
+        InvalidIdentifier,
+        InvalidInput,
+        InvalidReport,
+        NetworkError,
+        NeverSynced,
+        OutboxFull,
+        ReportError,
+        RollbackError,
+        RootRotationError,
+        SignatureError,
+        StoreCorrupted,
+        StoreError,
+        SyncError,
+        TooLarge,
+        TrustRootError,
+        UnknownMeasure,
+        VerificationError,
+    )
+    from ._fetch import RetryPolicy
+    from ._identifiers import (
+        IdNumberInfo,
+        id_number_info,
+        normalize_id_number,
+        normalize_org_code,
+        normalize_uscc,
+    )
+    from ._models import Entry, Related, parse_entry
+    from ._reports import SubscriberKeys, load_subscriber_key
+    from ._sync import SyncResult
+
+# Names load lazily (PEP 562) so that `import intercept_sdk` and the CLI start fast, and a
+# process that only needs the store (a worker checking) does not import the server stack.
+_LAZY: dict[str, str] = {
+    "AsyncClient": "._client",
+    "BaseVersionMismatch": "._exceptions",
+    "Client": "._client",
+    "ClientClosed": "._exceptions",
+    "ConfigurationError": "._exceptions",
+    "Decision": "._decisions",
+    "DigestMismatch": "._exceptions",
+    "Entity": "._decisions",
+    "Entry": "._models",
+    "ExpiredError": "._exceptions",
+    "FormatError": "._exceptions",
+    "HTTPStatusError": "._exceptions",
+    "IdNumberInfo": "._identifiers",
+    "InterceptError": "._exceptions",
+    "Intercepted": "._exceptions",
+    "InvalidEntry": "._exceptions",
+    "InvalidIdentifier": "._exceptions",
+    "InvalidInput": "._exceptions",
+    "InvalidReport": "._exceptions",
+    "LastError": "._client",
+    "Match": "._decisions",
+    "Measure": "._catalog",
+    "NetworkError": "._exceptions",
+    "NeverSynced": "._exceptions",
+    "Officer": "._decisions",
+    "OutboxFull": "._exceptions",
+    "Person": "._decisions",
+    "Related": "._models",
+    "ReportError": "._exceptions",
+    "RetryPolicy": "._fetch",
+    "RollbackError": "._exceptions",
+    "RootRotationError": "._exceptions",
+    "SignatureError": "._exceptions",
+    "Status": "._client",
+    "StoreCorrupted": "._exceptions",
+    "StoreError": "._exceptions",
+    "SubscriberKeys": "._reports",
+    "SyncError": "._exceptions",
+    "SyncResult": "._sync",
+    "TooLarge": "._exceptions",
+    "TrustRootError": "._exceptions",
+    "UnknownMeasure": "._exceptions",
+    "VerificationError": "._exceptions",
+    "Watch": "._client",
+    "WatchChange": "._client",
+    "get_measure": "._catalog",
+    "id_number_info": "._identifiers",
+    "load_subscriber_key": "._reports",
+    "measures": "._catalog",
+    "normalize_id_number": "._identifiers",
+    "normalize_org_code": "._identifiers",
+    "normalize_uscc": "._identifiers",
+    "parse_entry": "._models",
+}
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'intercept_sdk' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __version__ = "0.1.0"
 
