@@ -2,17 +2,38 @@
 
 One :meth:`Updater.sync` call:
 
-1. takes the cache directory's sync lock (one syncing process per cache; others keep
-   reading and return at once);
-2. fetches ``manifest.json`` conditionally (ETag); verifies it, walking new roots first
-   when the manifest needs one (each root signed by both thresholds, one version up);
-3. applies the delta from the local version when the manifest has one, else (or when the
-   delta fails its digest) downloads the snapshot, resuming a cut download with Range;
-4. fetches and decrypts this subscriber's restricted box when the manifest lists one;
-5. persists verified roots as received.
+1. takes the cache directory's sync lock (one syncing process per cache; the others do
+   not wait, they return ``mode="locked"`` and keep reading the current version);
+2. re-verifies the manifest of the local version from the pinned root (another process
+   may have synced meanwhile);
+3. fetches ``manifest.json`` conditionally (ETag): a 304 ends the sync, nothing changed
+   (:class:`ExpiredError` if the manifest still served has expired: a freeze);
+4. walks new roots (``root/<N+1>.root.json`` until there is none), each signed by both
+   thresholds and exactly one version up, persisting each as received, *before* the
+   manifest is verified, so a manifest signed by a freshly rotated online key verifies;
+5. verifies the manifest (signatures, rollback, freeze) with the newest trusted root;
+6. fetches and decrypts this subscriber's restricted box when the manifest lists one;
+7. applies the delta from the local version; or the snapshot when the manifest has no
+   delta from it, or when the delta does not lead to the signed state (the local copy is
+   damaged): ``state.sum`` is checked inside the store's transaction, which rolls back.
 
-Any failure leaves the last verified version in force and is raised to the caller, which
-records it in ``status()``; :class:`SyncResult` describes what changed for ``watch``.
+Guarantees:
+
+* **Any failure leaves the last verified version in force** and is raised to the caller
+  (the client records it in ``status()``); verified roots stay trusted.
+* **Nothing unverified is parsed or stored**: downloads are checked against the signed
+  length (while streaming) and SHA-256 before they are decompressed; decompression is
+  capped by the signed raw length.
+* **A delta that fails is visible**: :attr:`SyncResult.delta_error` holds the exception
+  when the snapshot was used instead; when the snapshot fails too, its exception is raised
+  with the delta's as ``__context__``.
+* **The local list never goes back silently**: the newest version applied is recorded
+  next to the store; a store found older than that (its ``CURRENT`` pointed back at the
+  previous database, a restored backup) is refused (:class:`StoreCorrupted`) until a sync
+  replaces it, and that version is the floor for rollback.
+* **Downloads survive interruptions**: a partial artefact is kept under its content hash
+  and resumed by the next attempt (HTTP Range); partial files of artefacts the current
+  manifest no longer names are deleted.
 """
 
 from __future__ import annotations
@@ -23,13 +44,14 @@ import errno
 import fcntl
 import gzip
 import hashlib
+import io
 import logging
 import os
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -37,14 +59,15 @@ from ._exceptions import (
     BaseVersionMismatch,
     DigestMismatch,
     FormatError,
-    RootRotationError,
+    InterceptError,
+    StoreCorrupted,
     TooLarge,
     TrustRootError,
     VerificationError,
 )
 from ._fetch import Fetcher
 from ._signing import open_box
-from ._store import ChangeSet, Store
+from ._store import ChangeSet, Store, StoreState
 from ._trust import Artefact, Manifest, TrustedState
 from ._util import atomic_write, ensure_private_dir, utcnow
 
@@ -54,11 +77,21 @@ log = logging.getLogger("intercept_sdk.sync")
 MAX_RECORD = 1 << 20  # one record line may not exceed 1 MiB
 MAX_ROOT_WALK = 1024
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_ROOT_NAME = "{}.root.json"
+_APPLIED = "applied_version"  # the newest version applied to this cache (rollback floor)
 
 
 @dataclass(frozen=True)
 class SyncResult:
-    """What one sync did. ``changes`` is None when no new version was applied."""
+    """What one sync did.
+
+    ``mode``: ``"delta"`` or ``"snapshot"`` when a new version was applied, ``"none"`` when
+    the local version is the newest (or the manifest did not change: HTTP 304), and
+    ``"locked"`` when another process holds the cache's sync lock. ``changes`` is None when
+    no new version was applied. ``fallback_reason`` says why a snapshot was used when the
+    local copy had a version; ``delta_error`` is the exception of a delta that was tried
+    and rejected (then rolled back) before the snapshot was used.
+    """
 
     mode: Literal["none", "delta", "snapshot", "locked"]
     from_version: int | None
@@ -67,6 +100,7 @@ class SyncResult:
     bytes_downloaded: int = 0
     fallback_reason: str | None = None
     manifest_expires: _dt.datetime | None = field(default=None)
+    delta_error: InterceptError | None = None
 
 
 def iter_records(
@@ -74,16 +108,22 @@ def iter_records(
 ) -> Iterator[tuple[str, bytes]]:
     """Decompress a verified artefact and yield ``("P", record)`` / ``("D", entry_id)``.
 
-    Decompression is capped by the signed raw length (bomb guard), and each line by
-    :data:`MAX_RECORD`.
+    Decompression is capped by the signed raw length (bomb guard; a different total is
+    :class:`DigestMismatch`), and each line by :data:`MAX_RECORD`.
     """
     with gzip.open(path, "rb") as f:
-        yield from _iter_lines(f, raw_limit, delta=delta, name=path.name)
+        yield from _iter_lines(f, raw_limit, delta=delta, name=path.name, exact=True)
+
+
+class _LineReader(Protocol):
+    def readline(self, size: int | None = -1, /) -> bytes: ...
 
 
 def _iter_lines(
-    f: IO[bytes], raw_limit: int | None, *, delta: bool, name: str
+    f: _LineReader, raw_limit: int | None, *, delta: bool, name: str, exact: bool
 ) -> Iterator[tuple[str, bytes]]:
+    """Lines of a decompressing stream; ``raw_limit`` caps the total (and is the exact
+    total when ``exact``). Translates gzip/zlib errors into :class:`FormatError`."""
     total = 0
     try:
         while True:
@@ -92,7 +132,7 @@ def _iter_lines(
                 break
             total += len(line)
             if raw_limit is not None and total > raw_limit:
-                raise TooLarge(f"{name}: decompresses past its signed raw length {raw_limit}")
+                raise TooLarge(f"{name}: decompresses past its limit of {raw_limit} bytes")
             if not line.endswith(b"\n"):
                 raise FormatError(f"{name}: a line is unterminated or longer than {MAX_RECORD}")
             line = line[:-1]
@@ -104,23 +144,25 @@ def _iter_lines(
                 yield "D", line[2:]
             else:
                 raise FormatError(f"{name}: delta line is neither P nor D")
-        if raw_limit is not None and total != raw_limit:
+        if exact and raw_limit is not None and total != raw_limit:
             raise DigestMismatch(f"{name}: decompressed to {total} bytes, signed {raw_limit}")
     except (OSError, EOFError, zlib.error) as exc:
-        if isinstance(exc, VerificationError):
-            raise
         raise FormatError(f"{name}: not valid gzip ({exc})") from None
 
 
 class _SyncLock:
-    """An exclusive, non-blocking flock on ``<cache>/sync.lock``."""
+    """An exclusive, non-blocking ``flock`` on ``<cache>/sync.lock``.
+
+    flock locks belong to an open file description, so two updaters of one cache conflict
+    even inside one process, and the kernel drops the lock if the process dies.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -142,9 +184,14 @@ class _SyncLock:
 class Updater:
     """Keeps the store at the newest verified version of the site.
 
-    ``trust_root`` is the pinned root's bytes (never read from the cache). Roots that were
-    verified earlier are kept under ``<cache>/root/`` and re-verified as a chain from the
-    pinned root at start-up; a cached root that fails is discarded and fetched again.
+    ``trust_root`` is the pinned root's bytes (the integrator's file, never read from the
+    cache). Roots verified earlier are kept under ``<cache>/root/`` exactly as received and
+    re-verified as a chain from the pinned root at start-up; a cached root that does not
+    chain (tampering) is discarded, with every later one, and fetched again from the site.
+    ``max_manifest_bytes``/``max_root_bytes`` cap the two downloads that have no signed
+    length. Not thread-safe: callers serialise :meth:`sync` (the client does). A cache
+    belongs to one platform: its versions bound rollback, so a client pointed at another
+    platform (another trust root) needs a fresh cache directory.
     """
 
     def __init__(
@@ -176,99 +223,152 @@ class Updater:
         self._downloads = ensure_private_dir(self.cache_dir / "downloads")
         self._lock = _SyncLock(self.cache_dir / "sync.lock")
         self._load_cached_roots()
-        self.reload_manifest()
+        self._reload_tolerant()
 
     # -- start-up ------------------------------------------------------------------
     def _load_cached_roots(self) -> None:
         for _ in range(MAX_ROOT_WALK):
-            path = self._roots_dir / f"{self.trusted.root.version + 1}.root.json"
+            path = self._roots_dir / _ROOT_NAME.format(self.trusted.root.version + 1)
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
                 return
             try:
-                self.trusted.update_root(data)
-            except VerificationError as exc:
-                log.warning("discarding cached root %s: %s", path.name, exc)
-                for stale in self._roots_dir.glob("*.root.json"):
-                    stale.unlink(missing_ok=True)
+                self.trusted.load_cached_root(data)
+            except TrustRootError as exc:
+                log.warning("discarding cached roots from %s on: %s", path.name, exc)
+                self._discard_cached_roots(self.trusted.root.version + 1)
                 return
 
+    def _discard_cached_roots(self, first: int) -> None:
+        for stale in self._roots_dir.glob("*.root.json"):
+            head = stale.name.split(".", 1)[0]
+            if not head.isdigit() or int(head) >= first:
+                stale.unlink(missing_ok=True)
+
+    def _applied_version(self) -> int:
+        """The newest version any updater of this cache applied (0 if none recorded)."""
+        try:
+            text = (self.cache_dir / _APPLIED).read_text().strip()
+        except OSError:
+            return 0
+        return int(text) if text.isdigit() else 0
+
+    def _record_applied(self, version: int) -> None:
+        # Written after the store committed, so a reader never sees the record ahead of
+        # the list; versions only go up, so a concurrent older record cannot win for long.
+        if version > self._applied_version():
+            atomic_write(self.cache_dir / _APPLIED, f"{version}\n".encode(), mode=0o600)
+
     def reload_manifest(self) -> Manifest | None:
-        """Re-verify the manifest stored with the local list (signatures, not expiry)."""
+        """Re-verify the manifest stored with the local list (signatures, not expiry).
+
+        Raises :class:`VerificationError` when it does not verify with the trusted roots
+        or does not describe the stored version, and :class:`StoreCorrupted` when the
+        stored version is older than one already applied to this cache (the cache was
+        pointed back at an older database, or restored from a backup: a local rollback).
+        Callers answering checks therefore fail closed; the next sync replaces the list.
+        """
         state = self.store.state()
         if state is None:
             self.trusted.manifest = None
             return None
+        applied = self._applied_version()
+        if state.version < applied:
+            self.trusted.manifest = None
+            raise StoreCorrupted(
+                f"the local list is version {state.version}, but version {applied} was "
+                "already applied to this cache: it was rolled back outside the SDK"
+            )
         manifest = self.trusted.load_trusted_manifest(state.manifest)
         if manifest.version != state.version:
+            self.trusted.manifest = None
             raise DigestMismatch("the cached manifest does not describe the cached version")
         return manifest
 
+    def _reload_tolerant(self) -> tuple[StoreState | None, int]:
+        """``(state, floor)``: the local state if its manifest verifies, else a rollback floor.
+
+        A local copy whose manifest does not verify (a cache written by another platform,
+        cached roots deleted, tampering) is not a base for deltas; its version still bounds
+        rollback, and the next sync replaces it with a verified snapshot.
+        """
+        applied = self._applied_version()
+        try:
+            state = self.store.state()
+        except StoreCorrupted as exc:
+            log.warning("the local list is unreadable (%s); a snapshot will replace it", exc)
+            self.trusted.manifest = None
+            return None, applied
+        if state is None:
+            self.trusted.manifest = None
+            return None, applied
+        try:
+            self.reload_manifest()
+        except (VerificationError, StoreCorrupted) as exc:
+            log.warning("the local list cannot be used (%s); a snapshot will replace it", exc)
+            self.trusted.manifest = None
+            return None, max(state.version, applied)
+        return state, 0
+
     # -- one sync ------------------------------------------------------------------
     def sync(self, progress: Callable[[int, int], None] | None = None) -> SyncResult:
-        """Bring the store up to date; raise on failure (the old version stays)."""
+        """Bring the store up to date; raise on failure (the old version stays).
+
+        ``progress(done, total)`` is called with byte counts of each artefact download.
+        Returns at once with ``mode="locked"`` when another process is syncing the cache.
+        """
         if not self._lock.acquire():
-            self.reload_manifest()
-            state = self.store.state()
+            state, _ = self._reload_tolerant()
             v = state.version if state else None
-            return SyncResult("locked", v, v)
+            return SyncResult("locked", v, v, manifest_expires=self._expiry())
         try:
             return self._sync_locked(progress)
         finally:
             self._lock.release()
 
-    def _fetch_new_roots(self, needed: int | None) -> None:
+    def _fetch_new_roots(self) -> None:
+        """Walk ``root/<N+1>.root.json`` until the site has no newer root."""
         for _ in range(MAX_ROOT_WALK):
             next_version = self.trusted.root.version + 1
             data = self.fetcher.root(next_version, self.max_root_bytes)
             if data is None:
-                break
+                return
             self.trusted.update_root(data)
-            atomic_write(self._roots_dir / f"{next_version}.root.json", data, mode=0o600)
+            atomic_write(self._roots_dir / _ROOT_NAME.format(next_version), data, mode=0o600)
             log.info("trusted root rotated to version %d", next_version)
-        if needed is not None and self.trusted.root.version < needed:
-            raise RootRotationError(
-                f"manifest needs root {needed}; the site offers up to {self.trusted.root.version}"
-            )
 
     def _sync_locked(self, progress: Callable[[int, int], None] | None) -> SyncResult:
-        self.reload_manifest()  # another process may have synced meanwhile
-        state = self.store.state()
-        local = state.version if state else None
+        state, floor = self._reload_tolerant()
+        local = state.version if state is not None else None
         resp = self.fetcher.manifest(
             self._etag if local is not None else None, self.max_manifest_bytes
         )
-        if resp.data is None:  # 304: nothing new; expiry is judged by the caller
+        if resp.data is None:
+            # 304: the site still serves the manifest we trust. Past its expiry that is a
+            # freeze (a platform or mirror that stopped publishing): an error, as for a
+            # fresh download of the same expired manifest.
+            self.trusted.check_not_expired()
             return SyncResult("none", local, local, manifest_expires=self._expiry())
-        data = resp.data
-        try:
-            manifest = self.trusted.update_manifest(data)
-        except RootRotationError:
-            payload_root = self._peek_root_version(data)
-            self._fetch_new_roots(payload_root)
-            manifest = self.trusted.update_manifest(data)
-        self._etag = resp.etag
+        self._fetch_new_roots()
+        if state is None and floor:
+            # The walk may have brought the roots the local manifest needs.
+            state, floor = self._reload_tolerant()
+            local = state.version if state is not None else None
+        manifest = self.trusted.update_manifest(resp.data, floor=floor)
         if local is not None and manifest.version == local:
+            self._etag = resp.etag
             return SyncResult("none", local, local, manifest_expires=manifest.expires)
         # The trusted manifest is now the new one, but the store is not: on any failure
-        # below, restore the previous trusted manifest so state stays consistent.
+        # below, restore the previous trusted manifest so both stay consistent.
         try:
-            return self._apply(manifest, local, progress)
+            result = self._apply(manifest, local, progress)
         except BaseException:
-            self._etag = None
-            self.reload_manifest()
+            self._reload_tolerant()
             raise
-
-    def _peek_root_version(self, data: bytes) -> int | None:
-        # Only to learn how far to walk roots; the manifest is verified after the walk.
-        from ._signing import Envelope
-
-        try:
-            value = Envelope.from_bytes(data).payload_json().get("root_version")
-        except VerificationError:
-            return None
-        return value if isinstance(value, int) and 0 < value < 1 << 31 else None
+        self._record_applied(manifest.version)
+        self._etag = resp.etag
+        return result
 
     def _expiry(self) -> _dt.datetime | None:
         return self.trusted.manifest.expires if self.trusted.manifest else None
@@ -276,14 +376,15 @@ class Updater:
     def _apply(
         self, manifest: Manifest, local: int | None, progress: Callable[[int, int], None] | None
     ) -> SyncResult:
+        self._discard_stale_parts(manifest)
         restricted, restricted_sha = self._restricted(manifest)
-        fallback = None
+        fallback: str | None = None
+        delta_error: InterceptError | None = None
         downloaded = 0
         if local is not None:
-            try:
-                artefact = manifest.delta_from(local)
-            except BaseVersionMismatch as exc:
-                fallback = str(exc)
+            artefact = manifest.delta_from(local)  # BaseVersionMismatch: refuse the manifest
+            if artefact is None:
+                fallback = f"manifest {manifest.version} has no delta from version {local}"
             else:
                 path = self._download(artefact, progress)
                 downloaded += artefact.length
@@ -299,11 +400,14 @@ class Updater:
                         restricted=restricted,
                         restricted_sha256=restricted_sha,
                     )
-                except (DigestMismatch, BaseVersionMismatch) as exc:
-                    fallback = f"delta from {local} rejected: {exc}"
+                except (DigestMismatch, BaseVersionMismatch, StoreCorrupted) as exc:
+                    # The delta's bytes are the signed ones, so the local copy is not its
+                    # base (damaged, or written outside the sync): the snapshot repairs it.
+                    delta_error = exc
+                    fallback = f"delta {local}->{manifest.version} rejected: {exc}"
                     log.warning("%s; falling back to the snapshot", fallback)
                 else:
-                    path.unlink(missing_ok=True)
+                    self._discard_parts()
                     return SyncResult(
                         "delta",
                         local,
@@ -312,20 +416,25 @@ class Updater:
                         downloaded,
                         manifest_expires=manifest.expires,
                     )
-        artefact = manifest.snapshot
-        path = self._download(artefact, progress)
-        downloaded += artefact.length
-        changes = self.store.write_snapshot(
-            manifest.version,
-            (rec for _, rec in iter_records(path, artefact.raw_length)),
-            manifest=manifest.raw,
-            hash_key=manifest.hash_key,
-            expected_sha256=manifest.state_sha256,
-            expected_sum=manifest.state_sum,
-            restricted=restricted,
-            restricted_sha256=restricted_sha,
-        )
-        path.unlink(missing_ok=True)
+        try:
+            artefact = manifest.snapshot
+            path = self._download(artefact, progress)
+            downloaded += artefact.length
+            changes = self.store.write_snapshot(
+                manifest.version,
+                (rec for _, rec in iter_records(path, artefact.raw_length)),
+                manifest=manifest.raw,
+                hash_key=manifest.hash_key,
+                expected_sha256=manifest.state_sha256,
+                expected_sum=manifest.state_sum,
+                restricted=restricted,
+                restricted_sha256=restricted_sha,
+            )
+        except BaseException as exc:
+            if delta_error is not None and exc.__context__ is None:
+                exc.__context__ = delta_error
+            raise
+        self._discard_parts()
         return SyncResult(
             "snapshot",
             local,
@@ -334,11 +443,30 @@ class Updater:
             downloaded,
             fallback,
             manifest_expires=manifest.expires,
+            delta_error=delta_error,
         )
 
+    # -- downloads -------------------------------------------------------------------
+    @staticmethod
+    def _part_name(artefact: Artefact) -> str:
+        # Named by content hash, so a resume never mixes two artefacts.
+        return f"{artefact.sha256}.part"
+
+    def _discard_stale_parts(self, manifest: Manifest) -> None:
+        """Delete partial downloads of artefacts ``manifest`` does not name."""
+        keep = {self._part_name(manifest.snapshot)}
+        keep.update(self._part_name(a) for a in manifest.deltas.values())
+        keep.update(self._part_name(b.artefact) for b in manifest.restricted.values())
+        for old in self._downloads.glob("*.part"):
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
+
+    def _discard_parts(self) -> None:
+        for old in self._downloads.glob("*.part"):
+            old.unlink(missing_ok=True)
+
     def _download(self, artefact: Artefact, progress: Callable[[int, int], None] | None) -> Path:
-        # Partial downloads are named by content hash, so a resume never mixes artefacts.
-        dest = self._downloads / f"{artefact.sha256}.part"
+        dest = self._downloads / self._part_name(artefact)
         done = 0
 
         def tick(n: int) -> None:
@@ -348,13 +476,16 @@ class Updater:
                 progress(done, artefact.length)
 
         self.fetcher.download(artefact, dest, tick)
-        for old in self._downloads.glob("*.part"):
-            if old != dest:
-                old.unlink(missing_ok=True)
         return dest
 
     def _restricted(self, manifest: Manifest) -> tuple[list[bytes], str]:
-        """This subscriber's restricted records for ``manifest`` (empty when none)."""
+        """This subscriber's restricted records for ``manifest`` (empty when none).
+
+        The box is verified (length, SHA-256), opened with the subscriber's X25519 key
+        (the box is bound to ``"<subscriber>|<version>"``, so another subscriber's or
+        another version's box does not open), and its entry count checked; the store
+        checks the records against the signed ``state_sha256``.
+        """
         if self.subscriber_id is None or self.subscriber_id not in manifest.restricted:
             return [], _EMPTY_SHA256
         box = manifest.restricted[self.subscriber_id]
@@ -367,17 +498,21 @@ class Updater:
             return [], _EMPTY_SHA256
         path = self._download(box.artefact, None)
         sealed = path.read_bytes()
-        path.unlink(missing_ok=True)
         plain = open_box(
             self.restricted_key, sealed, f"{self.subscriber_id}|{manifest.version}".encode()
         )
-        import io
-
-        limit = box.artefact.raw_length
+        # Each record is at most MAX_RECORD bytes plus its newline: that caps decompression.
+        cap = box.artefact.raw_length
+        if cap is None:
+            cap = box.entries * (MAX_RECORD + 1)
         records = [
             r
             for _, r in _iter_lines(
-                gzip.GzipFile(fileobj=io.BytesIO(plain)), limit, delta=False, name="restricted"
+                gzip.GzipFile(fileobj=io.BytesIO(plain)),
+                cap,
+                delta=False,
+                name="restricted box",
+                exact=box.artefact.raw_length is not None,
             )
         ]
         if len(records) != box.entries:

@@ -1,0 +1,628 @@
+"""The sync engine (:mod:`intercept_sdk._sync`) through the real client, end to end.
+
+Real site (:class:`TestPlatform`: real keys, real publisher), real servers on loopback
+(the reference platform, with :class:`Faults` for 401/403/429 and request counts), real
+SQLite caches. An ``httpx`` transport wraps the real one only to watch requests or to cut
+a connection. Covers: snapshot then delta catch-up, fallback to the snapshot, resume after
+a cut connection, ETag/304, Retry-After, permanent 4xx, local directory and file:// sites,
+the one-syncer-per-cache lock, ``status()``, change events, push-driven background sync,
+and ``AsyncClient.sync()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from intercept_sdk._client import AsyncClient, Client, WatchChange
+from intercept_sdk._decisions import Person
+from intercept_sdk._exceptions import (
+    DigestMismatch,
+    HTTPStatusError,
+    NetworkError,
+    NeverSynced,
+    VerificationError,
+)
+from intercept_sdk._fetch import RetryPolicy
+from intercept_sdk._keys import rotate_root
+from intercept_sdk._platform import Faults, Limits, PlatformServer
+from intercept_sdk._signing import Envelope
+from intercept_sdk._util import utcnow
+from intercept_sdk.testing import TestPlatform
+
+MEASURE = "consumption.star_hotel"
+
+
+# =========================================================================== helpers
+
+
+@dataclass
+class Sleeps:
+    delays: list[float] = field(default_factory=list)
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+    status: int
+
+
+class Recorder(httpx.BaseTransport):
+    """The real transport, recording requests; can cut one response after N bytes."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.seen: list[Seen] = []
+        self.cut: tuple[str, int] | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        resp = self.inner.handle_request(request)
+        self.seen.append(Seen(request.url.path, dict(request.headers), resp.status_code))
+        if self.cut is not None and request.url.path.endswith(self.cut[0]):
+            limit = self.cut[1]
+            self.cut = None
+            assert isinstance(resp.stream, httpx.SyncByteStream)
+            return httpx.Response(
+                resp.status_code,
+                headers=resp.headers,
+                stream=_Cut(resp.stream, limit),
+                extensions=resp.extensions,
+            )
+        return resp
+
+    def paths(self) -> list[str]:
+        return [s.path for s in self.seen]
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _Cut(httpx.SyncByteStream):
+    def __init__(self, inner: httpx.SyncByteStream, limit: int) -> None:
+        self.inner, self.limit = inner, limit
+
+    def __iter__(self) -> Iterator[bytes]:
+        sent = 0
+        for chunk in self.inner:
+            if sent + len(chunk) >= self.limit:
+                yield chunk[: self.limit - sent]
+                raise httpx.ReadError("connection reset (cut by the test)")
+            sent += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass
+class Env:
+    platform: TestPlatform
+    server: PlatformServer
+    faults: Faults
+    recorder: Recorder
+    sleeps: Sleeps
+
+    def client(self, **options: Any) -> Client:
+        options.setdefault("transport", self.recorder)
+        options.setdefault("retry", RetryPolicy(attempts=3, sleep=self.sleeps))
+        options.setdefault("push", False)
+        options.setdefault("sync", False)
+        return self.platform.client(platform=self.server.url, **options)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    platform = TestPlatform(tmp_path)
+    platform.site_dir.mkdir()  # served before the first publish: versions start at 1
+    faults = Faults()
+    limits = Limits(poll_interval=0.05)
+    with PlatformServer(platform.site_dir, faults=faults, limits=limits) as server:
+        recorder = Recorder()
+        try:
+            yield Env(platform, server, faults, recorder, Sleeps())
+        finally:
+            platform.close()
+            recorder.close()
+
+
+def person(entry: dict[str, Any]) -> Person:
+    return Person(entry["id_number"])
+
+
+def action(client: Client, entry: dict[str, Any]) -> str:
+    return client.check(person(entry), MEASURE).action
+
+
+def wait_for(predicate: Any, timeout: float, step: float = 0.02) -> float:
+    """Seconds until ``predicate()`` is true; fails the test after ``timeout``."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not true within {timeout}s")
+        time.sleep(step)
+    return time.monotonic() - start
+
+
+# =========================================================================== snapshot / delta
+
+
+def test_snapshot_then_delta_catch_up(env: Env) -> None:
+    p = env.platform
+    a = p.add_person(publish=False)
+    b = p.add_person()
+    c = p.add_person(publish=False)
+    client = env.client()
+    first = client.sync()
+    assert (first.mode, first.from_version, first.to_version) == ("snapshot", None, 1)
+    assert action(client, a) == "block"
+    p.revoke(a["entry_id"])  # v2
+    p.add(c)  # v3
+    p.remove(b["entry_id"])  # v4
+    env.recorder.seen.clear()
+    result = client.sync()
+    # One cumulative delta 1 -> 4, never the snapshot.
+    assert (result.mode, result.from_version, result.to_version) == ("delta", 1, 4)
+    assert result.changes is not None
+    assert result.changes.changed == {a["entry_id"]}
+    assert result.changes.added == {c["entry_id"]}
+    assert result.changes.removed == {b["entry_id"]}
+    assert not any("/snapshots/" in path for path in env.recorder.paths())
+    assert any(path.startswith("/deltas/1-4.") for path in env.recorder.paths())
+    assert (action(client, a), action(client, b), action(client, c)) == ("allow", "allow", "block")
+    assert client.verify().version == 4
+
+
+def test_no_delta_from_the_local_version_falls_back_to_snapshot(env: Env) -> None:
+    p = env.platform
+    a = p.add_person()
+    client = env.client()
+    client.sync()
+    p.add_person(publish=False)
+    p.publish(keep_deltas=1)  # v2: delta from 1
+    p.revoke(a["entry_id"], publish=False)
+    p.publish(keep_deltas=1)  # v3: delta from 2 only
+    result = client.sync()
+    assert (result.mode, result.from_version, result.to_version) == ("snapshot", 1, 3)
+    assert result.fallback_reason == "manifest 3 has no delta from version 1"
+    assert result.delta_error is None
+    assert action(client, a) == "allow"
+    assert result.changes is not None and a["entry_id"] in result.changes.changed
+
+
+def test_damaged_local_copy_falls_back_to_snapshot(env: Env) -> None:
+    """A record lost from the local database: the delta that touches it does not reach
+    the signed state.sum, is rolled back, and the snapshot repairs the copy."""
+    p = env.platform
+    a = p.add_person(publish=False)
+    keep = p.add_person()
+    client = env.client()
+    client.sync()
+    cache = Path(client.status().cache_dir)
+    db = cache / (cache / "CURRENT").read_text().strip()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("DELETE FROM records WHERE entry_id = ?", (a["entry_id"],))
+        conn.commit()
+    p.revoke(a["entry_id"])
+    result = client.sync()
+    assert (result.mode, result.to_version) == ("snapshot", 2)
+    assert isinstance(result.delta_error, DigestMismatch)
+    assert result.fallback_reason is not None and "rolled back" in result.fallback_reason
+    assert action(client, a) == "allow"
+    assert action(client, keep) == "block"
+    assert client.verify().version == 2
+
+
+def test_resume_after_a_cut_connection(env: Env) -> None:
+    """The snapshot download dies mid-way: the sync fails (nothing is stored), the partial
+    file is kept, and the next sync asks only for the rest (Range) and completes. The
+    subscriber's restricted box, fetched before the snapshot each time, does not disturb
+    the partial snapshot."""
+    p = env.platform
+    for _ in range(300):
+        p.add_person(publish=False)
+    secret = p.add_person(visibility="restricted", audience=[p.subscriber_id], publish=False)
+    result = p.publish()
+    assert result.restricted
+    snap = result.snapshot
+    assert snap.length > 8000
+    env.recorder.cut = (snap.path, 5000)
+    client = env.client(retry=RetryPolicy(attempts=1))
+    with pytest.raises(NetworkError, match="ReadError"):
+        client.sync()
+    status = client.status()
+    assert (status.list_version, status.last_error.kind) == (None, "NetworkError")  # type: ignore[union-attr]
+    part = Path(status.cache_dir) / "downloads" / f"{snap.sha256}.part"
+    assert part.stat().st_size == 5000
+    env.recorder.seen.clear()
+    done: list[tuple[int, int]] = []
+    assert client.sync(progress=lambda d, t: done.append((d, t))).to_version == 1
+    (req,) = [s for s in env.recorder.seen if s.path.endswith(snap.path)]
+    assert (req.headers["range"], req.status) == ("bytes=5000-", 206)
+    assert done[-1] == (snap.length - 5000, snap.length)
+    assert not part.exists()
+    assert client.status().last_error is None
+    assert action(client, secret) == "block"
+    assert client.verify().version == 1
+
+
+def test_partial_downloads_of_other_versions_are_discarded(env: Env) -> None:
+    env.platform.add_person()
+    client = env.client()
+    client.sync()
+    downloads = Path(client.status().cache_dir) / "downloads"
+    stale = downloads / ("ab" * 32 + ".part")
+    stale.write_bytes(b"left over from a version nobody serves any more")
+    env.platform.add_person()
+    assert client.sync().to_version == 2
+    assert list(downloads.iterdir()) == []
+
+
+# =========================================================================== HTTP behaviour
+
+
+def test_second_sync_with_nothing_new_is_one_304(env: Env) -> None:
+    env.platform.add_person()
+    client = env.client()
+    client.sync()
+    env.recorder.seen.clear()
+    requests_before = env.faults.requests("site")
+    result = client.sync()
+    assert (result.mode, result.to_version, result.bytes_downloaded) == ("none", 1, 0)
+    assert [(s.path, s.status) for s in env.recorder.seen] == [("/manifest.json", 304)]
+    assert env.recorder.seen[0].headers["if-none-match"]
+    assert env.faults.requests("site") == requests_before + 1
+
+
+def test_429_retry_after_is_honoured(env: Env) -> None:
+    env.platform.add_person()
+    client = env.client()
+    env.faults.fail_next(1, status=429, retry_after=3, target="site")
+    assert client.sync().to_version == 1
+    assert env.sleeps.delays == [3.0]
+    assert client.status().last_error is None
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_access_is_not_retried_and_shows_in_status(env: Env, status: int) -> None:
+    env.platform.add_person()
+    client = env.client()
+    client.sync()
+    before = env.faults.requests("site")
+    env.faults.fail_next(1, status=status, retry_after=None, target="site")
+    with pytest.raises(HTTPStatusError):
+        client.sync()
+    assert env.faults.requests("site") - before == 1
+    assert env.sleeps.delays == []
+    error = client.status().last_error
+    assert error is not None
+    assert (error.kind, error.http_status) == ("HTTPStatusError", status)
+    assert client.status().list_version == 1  # still answering from v1
+    assert client.sync().mode == "none"  # and recovers when the platform does
+    assert client.status().last_error is None
+
+
+def test_total_deadline_reaches_the_client(tmp_path: Path) -> None:
+    """``Client(total_timeout=...)`` bounds a slow-drip server; the error is in status."""
+    import socket
+
+    platform = TestPlatform(tmp_path)
+    platform.publish()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+
+    def drip() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = sock.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 50000\r\n\r\n")
+                for _ in range(200):
+                    conn.sendall(b" ")
+                    time.sleep(0.02)
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    client = platform.client(platform=url, sync=False, total_timeout=0.4,
+                             retry=RetryPolicy(attempts=1), push=False)  # fmt: skip
+    try:
+        started = time.monotonic()
+        with pytest.raises(NetworkError, match="total deadline"):
+            client.sync()
+        assert time.monotonic() - started < 2.0
+        assert client.status().last_error.kind == "NetworkError"  # type: ignore[union-attr]
+    finally:
+        platform.close()
+        sock.close()
+        thread.join(5)
+
+
+# =========================================================================== local sites
+
+
+def test_directory_and_file_url_platforms(tmp_path: Path) -> None:
+    platform = TestPlatform(tmp_path)
+    a = platform.add_person()
+    try:
+        by_dir = platform.client()  # the site directory itself
+        by_url = platform.client(platform=f"file://{platform.site_dir}")
+        for c in (by_dir, by_url):
+            assert c.status().list_version == 1
+            assert action(c, a) == "block"
+        platform.revoke(a["entry_id"])
+        for c in (by_dir, by_url):
+            result = c.sync()
+            assert (result.mode, result.to_version) == ("delta", 2)
+            assert action(c, a) == "allow"
+            assert c.sync().mode == "none"  # unchanged manifest file: nothing read
+    finally:
+        platform.close()
+
+
+# =========================================================================== the sync lock
+
+
+def test_one_syncer_per_cache_the_others_keep_reading(env: Env) -> None:
+    p = env.platform
+    a = p.add_person()
+    first = env.client()
+    first.sync()
+    cache = Path(first.status().cache_dir)
+    second = env.client(cache_dir=cache)
+    p.revoke(a["entry_id"])
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_progress(done: int, total: int) -> None:
+        inside.set()
+        assert release.wait(10)
+
+    results: list[Any] = []
+    worker = threading.Thread(target=lambda: results.append(first.sync(slow_progress)))
+    worker.start()
+    try:
+        assert inside.wait(10)  # the first client holds the lock, mid-download
+        locked = second.sync()
+        assert (locked.mode, locked.from_version, locked.changes) == ("locked", 1, None)
+        assert action(second, a) == "block"  # v1 still answers while v2 is fetched
+    finally:
+        release.set()
+        worker.join(10)
+    assert results[0].mode == "delta"
+    assert wait_for(lambda: second.status().list_version == 2, 2) < 2
+    assert action(second, a) == "allow"  # the other process's version is visible
+
+
+def test_sync_lock_held_by_another_process(env: Env) -> None:
+    env.platform.add_person()
+    client = env.client()
+    client.sync()
+    lock = Path(client.status().cache_dir) / "sync.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+         str(lock)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        env.platform.add_person()
+        env.recorder.seen.clear()
+        assert client.sync().mode == "locked"
+        assert env.recorder.seen == []  # did not even ask the platform
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(10)
+    assert client.sync().to_version == 2  # the lock died with its process
+
+
+# =========================================================================== status / events
+
+
+def test_status_reports_version_expiry_staleness_errors_and_reports(env: Env) -> None:
+    p = env.platform
+    a = p.add_person()
+    offset = [dt.timedelta(0)]
+    client = env.client(clock=lambda: utcnow() + offset[0], max_staleness="72h")
+    never = client.status()
+    assert (never.list_version, never.stale, never.last_success) == (None, True, None)
+    before = utcnow()
+    client.sync()
+    s = client.status()
+    assert (s.list_version, s.entries, s.stale, s.last_error) == (1, 1, False, None)
+    assert s.last_success is not None and s.last_success >= before - dt.timedelta(seconds=1)
+    signed = Envelope.from_bytes((p.site_dir / "manifest.json").read_bytes()).payload_json()
+    assert s.manifest_expires is not None
+    assert s.manifest_expires.strftime("%Y-%m-%dT%H:%M:%SZ") == signed["expires"]
+    with contextlib.suppress(Exception):
+        client.block(person(a), MEASURE, room="1208")
+    assert client.status().pending_reports == 1
+    env.faults.fail_next(3, status=503, retry_after=None, target="site")  # every attempt
+    with pytest.raises(HTTPStatusError):
+        client.sync()
+    assert len(env.sleeps.delays) == 2
+    error = client.status().last_error
+    assert error is not None and (error.kind, error.http_status) == ("HTTPStatusError", 503)
+    env.faults.clear()
+    offset[0] = dt.timedelta(days=2)  # past the manifest's expiry (24 h)
+    assert client.status().stale
+
+
+def test_change_events_after_each_applied_version(env: Env) -> None:
+    p = env.platform
+    a = p.add_person()
+    b = p.person_entry()
+    client = env.client()
+    client.sync()
+    events: list[list[WatchChange]] = []
+    client.watch([person(a), person(b)], MEASURE, events.append)
+    p.revoke(a["entry_id"])
+    client.sync()
+    assert [(c.kind, c.after.action) for c in events[-1]] == [("lifted", "allow")]
+    p.add(b)
+    client.sync()
+    assert [(c.kind, c.after.action) for c in events[-1]] == [("listed", "block")]
+    assert len(events) == 2
+    client.sync()  # nothing new: no event
+    assert len(events) == 2
+
+
+def test_background_client_enforces_a_revocation_within_5s_by_push(env: Env) -> None:
+    p = env.platform
+    a = p.add_person()
+    client = p.client(platform=env.server.url, sync=False, background=True, poll_interval="1h")
+    wait_for(lambda: client.status().list_version == 1, 10)
+    wait_for(lambda: client.status().push_connected, 10)
+    assert action(client, a) == "block"
+    started = time.monotonic()
+    p.revoke(a["entry_id"])
+    elapsed = wait_for(lambda: action(client, a) == "allow", 5.0)
+    assert time.monotonic() - started < 5.0
+    assert elapsed < 5.0
+    assert client.status().list_version == 2
+
+
+def test_async_client_sync(env: Env) -> None:
+    p = env.platform
+    a = p.add_person()
+
+    async def main() -> None:
+        client = AsyncClient(
+            env.server.url,
+            p.trust_root,
+            p.directory / "async-cache",
+            p.subscriber_id,
+            subscriber_key=p.subscriber_key_dir,
+            push=False,
+        )
+        try:
+            first = await client.sync()
+            assert (first.mode, first.to_version) == ("snapshot", 1)
+            assert (await client.check(person(a), MEASURE)).action == "block"
+            p.revoke(a["entry_id"])
+            second = await client.sync()
+            assert (second.mode, second.to_version) == ("delta", 2)
+            assert (await client.check(person(a), MEASURE)).action == "allow"
+            assert (await client.status()).list_version == 2
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+# =========================================================================== failure modes
+
+
+def test_never_synced_cache_never_answers(tmp_path: Path) -> None:
+    platform = TestPlatform(tmp_path)
+    platform.add_person()
+    with socketless_port() as port:
+        client = platform.client(platform=f"http://127.0.0.1:{port}", sync=False,
+                                 retry=RetryPolicy(attempts=1), push=False)  # fmt: skip
+        try:
+            with pytest.raises(NetworkError):
+                client.sync()
+            with pytest.raises(NeverSynced):
+                client.check(Person(platform.entries["T0000001"]["id_number"]), MEASURE)
+            s = client.status()
+            assert (s.list_version, s.stale, s.last_error.kind) == (None, True, "NetworkError")  # type: ignore[union-attr]
+        finally:
+            platform.close()
+
+
+@contextlib.contextmanager
+def socketless_port() -> Iterator[int]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # bound but not listening: connections are refused
+        yield s.getsockname()[1]
+
+
+def test_failed_sync_right_after_a_root_rotation_keeps_the_old_version(env: Env) -> None:
+    """The client walks to a root with new online keys, then the delta download fails:
+    the stored version (verified under the old root) keeps answering, also after a
+    restart, and the next sync applies the new version."""
+    p = env.platform
+    a = p.add_person()
+    pinned = p.directory / "pinned-root.json"
+    pinned.write_bytes(p.trust_root.read_bytes())
+    cache = p.directory / "rotation-cache"
+
+    def client() -> Client:
+        return Client(env.server.url, pinned, cache, transport=env.recorder, push=False,
+                      retry=RetryPolicy(attempts=1))  # fmt: skip
+
+    first = client()
+    first.sync()
+    rotate_root(p.keys_dir, rotate_online=True)
+    p.revoke(a["entry_id"])  # v2 under root 2, signed by the new online key
+    env.recorder.cut = (p.last.deltas[1].path, 10)  # type: ignore[union-attr]
+    with pytest.raises(NetworkError):
+        first.sync()
+    assert first._core.updater.trusted.root.version == 2  # the walk itself succeeded
+    assert action(first, a) == "block"  # v1 still in force, still verifiable
+    assert first.verify().version == 1
+    first.close()
+    restarted = client()
+    try:
+        assert restarted._core.updater.trusted.root.version == 2
+        assert action(restarted, a) == "block"
+        assert restarted.sync().to_version == 2
+        assert action(restarted, a) == "allow"
+    finally:
+        restarted.close()
+
+
+def test_local_list_whose_manifest_no_longer_verifies(env: Env) -> None:
+    """After a rotation of the online keys, the cached roots are lost: the local manifest
+    (signed by the new online key) no longer verifies from the pinned root. The client
+    still starts, refuses to answer from an unverified list, and the next sync walks the
+    roots again and answers without downloading the list."""
+    p = env.platform
+    a = p.add_person()
+    pinned = p.directory / "pinned-root.json"  # the application's copy of root 1
+    pinned.write_bytes(p.trust_root.read_bytes())
+    cache = p.directory / "pinned-cache"
+
+    def client() -> Client:
+        return Client(env.server.url, pinned, cache, transport=env.recorder, push=False)
+
+    first = client()
+    first.sync()
+    rotate_root(p.keys_dir, rotate_online=True)
+    p.add_person()  # v2, signed by the new online key, root_version 2
+    assert first.sync().to_version == 2
+    first.close()
+    for root in (cache / "root").glob("*.root.json"):
+        root.unlink()
+    restarted = client()
+    assert restarted._core.updater.trusted.root.version == 1
+    with pytest.raises(VerificationError):
+        action(restarted, a)  # fail closed: never an answer from an unverified list
+    env.recorder.seen.clear()
+    result = restarted.sync()
+    assert (result.mode, result.to_version) == ("none", 2)
+    assert "/root/2.root.json" in env.recorder.paths()
+    assert not any(path.startswith(("/snapshots/", "/deltas/")) for path in env.recorder.paths())
+    assert action(restarted, a) == "block"
+    restarted.close()
