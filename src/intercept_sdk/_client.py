@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import random
+import ssl
 import threading
 import time
 import weakref
@@ -67,8 +68,9 @@ from ._exceptions import (
     InvalidInput,
     NeverSynced,
     StoreError,
+    TrustRootError,
 )
-from ._fetch import HttpFetcher, RetryPolicy, make_fetcher
+from ._fetch import HttpFetcher, RetryPolicy, _ca_context, make_fetcher
 from ._outbox import Outbox, Sender
 from ._reports import (
     SubscriberKeys,
@@ -186,6 +188,11 @@ class Watch:
             owner.unwatch(self)
 
 
+def _verify_for(ca_bundle: str | os.PathLike[str] | None) -> ssl.SSLContext | bool:
+    """TLS verification for the push channel: always on; a private CA when configured."""
+    return True if ca_bundle is None else _ca_context(ca_bundle)
+
+
 def _sse_url(platform: str) -> str | None:
     if platform.startswith(("http://", "https://")):
         return platform.rstrip("/") + "/events"
@@ -247,8 +254,14 @@ class _Core:
         if isinstance(trust_root, bytes):
             root_bytes = trust_root
         else:
+            root_path = Path(trust_root).resolve()
+            if root_path.is_relative_to(self.cache_dir.resolve()):
+                raise TrustRootError(
+                    f"trust root {trust_root} lies inside the writable cache directory; pin the "
+                    "root.json shipped with the application instead"
+                )
             try:
-                root_bytes = Path(trust_root).read_bytes()
+                root_bytes = root_path.read_bytes()
             except OSError as exc:
                 raise ConfigurationError(f"cannot read trust root {trust_root}: {exc}") from None
         http_options: dict[str, Any] = {
@@ -843,7 +856,7 @@ class _Core:
         try:
             with httpx.Client(
                 timeout=httpx.Timeout(20.0, connect=5.0),
-                verify=self._http_options["ca_bundle"] or True,
+                verify=_verify_for(self._http_options["ca_bundle"]),
                 proxy=self._http_options["proxy"],
                 transport=self._http_options["transport"],
                 follow_redirects=False,
@@ -1157,7 +1170,7 @@ class AsyncClient:
             async with (
                 httpx.AsyncClient(
                     timeout=httpx.Timeout(20.0, connect=5.0),
-                    verify=core._http_options["ca_bundle"] or True,
+                    verify=_verify_for(core._http_options["ca_bundle"]),
                     proxy=core._http_options["proxy"],
                 ) as client,
                 client.stream("GET", url) as resp,

@@ -112,7 +112,7 @@ class Envelope:
         """Parse the outer envelope only; the payload stays opaque bytes until verified."""
         try:
             obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise FormatError("signed file is not JSON") from None
         if not isinstance(obj, dict) or set(obj) != {"payload", "payload_type", "signatures"}:
             raise FormatError("signed file must have exactly payload, payload_type, signatures")
@@ -170,7 +170,7 @@ class Envelope:
         """Decode the payload; call only after the signatures were checked."""
         try:
             obj = json.loads(self.payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise FormatError("signed payload is not JSON") from None
         if not isinstance(obj, dict):
             raise FormatError("signed payload must be a JSON object")

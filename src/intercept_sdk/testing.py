@@ -94,7 +94,10 @@ class TestPlatform:
         self.subscriber_key_dir = self.directory / "subscriber"
         self.expires = expires
         self.now = now
-        self.trust_root = keygen(self.keys_dir)
+        # Clients pin a copy of root v1, as an application ships it: `rotate_root` rewrites
+        # keys/root.json, and a client must then walk the chain, not start from the new root.
+        self.trust_root = self.directory / "pinned-root.json"
+        self.trust_root.write_bytes(keygen(self.keys_dir).read_bytes())
         report_pub, box_pub = subscriber_keygen(self.subscriber_key_dir)
         add_subscriber(self.keys_dir, subscriber_id, report_pub.read_bytes(), box_pub.read_bytes())
         self.entries: dict[str, dict[str, Any]] = {}
