@@ -70,3 +70,23 @@ def test_artefact_ranges_and_cache_policy(site: FakeSite) -> None:
         assert c.get("/.publish.lock").status_code == 404
         assert c.get("/snapshots/.tmp-partial").status_code == 404
         assert c.get("/snapshots/").status_code in (403, 404)  # no listing either way
+
+
+def test_client_syncs_a_real_site_through_nginx(tmp_path: Path) -> None:
+    """A real published site behind stock nginx: snapshot, then a revocation by delta."""
+    from intercept_sdk import Person
+    from intercept_sdk.testing import TestPlatform
+
+    with TestPlatform(tmp_path / "p") as platform:
+        guest = platform.add_person(name="张三")
+        platform.add_person()
+        with nginx_serving(platform.site_dir) as url:
+            client = platform.client(platform=url, push=False)
+            assert client.status().list_version == platform.last.version  # type: ignore[union-attr]
+            person = Person(guest["id_number"])
+            assert client.check(person, "consumption.star_hotel").action == "block"
+            platform.revoke(guest["entry_id"])
+            result = client.sync()
+            assert result.mode == "delta"
+            assert client.check(person, "consumption.star_hotel").action == "allow"
+            assert client.verify().version == platform.last.version  # type: ignore[union-attr]
