@@ -1,0 +1,321 @@
+"""Synthetic data for the benchmarks: cached lists, subjects, baseline rows, the 10M site.
+
+All lists come from :func:`intercept_sdk._synth.generate_entries` (the demo's generator:
+valid ID numbers and credit codes, realistic field sizes, 30 % entities, each with a
+legal representative and some with more related persons). Generating a million entries
+takes a minute or two and ten million much longer, so the source files (and the published
+10M site, whose publish alone takes most of an hour) are cached under ``OUT/data`` and
+reused across runs; the cache names carry the size, the seed and a fingerprint of the
+generator (the 10M site: a data-format version, see :data:`LARGE_VERSION`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gzip
+import hashlib
+import json
+import os
+import random
+import re
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from intercept_sdk import Entity, Person
+from intercept_sdk._keys import KeyDir, add_subscriber, keygen
+from intercept_sdk._reports import subscriber_keygen
+from intercept_sdk._site import identifier_key, publish
+from intercept_sdk._synth import REFERENCE_TODAY, generate_entries, valid_id_number, valid_uscc
+from intercept_sdk._synth import __file__ as _synth_file
+
+from .harness import Context, log, rm
+
+SEED = 1
+SUBSCRIBER = "bench-unit"
+LARGE_SEED = 10
+LARGE_VERSION = 1
+"""Bump to force a rebuild of the cached 10M site (format change)."""
+LARGE_EXPIRES = 300 * 86400.0
+"""The cached 10M site's manifest lives 300 days (its root 365), then it is rebuilt."""
+REVOKED_AT = f"{REFERENCE_TODAY.isoformat()}T10:00:00+08:00"
+
+_KEY_RE = re.compile(rb'"(?:id|org)_key":"([0-9a-f]{32})"')
+_ID_KEY_RE = re.compile(rb'"id_key":"([0-9a-f]{32})"')
+_ORG_KEY_RE = re.compile(rb'"org_key":"([0-9a-f]{32})"')
+_PERSON = b'"subject_type":"person"'
+
+
+def fingerprint() -> str:
+    """Short hash of the generator's source: a changed generator means new cached lists."""
+    return hashlib.sha256(Path(_synth_file).read_bytes()).hexdigest()[:10]
+
+
+# --------------------------------------------------------------------------- platforms
+
+
+def new_platform(directory: Path) -> dict[str, Path]:
+    """Fresh platform keys (1-of-1 root and online role) and one registered subscriber."""
+    keys = directory / "keys"
+    root = keygen(keys)
+    sub = directory / "subscriber"
+    report_pub, box_pub = subscriber_keygen(sub)
+    add_subscriber(keys, SUBSCRIBER, report_pub.read_bytes(), box_pub.read_bytes())
+    return {"keys": keys, "root": root, "subscriber": sub, "site": directory / "site"}
+
+
+def hash_key(keys: Path) -> bytes:
+    return KeyDir(keys).hash_key()
+
+
+# --------------------------------------------------------------------------- source lists
+
+
+def list_v1(ctx: Context, n: int) -> Path:
+    """The cached JSON Lines source of ``n`` entries (seed :data:`SEED`)."""
+    from intercept_sdk._synth import write_jsonl
+
+    path = ctx.data_dir / f"list-{n}-s{SEED}-{fingerprint()}.jsonl"
+    if not path.exists():
+        log(f"generating {n:,} entries into {path.name} (cached for later runs)")
+        t = time.monotonic()
+        write_jsonl(path, generate_entries(n, seed=SEED))
+        log(f"generated in {time.monotonic() - t:.1f}s")
+    return path
+
+
+def list_v2(ctx: Context, n: int, v1: Path, fraction: float) -> tuple[Path, dict[str, int]]:
+    """``v1`` with ``fraction`` of its entries changed: 70 % revoked, 15 % removed, 15 % new.
+
+    The total stays ``n``. Cached next to ``v1``; the counts are returned.
+    """
+    changes = max(3, round(n * fraction))
+    n_remove = changes * 15 // 100
+    n_add = n_remove
+    n_revoke = changes - n_remove - n_add
+    counts = {"changed": changes, "revoked": n_revoke, "removed": n_remove, "added": n_add}
+    path = v1.with_name(v1.stem + f"-delta{fraction:g}.jsonl")
+    if path.exists():
+        return path, counts
+    log(f"deriving {path.name}: {counts}")
+    picked = random.Random(SEED + 1).sample(range(n), n_revoke + n_remove)
+    revoke = set(picked[:n_revoke])
+    remove = set(picked[n_revoke:])
+    tmp = path.with_suffix(".tmp")
+    with v1.open("rb") as src, tmp.open("wb") as out:
+        for i, line in enumerate(src):
+            if i in remove:
+                continue
+            if i in revoke:
+                obj = json.loads(line)
+                obj["status"] = "revoked"
+                obj["revoked_at"] = REVOKED_AT
+                out.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode())
+                out.write(b"\n")
+            else:
+                out.write(line)
+        for entry in generate_entries(n_add, seed=SEED + 2, start_id=n + 1):
+            out.write(json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode())
+            out.write(b"\n")
+    os.replace(tmp, path)
+    return path, counts
+
+
+# --------------------------------------------------------------------------- subjects
+
+
+def sample_listed(path: Path, n: int, k: int, seed: int) -> list[dict[str, Any]]:
+    """``k`` entries of the list at ``path`` (``n`` lines), drawn at random positions."""
+    want = set(random.Random(seed).sample(range(n), min(k, n)))
+    out: list[dict[str, Any]] = []
+    with path.open("rb") as f:
+        for i, line in enumerate(f):
+            if i in want:
+                out.append(json.loads(line))
+    random.Random(seed + 1).shuffle(out)
+    return out
+
+
+def subject_for(entry: dict[str, Any]) -> Person | Entity:
+    if entry["subject_type"] == "person":
+        return Person(entry["id_number"])
+    if entry.get("uscc"):
+        return Entity(uscc=entry["uscc"])
+    return Entity(org_code=entry["org_code"])
+
+
+def key_for(entry: dict[str, Any], hk: bytes) -> bytes:
+    """The identifier key a lookup of ``entry``'s subject uses."""
+    if entry["subject_type"] == "person":
+        return identifier_key(hk, "id", entry["id_number"])
+    org = entry.get("org_code") or entry["uscc"][8:17]
+    return identifier_key(hk, "org", org)
+
+
+def miss_subjects(
+    count: int, seed: int, listed_keys: set[bytes], hk: bytes
+) -> list[tuple[Person | Entity, bytes]]:
+    """Valid subjects (70 % persons, 30 % entities) whose keys are not on the list."""
+    rng = random.Random(seed)
+    out: list[tuple[Person | Entity, bytes]] = []
+    while len(out) < count:
+        subject: Person | Entity
+        if rng.random() < 0.3:
+            uscc = valid_uscc(rng)
+            subject, key = Entity(uscc=uscc), identifier_key(hk, "org", uscc[8:17])
+        else:
+            idn = valid_id_number(rng)
+            subject, key = Person(idn), identifier_key(hk, "id", idn)
+        if key not in listed_keys:
+            out.append((subject, key))
+    return out
+
+
+# --------------------------------------------------------------------------- baseline rows
+
+
+def rows_file(snapshot: Path, dest: Path, *, collect_keys: bool) -> tuple[int, set[bytes]]:
+    """Write the snapshot's records as baseline rows ``(key, record)`` to ``dest``.
+
+    The key is the record's own identifier key (``id_key`` of a person, ``org_key`` of an
+    entity): the one a check of that subject looks up. Format: 16-byte key, 4-byte
+    little-endian length, record bytes. Returns the row count and (if asked) every
+    identifier key in the snapshot, related persons' included.
+    """
+    keys: set[bytes] = set()
+    count = 0
+    with gzip.open(snapshot, "rb") as src, dest.open("wb", buffering=1 << 20) as out:
+        write = out.write
+        for line in src:
+            record = line[:-1]
+            m = (_ID_KEY_RE if _PERSON in record else _ORG_KEY_RE).search(record)
+            if m is None:
+                continue
+            write(bytes.fromhex(m.group(1).decode()))
+            write(len(record).to_bytes(4, "little"))
+            write(record)
+            count += 1
+            if collect_keys:
+                keys.update(bytes.fromhex(k.decode()) for k in _KEY_RE.findall(record))
+    return count, keys
+
+
+def iter_rows(path: Path) -> Iterator[tuple[bytes, bytes]]:
+    with path.open("rb", buffering=1 << 20) as f:
+        read = f.read
+        while True:
+            head = read(20)
+            if len(head) < 20:
+                return
+            yield head[:16], read(int.from_bytes(head[16:], "little"))
+
+
+def sqlite_bulk_insert(rows: Path, db: Path) -> float:
+    """Baseline of a full sync: bulk insert of the same rows into a plain sqlite table.
+
+    ``(k BLOB PRIMARY KEY, v BLOB)``, one transaction, ``executemany``, no journal and no
+    syncs while loading (as the store builds a snapshot), one fsync at the end; the same
+    128 MiB page cache as the store's build. Returns seconds.
+    """
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        rm(Path(f"{db}{suffix}"))
+    t = time.perf_counter()
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = OFF")
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("PRAGMA cache_size = -131072")
+    conn.execute("CREATE TABLE t(k BLOB PRIMARY KEY, v BLOB)")
+    conn.execute("BEGIN")
+    conn.executemany("INSERT OR IGNORE INTO t(k, v) VALUES (?, ?)", iter_rows(rows))
+    conn.execute("COMMIT")
+    conn.close()
+    fd = os.open(db, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t
+
+
+# --------------------------------------------------------------------------- the 10M site
+
+
+def large_site(ctx: Context, n: int) -> dict[str, Any]:
+    """The cached published site of ``n`` entries (built once: generate + publish)."""
+    base = ctx.data_dir / f"site-{n}-s{LARGE_SEED}-v{LARGE_VERSION}"
+    meta_path = base / "meta.json"
+    now = _dt.datetime.now(_dt.timezone.utc)
+    if meta_path.exists():
+        meta: dict[str, Any] = json.loads(meta_path.read_text())
+        expires = _dt.datetime.fromisoformat(meta["manifest_expires"])
+        if expires - now > _dt.timedelta(days=1) and (base / "site" / "manifest.json").exists():
+            meta["cached"] = True
+            return meta
+        log(f"cached {base.name} expires {expires}: rebuilding")
+    rm(base)
+    tmp = base.with_name(base.name + ".building")
+    rm(tmp)
+    tmp.mkdir(parents=True)
+    paths = new_platform(tmp)
+    log(f"building the {n:,}-entry site {base.name} (generate + publish; cached afterwards)")
+    t = time.monotonic()
+    last = [t]
+
+    def progress(lines: int) -> None:
+        if time.monotonic() - last[0] > 60:
+            last[0] = time.monotonic()
+            log(f"  publish: {lines:,} of {n:,} source entries read")
+
+    result = publish(
+        generate_entries(n, seed=LARGE_SEED),
+        paths["keys"],
+        paths["site"],
+        expires=LARGE_EXPIRES,
+        progress=progress,
+    )
+    seconds = time.monotonic() - t
+    meta = {
+        "entries": result.entries,
+        "seed": LARGE_SEED,
+        "built_at": now.isoformat(),
+        "generate_and_publish_seconds": seconds,
+        "synth_fingerprint": fingerprint(),
+        "manifest_expires": (now + _dt.timedelta(seconds=LARGE_EXPIRES)).isoformat(),
+        "snapshot_bytes": result.snapshot.length,
+        "snapshot_raw_bytes": result.snapshot.raw_length,
+        "snapshot_path": result.snapshot.path,
+    }
+    # The publisher's private state (every entry's digest) is not needed to serve the site.
+    rm(paths["keys"] / "state")
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, base)
+    log(f"built {base.name} in {seconds:.0f}s")
+    meta["cached"] = False
+    return meta
+
+
+def large_paths(ctx: Context, n: int) -> dict[str, Path]:
+    base = ctx.data_dir / f"site-{n}-s{LARGE_SEED}-v{LARGE_VERSION}"
+    return {
+        "base": base,
+        "keys": base / "keys",
+        "root": base / "keys" / "root.json",
+        "site": base / "site",
+        "subscriber": base / "subscriber",
+    }
+
+
+def prepare(ctx: Context) -> None:
+    """``--prepare-only``: build every cached data set this size needs."""
+    s = ctx.sizes
+    v1 = list_v1(ctx, s.entries)
+    list_v2(ctx, s.entries, v1, s.delta_fraction)
+    if s.large_entries:
+        large_site(ctx, s.large_entries)
+
+
+def chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
