@@ -67,6 +67,7 @@ from ._exceptions import (
     InterceptError,
     InvalidInput,
     NeverSynced,
+    StoreCorrupted,
     StoreError,
     TrustRootError,
 )
@@ -82,7 +83,7 @@ from ._reports import (
 )
 from ._store import Hit, Store, StoreState
 from ._sync import SyncResult, Updater
-from ._util import ensure_private_dir, format_utc, parse_duration, parse_utc, utcnow
+from ._util import atomic_write, ensure_private_dir, format_utc, parse_duration, parse_utc, utcnow
 
 __all__ = ["AsyncClient", "Client", "LastError", "Status", "Watch", "WatchChange"]
 
@@ -191,6 +192,21 @@ class Watch:
 def _verify_for(ca_bundle: str | os.PathLike[str] | None) -> ssl.SSLContext | bool:
     """TLS verification for the push channel: always on; a private CA when configured."""
     return True if ca_bundle is None else _ca_context(ca_bundle)
+
+
+def _event_version(data: str) -> int:
+    """The version announced by a push event; -1 for anything unreadable.
+
+    Push events are hints only (the manifest is what gets verified), so a malformed event
+    is ignored; it must never raise out of the listener and stop background syncing.
+    """
+    try:
+        value = json.loads(data)["version"]
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
+        return -1
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 62:
+        return value
+    return -1
 
 
 def _sse_url(platform: str) -> str | None:
@@ -305,6 +321,8 @@ class _Core:
         self._last_success: _dt.datetime | None = None
         self._last_success_read = 0.0
         self._high_water = self._read_high_water()
+        self._hw_persisted = self._high_water
+        self._validated_state: StoreState | None = None
         self._expiry_cache: dict[int, _dt.datetime] = {}
         self._fresh: tuple[int, _dt.datetime, _dt.datetime, float] | None = None
         self._km: KeyMaker | None = None
@@ -330,8 +348,19 @@ class _Core:
         stale list look fresh; the high-water mark is persisted at every successful sync.
         """
         now = self._clock()
-        if now < self._high_water:
-            return self._high_water
+        hw = self._high_water
+        if now <= hw:
+            return hw
+        self._high_water = now
+        if (now - self._hw_persisted).total_seconds() > 60.0:
+            # A clock that jumps forward and back must not make an expired list fresh
+            # again, here or after a restart: remember the latest time seen (cheaply: at
+            # most one small non-fsync'd write a minute on the check path).
+            self._hw_persisted = now
+            with contextlib.suppress(OSError):
+                atomic_write(
+                    self.cache_dir / "clock", format_utc(now).encode(), mode=0o600, durable=False
+                )
         return now
 
     def _read_high_water(self) -> _dt.datetime:
@@ -375,6 +404,28 @@ class _Core:
             exp = manifest.expires
             self._expiry_cache = {state.version: exp}
         return exp
+
+    def _validate_state(self, state: StoreState) -> None:
+        """Check a store state not seen before against the verified manifest.
+
+        Runs once per new state object (a new version, or a database file swapped under a
+        running client): the manifest stored with the list must be the one this client
+        verified, or must verify now against the trusted root, and must describe exactly
+        this list (version, digest, hash key). Otherwise the cache was replaced or
+        tampered with, and no decision is made from it.
+        """
+        trusted = self.updater.trusted.manifest
+        if trusted is None or trusted.raw != state.manifest:
+            # Raises VerificationError when it does not verify: fail closed.
+            trusted = self.updater.reload_manifest()
+        if (
+            trusted is None
+            or trusted.version != state.version
+            or trusted.state_sha256 != state.state_sha256
+            or trusted.hash_key != state.hash_key
+        ):
+            raise StoreCorrupted("the cached list does not match its verified manifest")
+        self._validated_state = state
 
     def is_stale(self, state: StoreState, now: _dt.datetime) -> bool:
         """True when the last successful sync (by any process sharing the cache) is older
@@ -452,6 +503,8 @@ class _Core:
                 state, hits = self.store.lookup(keys)
             except NeverSynced:
                 raise NeverSynced(_NEVER_SYNCED) from None
+            if state is not self._validated_state:
+                self._validate_state(state)
             if state.hash_key == km.hash_key:
                 return km, keys, state, hits
             # A version with a new hash key was applied meanwhile: re-key and look again.
@@ -474,8 +527,7 @@ class _Core:
         if type(subject) is not Person and not isinstance(subject, (Person, Entity)):
             raise InvalidInput("subject must be a Person or an Entity")
         km, keys, state, hits = self._lookup(subject)
-        now = self._clock()
-        now = max(now, self._high_water)
+        now = self._now()
         stale = self.is_stale(state, now)
         if not hits:
             decision = allow_decision(m, list_version=state.version, stale=stale, now=now)
@@ -590,6 +642,8 @@ class _Core:
                 state, by_key = self.store.lookup_batch([p.key for ps in all_probes for p in ps])
             except NeverSynced:
                 raise NeverSynced(_NEVER_SYNCED) from None
+            if state is not self._validated_state:
+                self._validate_state(state)
             if state.hash_key == km.hash_key:
                 break
             km = self._km = KeyMaker(state.hash_key)
@@ -840,7 +894,12 @@ class _Core:
         next_poll = time.monotonic() + self.poll_interval * random.uniform(0.9, 1.1)
         while not self._bg_stop.is_set():
             if sse is not None:
-                self._listen_push(sse, next_poll)
+                try:
+                    self._listen_push(sse, next_poll)
+                except Exception:  # the thread must survive anything the channel sends
+                    log.exception("push listener failed; falling back to polling")
+                    self._bg_wake.wait(max(0.0, next_poll - time.monotonic()))
+                    self._bg_wake.clear()
             else:
                 self._bg_wake.wait(max(0.0, next_poll - time.monotonic()))
                 self._bg_wake.clear()
@@ -877,7 +936,7 @@ class _Core:
                             event = line[6:].strip()
                         elif line.startswith("data:") and event == "version":
                             try:
-                                v = int(json.loads(line[5:])["version"])
+                                v = _event_version(line[5:])
                             except (ValueError, KeyError, TypeError):
                                 continue
                             if v > local_version:
@@ -937,8 +996,6 @@ class _Core:
         state = self.store.verify()
         manifest = self.updater.reload_manifest()
         if manifest is None or manifest.state_sha256 != state.state_sha256:
-            from ._exceptions import StoreCorrupted
-
             raise StoreCorrupted("the cached state does not match the signed manifest's digest")
         return state
 
@@ -1154,7 +1211,11 @@ class AsyncClient:
         sse = _sse_url(core.platform) if core.push else None
         while not core._closed:
             if sse is not None:
-                await self._listen(sse)
+                try:
+                    await self._listen(sse)
+                except Exception:  # the task must survive anything the channel sends
+                    log.exception("push listener failed; falling back to polling")
+                    await asyncio.sleep(core.poll_interval)
             else:
                 await asyncio.sleep(core.poll_interval * random.uniform(0.9, 1.1))
             if core._closed:
@@ -1186,7 +1247,7 @@ class AsyncClient:
                         event = line[6:].strip()
                     elif line.startswith("data:") and event == "version":
                         with contextlib.suppress(ValueError, KeyError, TypeError):
-                            if int(json.loads(line[5:])["version"]) > local_version:
+                            if _event_version(line[5:]) > local_version:
                                 return
                     if time.monotonic() >= deadline:
                         return

@@ -250,7 +250,7 @@ def _entry_id_of_json(line: str | bytes) -> str | None:
 
     try:
         obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     value = obj.get("entry_id") if isinstance(obj, dict) else None
     return value if isinstance(value, str) else None
