@@ -416,8 +416,10 @@ class _Core:
         """
         trusted = self.updater.trusted.manifest
         if trusted is None or trusted.raw != state.manifest:
+            # Verify this state's own manifest bytes (pure: the shared trusted state is not
+            # touched, so threads and processes moving between versions do not race).
             # Raises VerificationError when it does not verify: fail closed.
-            trusted = self.updater.reload_manifest()
+            trusted = self.updater.trusted.verify_manifest_bytes(state.manifest)
         if (
             trusted is None
             or trusted.version != state.version

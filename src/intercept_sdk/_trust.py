@@ -433,6 +433,20 @@ class TrustedState:
             )
         return manifest
 
+    def verify_manifest_bytes(self, data: bytes) -> Manifest:
+        """Verify a stored manifest like :meth:`load_trusted_manifest`, changing nothing.
+
+        Safe to call from several threads while another updates the trusted state.
+        """
+        error: VerificationError | None = None
+        for version in sorted(self._roots, reverse=True):
+            try:
+                return self._verified_manifest(data, self._roots[version])
+            except SignatureError as exc:
+                error = error or exc
+        assert error is not None
+        raise error
+
     def load_trusted_manifest(self, data: bytes) -> Manifest:
         """Re-load the manifest stored with the local list (start-up, after a failed sync).
 
@@ -443,17 +457,9 @@ class TrustedState:
         than that one: after a rotation of the online keys the local list stays usable
         until the next version arrives, signed by the new keys.
         """
-        error: VerificationError | None = None
-        for version in sorted(self._roots, reverse=True):
-            try:
-                manifest = self._verified_manifest(data, self._roots[version])
-            except SignatureError as exc:
-                error = error or exc  # the newest root's reason is the one to report
-                continue
-            self.manifest = manifest
-            return manifest
-        assert error is not None
-        raise error
+        manifest = self.verify_manifest_bytes(data)
+        self.manifest = manifest
+        return manifest
 
     def update_manifest(self, data: bytes, *, floor: int = 0) -> Manifest:
         """Accept a newly fetched manifest, or raise (and keep the trusted one).
