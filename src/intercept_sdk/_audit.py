@@ -393,7 +393,7 @@ def verify_audit(
                 try:
                     obj = json.loads(raw)
                     h = obj.pop("h")
-                except (ValueError, KeyError, AttributeError, TypeError):
+                except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
                     if following is None:
                         # What a power loss can leave (a zero-filled block); nothing
                         # follows it, so it hides nothing.

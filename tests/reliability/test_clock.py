@@ -21,7 +21,6 @@ from intercept_sdk._util import utcnow
 from intercept_sdk.testing import TestPlatform
 
 from ._support import MEASURE, Tally, finish_all, size
-from .known_bugs import BUG_CLOCK
 
 REPS = size(2, 25)
 HOUR = dt.timedelta(hours=1)
@@ -67,12 +66,12 @@ def test_clock_jumps(tmp_path: Path) -> None:
             with pytest.raises(ExpiredError):
                 client.sync()  # the mirror still serves the same, now expired, manifest
             assert client.status().stale
-        with back_expiry.run(f"rep {rep}", known=BUG_CLOCK):
+        with back_expiry.run(f"rep {rep}"):
             clock.t = t0 + back
             assert _decision(client, guest) == ("review", True, 1), "unfrozen by the clock"
             assert client.status().stale
         client.close()
-        with restart.run(f"rep {rep}", known=BUG_CLOCK):
+        with restart.run(f"rep {rep}"):
             again = p.client(
                 cache_dir=cache, clock=clock, sync=False, audit=False, max_staleness="7d"
             )
@@ -105,7 +104,7 @@ def test_clock_jumps(tmp_path: Path) -> None:
             with forward.run(f"staleness {rep}"):
                 clock2.t = t0 + dt.timedelta(seconds=rng.randint(1900, 20 * 86400))
                 assert _decision(c2, guest2) == ("review", True, 1)
-            with back_staleness.run(f"rep {rep}", known=BUG_CLOCK):
+            with back_staleness.run(f"rep {rep}"):
                 clock2.t = t0 + dt.timedelta(seconds=rng.randint(0, 1700))
                 assert _decision(c2, guest2) == ("review", True, 1), "made fresh by the clock"
         finally:

@@ -17,10 +17,11 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from intercept_sdk import Client
+from intercept_sdk import Client, Person
 from intercept_sdk._audit import verify_audit
 from intercept_sdk._platform import Limits, PlatformServer
 from intercept_sdk._site import publish
@@ -28,9 +29,12 @@ from intercept_sdk.testing import TestPlatform, make_uscc
 
 from . import _jobs
 from ._support import (
+    MEASURE,
     SUBSCRIBER,
     Tally,
     Worker,
+    build_chain,
+    check_decisions,
     entries_at,
     finish_all,
     mp,
@@ -39,7 +43,7 @@ from ._support import (
     platform_report_rows,
     size,
 )
-from .known_bugs import BUG_APPLIED_RACE
+from .known_bugs import BUG_APPLIED_RACE, KNOWN_BUGS
 
 SECONDS = size(3.0, 30.0)  # at least this long...
 MIN_VERSIONS = size(3, 20)  # ...and until the syncer applied this many versions
@@ -162,9 +166,11 @@ def test_checks_while_deltas_apply_and_reports_flow(tmp_path: Path) -> None:
         decisions.runs = totals["checks"] + totals["companies"] + 40 * totals["screens"]
         decisions.failures = totals["failures"] + totals["errors"]
         decisions.examples = examples[:5] + [f"{n} x {k}" for k, n in kinds.most_common(5)]
-        known = sum(n for k, n in kinds.items() if BUG_APPLIED_RACE.matches(k))
-        if known:
-            decisions.known_failures, decisions.known_bug = known, BUG_APPLIED_RACE.text
+        for bug in KNOWN_BUGS:  # failures a known bug explains (none listed today)
+            known = sum(n for k, n in kinds.items() if bug.matches(k))
+            if known:
+                decisions.known_failures += known
+                decisions.known_bug = bug.text
         decisions.note(
             f"{totals['checks']} checks, {totals['companies']} company checks, "
             f"{totals['screens']} batches of 40; versions seen {min(seen)}-{max(seen)}"
@@ -190,3 +196,65 @@ def test_checks_while_deltas_apply_and_reports_flow(tmp_path: Path) -> None:
     audit = verify_audit(cache / "audit")
     assert audit.ok, audit.problems
     finish_all(decisions, versions, reports)
+
+
+INTERLEAVINGS = size(5, 50)
+
+
+def test_a_version_change_seen_while_the_next_is_committed(tmp_path: Path) -> None:
+    """The narrow window the stress above hits only now and then, forced every time.
+
+    Two workers share a cache: a checker notices a new version (and re-validates it)
+    while the syncer commits the version after it, in between the checker's reads of the
+    store and of the cache's bookkeeping. The check must answer from either version,
+    never raise. The interleaving is forced by running the syncer's whole sync from
+    inside the checker's read of the applied-version record (a white-box hook on the
+    updater: when the SDK no longer has that method, only the plain run remains)."""
+    tally = Tally("concurrency: a new version seen while the next one is committed")
+    chain = build_chain(
+        tmp_path / "chain",
+        n_public=20,
+        n_restricted=0,
+        versions=2 * INTERLEAVINGS + 1,
+        period=2,
+        baselines=False,
+    )
+    served = chain.make_served(tmp_path / "served")
+    chain.install(served, 1)
+    cache = tmp_path / "cache"
+    with chain.client(served, cache) as checker, chain.client(served, cache) as syncer:
+        syncer.sync()
+        time.sleep(0.06)  # another store notices a new CURRENT within 50 ms
+        check_decisions(checker, chain, 1)
+        updater = checker._core.updater
+        real = getattr(updater, "_applied_version", None)
+        for n in range(INTERLEAVINGS):
+            v = syncer.status().list_version or 1  # also after a failed run
+            if v + 2 > chain.versions:
+                break
+            with tally.run(f"interleaving {n}", known=BUG_APPLIED_RACE):
+                chain.install(served, v + 1)
+                syncer.sync()  # v+1 committed: the checker has not seen it yet
+                chain.install(served, v + 2)
+                fired = []
+
+                def racing(real: Any = real, fired: list[bool] = fired) -> int:
+                    if not fired:
+                        fired.append(True)
+                        syncer.sync()  # v+2 committed between the checker's two reads
+                    return int(real())
+
+                if real is not None:
+                    updater._applied_version = racing  # type: ignore[method-assign]
+                try:
+                    d = checker.check(Person(chain.ids[0]), MEASURE)
+                finally:
+                    if real is not None:
+                        updater._applied_version = real  # type: ignore[method-assign]
+                if syncer.status().list_version != v + 2:
+                    syncer.sync()
+                want = {u: chain.expected(u)[0][0] for u in (v + 1, v + 2)}
+                assert d.list_version in want and d.action == want[d.list_version], d
+                check_decisions(checker, chain, v + 2)
+    tally.note("forced with a hook" if real is not None else "hook unavailable: plain runs")
+    tally.finish()
