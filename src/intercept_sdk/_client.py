@@ -397,10 +397,10 @@ class _Core:
         exp = self._expiry_cache.get(state.version)
         if exp is None:
             manifest = self.updater.trusted.manifest
-            if manifest is None or manifest.version != state.version:
-                manifest = self.updater.reload_manifest()
-            if manifest is None:
-                raise NeverSynced("no verified list version in the cache")
+            if manifest is None or manifest.raw != state.manifest:
+                # This state's own manifest, verified without touching shared state: going
+                # through the store again could see a newer version committed meanwhile.
+                manifest = self.updater.trusted.verify_manifest_bytes(state.manifest)
             exp = manifest.expires
             self._expiry_cache = {state.version: exp}
         return exp
@@ -427,6 +427,17 @@ class _Core:
             or trusted.hash_key != state.hash_key
         ):
             raise StoreCorrupted("the cached list does not match its verified manifest")
+        applied = self.updater._applied_version()
+        if state.version < applied:
+            # Either the cache was pointed back at an older database (a local rollback),
+            # or another process committed a newer version after we read this one.
+            fresh = self.store.state()
+            if fresh is None or fresh.version < applied:
+                raise StoreCorrupted(
+                    f"the local list is version {state.version}, but version {applied} was "
+                    "already applied to this cache: it was rolled back outside the SDK"
+                )
+            return  # a forward update raced this read: answer from it, validate the next
         self._validated_state = state
 
     def is_stale(self, state: StoreState, now: _dt.datetime) -> bool:
