@@ -1,4 +1,4 @@
-"""Bugs this suite found in the SDK that are not fixed yet.
+"""Bugs this suite found in the SDK that are not fixed yet (none at the moment).
 
 A run that fails in the way an open bug explains is counted as a failure (the table says
 "known bug") and its test ends as an expected failure (xfail) instead of failing the
@@ -12,8 +12,6 @@ runs simply pass, and the entry goes. The bugs found so far, all fixed, are list
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from intercept_sdk._exceptions import StoreCorrupted
 
 
 @dataclass(frozen=True)
@@ -29,15 +27,5 @@ class Known:
         return bool(self.marker) and self.marker in message
 
 
-BUG_APPLIED_RACE = Known(
-    "Updater.reload_manifest() (called by check() through _manifest_expiry when a new "
-    "version appears) reads the store's version and then the cache's applied_version "
-    "record: when another process commits the next version and records it in between, "
-    "a plain check() raises StoreCorrupted ('rolled back outside the SDK') during a "
-    "normal forward update",
-    (StoreCorrupted,),
-    "rolled back outside the SDK",
-)
-
 # Bugs whose failures are counted inside worker processes (matched by message).
-KNOWN_BUGS: tuple[Known, ...] = (BUG_APPLIED_RACE,)
+KNOWN_BUGS: tuple[Known, ...] = ()
