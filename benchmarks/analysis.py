@@ -6,7 +6,7 @@ figure drops out by itself; an entry whose figure is fixed should then be delete
 are row ids or row-id prefixes (``check_hit`` covers p50 and p99).
 """
 
-ANALYSED_AT = "2026-11-22, commit 453d7b2 plus the working tree of that day"
+ANALYSED_AT = "2026-11-22 (commits 453d7b2 to 9414503 plus the working tree of that day)"
 
 ANALYSIS: dict[str, str] = {
     "check_hit_p50": (
@@ -45,10 +45,12 @@ ANALYSIS: dict[str, str] = {
         "20,000 misses: key derivation (`_decisions.probes_for` → `_key`, HMAC) 45 %, one "
         "`allow_decision()` Decision object per subject 12 %, `_after_decision` → "
         "`AuditLog.record` (a dict per subject) 14 %, the batch's own loop 12 %, the "
-        "batched SQL only 9 %. On this loaded machine the baseline itself (the same keys, "
-        "batched IN lookups) stayed below 100,000 keys/s (baseline column), so the absolute "
-        "target cannot be judged here; the relative one (≥ 0.5× baseline) is missed by "
-        "2.4-2.8× (two runs). To close the relative target: in `_Core._screen_batch`, derive the "
+        "batched SQL only 9 %. On this machine the baseline itself (the same keys, batched "
+        "IN lookups) reached only 50,000-100,000 keys/s depending on load (~120,000 per CPU "
+        "second), so 100,000 subjects/s would need screen() to run as fast as raw sqlite3; "
+        "the relative target (≥ 0.5× baseline) is missed by 2.4-2.8× in three runs (CPU per "
+        "subject ~4.8× the baseline's per key, notes). To close the relative target: in "
+        "`_Core._screen_batch`, derive the "
         "keys of plain Person/Entity subjects without building Probe objects, return one "
         "shared (frozen) allow Decision per batch for subjects without a hit, and log the "
         "batch with one audit call (an `AuditLog.record_many`) instead of one dict per "
@@ -62,8 +64,9 @@ ANALYSIS: dict[str, str] = {
         "transcoding and key markup in `_transform` ≈ 25 µs), `_parse_record` 22 % (a full "
         "JSON parse of every record only for entry_id, keys and visibility), gunzip and "
         "line splitting (`_sync._iter_lines`) 10 %, digests 7 %, inserts 5 %. The store "
-        "spends 9-10× the baseline's time per row in both runs (12-31 µs per row for the "
-        "baseline, depending on load); reaching ≤ 4× needs both of these: (1) one pass per "
+        "spends 9-11× the baseline's time per row in three runs (9-31 µs per row for the "
+        "baseline, depending on load; 8.3× at 10M); reaching ≤ 4× needs both of these: "
+        "(1) one pass per "
         "record: take "
         "entry_id and the identifier keys from the `_transform` markup pass, which already "
         "finds every id_key/org_key, instead of `_parse_record`'s JSON parse; (2) take body "
@@ -84,8 +87,13 @@ ANALYSIS: dict[str, str] = {
         "inserted sorted, so a large cache buys nothing measurable)."
     ),
     "sync_large_rss": (
-        "see the 1M peak RSS: the build's 128 MiB SQLite page cache (`Store._build`) is "
-        "filled by any list above ~600,000 entries."
+        "the same 128 MiB build cache as at 1M (`Store._build`: `PRAGMA cache_size = "
+        "-131072`), plus SQLite's sorter for the final `INSERT INTO keys ... SELECT ... FROM "
+        "temp.stage ORDER BY k, rid, rel`: with ~13M staged keys (~400 MB) the sort no "
+        "longer fits and SQLite gives the sorter up to another cache_size of memory before "
+        "spilling to temporary files (1M: the staged keys fit, 270 MB; 10M: 349 MB). To "
+        "close it: the smaller build cache named for the 1M row bounds both (measured at 1M: "
+        "136 MB with 32 MiB; at 10M expected well under 300 MB, not measured)."
     ),
     "enqueue": (
         "the SDK's own CPU per report, visible when the disk flushes fast: the row met "
@@ -105,10 +113,12 @@ ANALYSIS: dict[str, str] = {
     "upload": (
         "the reference platform's report ingest is CPU-bound on Ed25519 verification: "
         "cryptography's `Ed25519PublicKey.verify` is 84 % of `_platform._Platform._ingest` "
-        "(profile of 2,500 reports), ~500-760 µs per signature on this loaded machine (the "
-        "platform's CPU per report is in the notes). The raw ingest without the SDK hits the "
-        "same ceiling (baseline column) and the Sender gets most of it, so the SDK side is "
-        "not the limit. To close it: (1) install "
+        "(profile of 2,500 reports). The raw ingest without the SDK hits the same ceiling "
+        "(baseline column) and the Sender gets 0.8× of it, so the SDK side is not the limit. "
+        "On a quiet machine (load ~1) the platform used ~200 µs of CPU per report (notes), "
+        "i.e. one process tops out near 5,000 reports per CPU second before HTTP and the "
+        "uploading client take their share of the two cores: raw ingest 4,500/s, Sender "
+        "3,700/s; under load (~5) 1,500/s and 1,240/s. To close it: (1) install "
         "PyNaCl, which `_platform` already uses when importable (`VERIFY_BACKEND`): measured "
         "here 271-366 µs instead of 503-625 µs per verify (1.7-1.9×); (2) verify on both "
         "cores: `_Platform._verify_batch` in a process pool, or several server processes "
@@ -118,13 +128,14 @@ ANALYSIS: dict[str, str] = {
 }
 
 RUNTIME = (
-    "The done criterion (a full run within 20 minutes on 2 cores) cannot be met on this "
-    "machine while the SDK's own costs are what they are: the harness must publish the 1M "
-    "list twice (first version and the 1 % change; `_site.publish` validates and hashes "
-    "every entry, ~1,200-3,300 entries/s here: 5-14 min each) and sync it once (5 min), "
-    "and the 10M sync alone runs at the same per-record rate as the 1M one (~50 min "
-    "extrapolated). The 10M site is published once and cached (`--prepare-only`), so its "
-    "publish is not counted. The fixes named above for the full sync (`Store._build`) "
+    "The done criterion (a full run within 20 minutes on 2 cores) is missed because of the "
+    "SDK's own costs: measured in a full run at load 1-4, 40 min in all, of which the 10M "
+    "sync alone took 22 min, more than the whole budget (its sqlite3 baseline, rows "
+    "included, 4.7 min; the other baselines and subject set-up ~3 min), the two 1M "
+    "publishes 3-4 min each (`_site.publish` validates and hashes every entry: 1,200-5,300 "
+    "entries/s depending on load) and the 1M full sync 2 min. The 10M site is published "
+    "once and cached (`--prepare-only`, 50 min here), so its publish is not counted. The "
+    "fixes named above for the full sync (`Store._build`) "
     "shorten the run most; the publisher's cost is in `_models.parse_entry` (~50 % of a "
     "publish: pydantic validation and identifier checks) and `_site.public_record` (~28 %)."
 )
