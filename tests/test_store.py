@@ -272,6 +272,123 @@ def test_codec_rejects_garbage_bodies() -> None:
             codec.decode(bad, "E1")
 
 
+def test_codec_trains_zstd_on_a_large_sample_and_marks_keys() -> None:
+    records = [person(f"E{i:05d}", id_number(i), marker=str(i)) for i in range(1500)]
+    codec = _Codec.train(records)
+    assert codec.kind == "zstd" and codec.trained  # a trained (not raw) dictionary
+    for r in records[:50]:
+        eid = eid_of(r)
+        body = codec.encode(r, eid)
+        assert body[0] == 3  # marked-up UTF-8 in zstd
+        assert codec.decode(body, eid) == r
+    small = _Codec.train(records[:10])
+    assert small.kind == "zstd" and not small.trained  # raw-content dictionary
+    assert small.decode(small.encode(records[0], "E00000"), "E00000") == records[0]
+
+
+def test_codec_marks_from_parse_decode_like_the_regex_marks() -> None:
+    codec = _Codec.train([])
+    ent = entity("E1", "123456789", [("legal_rep", "李四", id_number(1))])
+    for record in (person("E0", id_number(0)), ent):
+        eid, _keys, _r, marks = intercept_sdk._store._parse(record)
+        assert marks  # the keys were found by the parse
+        body = codec.encode(record, eid, marks)
+        assert body == codec.encode(record, eid)  # same body as the regex pass
+        assert codec.decode(body, eid) == record
+        assert key_hex("id", id_number(0)).encode() not in body  # stored raw, not as hex
+
+
+def test_codec_refuses_a_body_of_the_other_kind() -> None:
+    zstd_codec = _Codec.train([])
+    deflate = _Codec(zstd_codec.zdict, "deflate")
+    record = person("E1", id_number(1))
+    with pytest.raises(StoreCorrupted):
+        zstd_codec.decode(deflate.encode(record, "E1"), "E1")
+    with pytest.raises(StoreCorrupted):
+        deflate.decode(zstd_codec.encode(record, "E1"), "E1")
+    with pytest.raises(StoreCorrupted):
+        _Codec(b"\x37\xa4\x30\xec" + b"not a dictionary", "zstd")
+    with pytest.raises(StoreCorrupted):
+        _Codec(b"x", "lz4")
+
+
+def test_files_of_the_deflate_codec_still_work(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache built by 0.1 (deflate bodies, meta ``zdict``) is read, verified, patched
+    by a delta, and replaced by a zstd snapshot with a correct ChangeSet."""
+    v1 = base_records(30)
+    with monkeypatch.context() as m:
+        m.setattr(_Codec, "train", staticmethod(lambda samples: _Codec(b"{}" * 500, "deflate")))
+        store = Store(cache)
+        snapshot(store, 1, v1)
+    conn = sqlite3.connect(db_path(cache))
+    meta = dict(conn.execute("SELECT k, v FROM meta WHERE k IN ('zdict', 'zstd_dict')"))
+    bodies = {b[0] for (b,) in conn.execute("SELECT body FROM records")}
+    conn.close()
+    assert set(meta) == {"zdict"} and bodies == {1}
+    store = Store(cache)  # a new process would open it like this
+    assert store.lookup([key("id", id_number(4))])[1][0].record == v1[4]
+    assert store.verify().version == 1
+    v2 = [*v1[1:], person("E00077", id_number(77))]
+    delta(store, v1, v2, 1, 2)
+    assert store.verify().version == 2
+    v3 = [*v2[1:], person("E00078", id_number(78))]
+    changes = snapshot(store, 3, v3)
+    assert changes.added == frozenset({"E00078"}) and changes.removed == frozenset({"E00001"})
+    assert changes.changed == frozenset()
+    conn = sqlite3.connect(db_path(cache))
+    meta = dict(conn.execute("SELECT k, v FROM meta WHERE k IN ('zdict', 'zstd_dict')"))
+    conn.close()
+    assert set(meta) == {"zstd_dict"}
+    assert store.verify().version == 3
+
+
+def test_build_writer_error_leaves_the_old_version(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(cache)
+    v1 = base_records(10)
+    snapshot(store, 1, v1)
+    calls = []
+
+    def failing_flush(*args: object) -> None:
+        calls.append(threading.current_thread().name)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(intercept_sdk._store, "_flush_build", failing_flush)
+    with pytest.raises(StoreError, match="disk I/O error"):
+        snapshot(store, 2, base_records(12))
+    assert calls == ["intercept-sdk-build"]  # the insert ran on the writer thread
+    assert not [t for t in threading.enumerate() if t.name == "intercept-sdk-build"]
+    assert store.state() is not None and store.state().version == 1  # type: ignore[union-attr]
+    assert not [f for f in os.listdir(cache) if f.startswith(".build-")]
+
+
+def test_build_stops_its_writer_on_a_bad_record_mid_stream(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(intercept_sdk._store, "_BATCH_ROWS", 7)
+    store = Store(cache)
+    records = sorted(base_records(40), key=eid_of)
+    records[30] = b'{"entry_id":"E00030","related":"x"}'
+    with pytest.raises(FormatError, match="related must be a list"):
+        store.write_snapshot(
+            1,
+            iter(records),
+            manifest=b"{}",
+            hash_key=HASH_KEY,
+            expected_sha256="0" * 64,
+            expected_sum="0" * 64,
+        )
+    assert not [t for t in threading.enumerate() if t.name == "intercept-sdk-build"]
+    assert store.state() is None
+    good = base_records(40)
+    snapshot(store, 1, good)  # many batches through the writer, in order
+    assert store.verify().entries == 40
+    assert store.lookup([key("id", id_number(39))])[1][0].record == good[39]
+
+
 # ---------------------------------------------------------------------------------------
 # reading and writing
 # ---------------------------------------------------------------------------------------

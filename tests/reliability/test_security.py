@@ -626,8 +626,8 @@ def _tamper_record(cache: Path, rng: random.Random) -> str:
     knows the format. The check then says allow; only verify() can tell."""
     conn = sqlite3.connect(_db(cache))
     try:
-        zdict = conn.execute("SELECT v FROM meta WHERE k = 'zdict'").fetchone()[0]
-        codec = _Codec(zdict)
+        zdict = conn.execute("SELECT v FROM meta WHERE k = 'zstd_dict'").fetchone()[0]
+        codec = _Codec(zdict, "zstd")
         rows = conn.execute("SELECT rid, entry_id, body FROM records WHERE part = 0").fetchall()
         rid, eid, body = rng.choice([r for r in rows if r[1] in ("E00000",)] or rows)
         record = codec.decode(body, eid)
