@@ -31,9 +31,11 @@ from intercept_sdk._client import AsyncClient, Client, WatchChange
 from intercept_sdk._decisions import Person
 from intercept_sdk._exceptions import (
     DigestMismatch,
+    FormatError,
     HTTPStatusError,
     NetworkError,
     NeverSynced,
+    TooLarge,
     VerificationError,
 )
 from intercept_sdk._fetch import RetryPolicy
@@ -626,3 +628,44 @@ def test_local_list_whose_manifest_no_longer_verifies(env: Env) -> None:
     assert not any(path.startswith(("/snapshots/", "/deltas/")) for path in env.recorder.paths())
     assert action(restarted, a) == "block"
     restarted.close()
+
+
+# ---------------------------------------------------------------------------------------
+# line reader (chunked): limits and framing
+# ---------------------------------------------------------------------------------------
+def _lines(data: bytes, raw_limit: int | None, *, delta: bool = False) -> list[tuple[str, bytes]]:
+    import gzip as _gzip
+    import io as _io
+
+    from intercept_sdk._sync import _iter_lines
+
+    stream = _gzip.GzipFile(fileobj=_io.BytesIO(_gzip.compress(data)))
+    return list(_iter_lines(stream, raw_limit, delta=delta, name="t", exact=True))
+
+
+def test_line_reader_splits_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import intercept_sdk._sync as sync_mod
+
+    monkeypatch.setattr(sync_mod, "_CHUNK", 7)  # lines straddle every chunk boundary
+    data = b"".join(b'{"entry_id":"E%d"}\n' % i for i in range(50))
+    assert _lines(data, len(data)) == [("P", b'{"entry_id":"E%d"}' % i) for i in range(50)]
+    ops = _lines(b"P\tabc\nD\tE1\n", 11, delta=True)
+    assert ops == [("P", b"abc"), ("D", b"E1")]
+
+
+def test_line_reader_refuses_bad_framing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import intercept_sdk._sync as sync_mod
+
+    monkeypatch.setattr(sync_mod, "MAX_RECORD", 10)
+    monkeypatch.setattr(sync_mod, "_CHUNK", 4)
+    with pytest.raises(FormatError, match="unterminated or longer"):
+        _lines(b"x" * 11 + b"\n", 12)  # one byte over the line cap
+    assert _lines(b"x" * 10 + b"\n", 11) == [("P", b"x" * 10)]  # exactly the cap
+    with pytest.raises(FormatError, match="unterminated"):
+        _lines(b"abc\ndef", 7)  # no final newline
+    with pytest.raises(FormatError, match="neither P nor D"):
+        _lines(b"X\tabc\n", 6, delta=True)
+    with pytest.raises(TooLarge, match="past its limit"):
+        _lines(b"abc\ndef\n", 7)
+    with pytest.raises(DigestMismatch, match="decompressed to 4 bytes"):
+        _lines(b"abc\n", 5)

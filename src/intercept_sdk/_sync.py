@@ -115,35 +115,52 @@ def iter_records(
         yield from _iter_lines(f, raw_limit, delta=delta, name=path.name, exact=True)
 
 
-class _LineReader(Protocol):
-    def readline(self, size: int | None = -1, /) -> bytes: ...
+class _Reader(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+_CHUNK = 1 << 20  # decompressed bytes per read; lines are split in C, not one readline each
 
 
 def _iter_lines(
-    f: _LineReader, raw_limit: int | None, *, delta: bool, name: str, exact: bool
+    f: _Reader, raw_limit: int | None, *, delta: bool, name: str, exact: bool
 ) -> Iterator[tuple[str, bytes]]:
     """Lines of a decompressing stream; ``raw_limit`` caps the total (and is the exact
-    total when ``exact``). Translates gzip/zlib errors into :class:`FormatError`."""
+    total when ``exact``). Translates gzip/zlib errors into :class:`FormatError`.
+
+    Reads 1 MiB at a time (never more than one byte past ``raw_limit``) and splits it
+    with ``bytes.split``: a snapshot of 10 million lines is read in ~7,000 calls instead
+    of one ``readline`` per line. A line longer than :data:`MAX_RECORD` is refused as
+    soon as that many bytes arrive without a newline.
+    """
     total = 0
+    carry = b""
     try:
         while True:
-            line = f.readline(MAX_RECORD + 1)
-            if not line:
+            size = _CHUNK if raw_limit is None else min(_CHUNK, raw_limit - total + 1)
+            chunk = f.read(max(size, 1))
+            if not chunk:
                 break
-            total += len(line)
+            total += len(chunk)
             if raw_limit is not None and total > raw_limit:
                 raise TooLarge(f"{name}: decompresses past its limit of {raw_limit} bytes")
-            if not line.endswith(b"\n"):
+            lines = (carry + chunk if carry else chunk).split(b"\n")
+            carry = lines.pop()
+            if len(carry) > MAX_RECORD:
                 raise FormatError(f"{name}: a line is unterminated or longer than {MAX_RECORD}")
-            line = line[:-1]
-            if not delta:
-                yield "P", line
-            elif line[:2] == b"P\t":
-                yield "P", line[2:]
-            elif line[:2] == b"D\t":
-                yield "D", line[2:]
-            else:
-                raise FormatError(f"{name}: delta line is neither P nor D")
+            for line in lines:
+                if len(line) > MAX_RECORD:
+                    raise FormatError(f"{name}: a line is unterminated or longer than {MAX_RECORD}")
+                if not delta:
+                    yield "P", line
+                elif line[:2] == b"P\t":
+                    yield "P", line[2:]
+                elif line[:2] == b"D\t":
+                    yield "D", line[2:]
+                else:
+                    raise FormatError(f"{name}: delta line is neither P nor D")
+        if carry:
+            raise FormatError(f"{name}: a line is unterminated or longer than {MAX_RECORD}")
         if exact and raw_limit is not None and total != raw_limit:
             raise DigestMismatch(f"{name}: decompressed to {total} bytes, signed {raw_limit}")
     except (OSError, EOFError, zlib.error) as exc:
