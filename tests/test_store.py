@@ -286,18 +286,6 @@ def test_codec_trains_zstd_on_a_large_sample_and_marks_keys() -> None:
     assert small.decode(small.encode(records[0], "E00000"), "E00000") == records[0]
 
 
-def test_codec_marks_from_parse_decode_like_the_regex_marks() -> None:
-    codec = _Codec.train([])
-    ent = entity("E1", "123456789", [("legal_rep", "李四", id_number(1))])
-    for record in (person("E0", id_number(0)), ent):
-        eid, _keys, _r, marks = intercept_sdk._store._parse(record)
-        assert marks  # the keys were found by the parse
-        body = codec.encode(record, eid, marks)
-        assert body == codec.encode(record, eid)  # same body as the regex pass
-        assert codec.decode(body, eid) == record
-        assert key_hex("id", id_number(0)).encode() not in body  # stored raw, not as hex
-
-
 def test_codec_refuses_a_body_of_the_other_kind() -> None:
     zstd_codec = _Codec.train([])
     deflate = _Codec(zstd_codec.zdict, "deflate")

@@ -191,16 +191,17 @@ _MEMLEVEL = 8
 _F_RAW = 0  # the record as is
 _F_GB = 1  # deflate(zdict) of the marked-up GB18030 transcoding (steps 1-3), before 0.2
 _F_UTF8 = 2  # deflate(zdict) of the record bytes as they are (fallback), before 0.2
-_F_ZMARK = 3  # zstd(dict) of the marked-up UTF-8 record (step 2 on UTF-8, then step 3')
+_F_ZMARK = 3  # zstd(dict) of the UTF-8 record, its entry_id member replaced by 0x03
 _F_ZUTF8 = 4  # zstd(dict) of the record bytes as they are (fallback)
 
-# Files built since 0.2 (decision 0008) skip step 1 and replace step 3 by step 3':
-# Zstandard at level 3 with a 32 KiB dictionary trained (zstd's own trainer) on the
-# marked-up head of the first snapshot. Measured on 20,000 records here: 4-6 us and 148
-# bytes per record, against 47 us and 137 bytes for deflate with its preset dictionary
-# (copied for every record); GB18030 would save 6 more bytes but costs ~7 us to encode
-# and ~4 us on every decode. No frame checksum or dictionary id: the signed digests
-# cover every record, and the file names its one dictionary.
+# Files built since 0.2 (decision 0008) keep only the entry_id part of step 2 and
+# replace step 3 by Zstandard at level 3 with a 32 KiB dictionary trained (zstd's own
+# trainer) on the head of the first snapshot. Measured on 20,000 records here: 4-6 us
+# and 141 bytes per record, against 47 us and 137 bytes for deflate with its preset
+# dictionary (copied for every record). GB18030 and raw keys would save ~6 bytes but
+# cost ~7 us to encode and ~10 us on every decode (the check path). No frame checksum or
+# dictionary id: the signed digests cover every record, and the file names its one
+# dictionary.
 _ZSTD_DICT_SIZE = 32768
 _ZSTD_TRAIN_MIN = 1000  # fewer samples than this: a raw-content dictionary instead
 _ZSTD_DICT_MAGIC = b"\x37\xa4\x30\xec"
@@ -263,11 +264,7 @@ class _Codec:
         With too few samples to train on (a small list), the dictionary is raw content
         instead: transformed samples followed by the fixed skeleton, as for deflate.
         """
-        marked_samples: list[bytes] = []
-        for record in samples:
-            marked = _mark(record)
-            if marked is not None:  # keys are noise to a dictionary
-                marked_samples.append(_STRIP_BINARY_RE.sub(rb"\1", marked))
+        marked_samples = [r for r in samples if _mark(r) is not None]
         if len(marked_samples) >= _ZSTD_TRAIN_MIN:
             try:
                 trained = zstd.train_dict(marked_samples, _ZSTD_DICT_SIZE)
@@ -286,16 +283,10 @@ class _Codec:
             size += len(marked)
         return _Codec(b"".join(parts) + _ZDICT_STATIC)
 
-    def encode(
-        self, record: bytes, entry_id: str, marks: Sequence[tuple[bytes, bytes]] | None = None
-    ) -> bytes:
-        """The stored body of ``record`` (whose entry_id is ``entry_id``).
-
-        ``marks`` are the ``(token, marker + raw key)`` replacements :func:`_parse` found
-        (saves a regex pass); any subset decodes to the same record bytes.
-        """
+    def encode(self, record: bytes, entry_id: str) -> bytes:
+        """The stored body of ``record`` (whose entry_id is ``entry_id``)."""
         if self.kind == "zstd":
-            marked = _mark(record, entry_id, marks)
+            marked = _mark(record, entry_id)
             fmt = _F_ZMARK if marked is not None else _F_ZUTF8
             data = record if marked is None else marked
             # One compressor per codec (making one costs ~10 us): only writers encode,
@@ -318,7 +309,9 @@ class _Codec:
         fmt = body[0]
         try:
             if fmt == _F_ZMARK:
-                return _unmark(self._inflate(body), entry_id)
+                return self._inflate(body).replace(
+                    b"\x03", b'"entry_id":"' + entry_id.encode("ascii") + b'",'
+                )
             if fmt == _F_GB:
                 return _unmark(self._inflate(body), entry_id).decode("gb18030").encode("utf-8")
             if fmt in (_F_ZUTF8, _F_UTF8):
@@ -383,21 +376,17 @@ def _transform(record: bytes, entry_id: str | None = None) -> bytes | None:
     return _MARKUP_RE.sub(_markup, gb)
 
 
-def _mark(
-    record: bytes,
-    entry_id: str | None = None,
-    marks: Sequence[tuple[bytes, bytes]] | None = None,
-) -> bytes | None:
-    """Step 2 on the UTF-8 record (form 3), or ``None`` if it holds marker bytes."""
+def _mark(record: bytes, entry_id: str | None = None) -> bytes | None:
+    """Form 3's markup: the entry_id member becomes 0x03 (``None``: a marker byte is there).
+
+    Keys are left as hex: zstd codes them as compactly as raw bytes would be (measured:
+    141 bytes per body as is, 145 with step 2), and decoding is then one ``replace``.
+    """
     if b"\x01" in record or b"\x02" in record or b"\x03" in record:
         return None
-    if entry_id is not None:
-        record = record.replace(b'"entry_id":"' + entry_id.encode("ascii") + b'",', b"\x03", 1)
-    if marks is None:
-        return _MARKUP_RE.sub(_markup, record)
-    for token, marker in marks:
-        record = record.replace(token, marker)
-    return record
+    if entry_id is None:
+        return record
+    return record.replace(b'"entry_id":"' + entry_id.encode("ascii") + b'",', b"\x03", 1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -494,15 +483,6 @@ def _parse_record(record: bytes) -> tuple[str, list[tuple[bytes, int]], bool]:
     Only what the store relies on is checked: one line, a JSON object, a valid entry_id,
     keys of exactly 32 lowercase hex digits, known roles, and no plaintext ID number.
     """
-    eid, keys, restricted, _marks = _parse(record)
-    return eid, keys, restricted
-
-
-_Marks = list[tuple[bytes, bytes]]
-
-
-def _parse(record: bytes) -> tuple[str, list[tuple[bytes, int]], bool, _Marks]:
-    """:func:`_parse_record`, plus the codec's key marks (found in the same pass)."""
     if b"\n" in record:
         raise FormatError("a record must be one line")
     obj: Any = _record_view(record)
@@ -519,13 +499,10 @@ def _parse(record: bytes) -> tuple[str, list[tuple[bytes, int]], bool, _Marks]:
     if "id_number" in obj:
         raise FormatError(f"record {eid} carries a plaintext id_number")
     keys: list[tuple[bytes, int]] = []
-    marks: _Marks = []
-    for field, token, marker in _TOP_KEYS:
+    for field in ("id_key", "org_key"):
         value = obj.get(field)
         if value is not None:
-            raw = _key_bytes(value, eid, field)
-            keys.append((raw, 0))
-            marks.append((token + value.encode("ascii") + b'"', marker + raw))
+            keys.append((_key_bytes(value, eid, field), 0))
     related = obj.get("related")
     if related is not None:
         if not isinstance(related, list):
@@ -541,18 +518,13 @@ def _parse(record: bytes) -> tuple[str, list[tuple[bytes, int]], bool, _Marks]:
                 raise FormatError(f"record {eid}: unknown related role {role!r}")
             value = item.get("id_key")
             if value is not None:
-                raw = _key_bytes(value, eid, "related.id_key")
-                keys.append((raw, rel))
-                marks.append((b'"id_key":"' + value.encode("ascii") + b'"', b"\x01" + raw))
+                keys.append((_key_bytes(value, eid, "related.id_key"), rel))
     visibility = obj.get("visibility", "public")
     if visibility not in ("public", "restricted"):
         raise FormatError(f"record {eid}: unknown visibility {visibility!r}")
     if len(keys) > 1:
         keys = list(dict.fromkeys(keys))  # one person twice in one role: one index row
-    return eid, keys, visibility == "restricted", marks
-
-
-_TOP_KEYS = (("id_key", b'"id_key":"', b"\x01"), ("org_key", b'"org_key":"', b"\x02"))
+    return eid, keys, visibility == "restricted"
 
 
 def _key_bytes(value: object, eid: str, field: str) -> bytes:
@@ -1181,12 +1153,12 @@ class Store:
                 batch: list[_Pending] = []
                 with _BuildWriter(conn, codec, diff) as writer:
                     for record in itertools.chain(head, it):
-                        eid, keys, is_restricted, marks = _parse(record)
+                        eid, keys, is_restricted = _parse_record(record)
                         if is_restricted:
                             raise FormatError(f"restricted record {eid} in the public snapshot")
                         pub.add(eid, record)
                         rid += 1
-                        batch.append((rid, eid, record, marks, keys))
+                        batch.append((rid, eid, record, keys))
                         if len(batch) >= _BATCH_ROWS:
                             writer.put(batch)
                             batch = []
@@ -1484,7 +1456,7 @@ class _OldFile:
             self.conn.close()
 
 
-_Pending = tuple[int, str, bytes, "_Marks", list[tuple[bytes, int]]]
+_Pending = tuple[int, str, bytes, list[tuple[bytes, int]]]
 
 
 class _BuildWriter:
@@ -1519,8 +1491,8 @@ class _BuildWriter:
             if self._stop or self._error is not None:
                 continue  # drain until the sentinel
             try:
-                for rid, eid, record, marks, keys in batch:
-                    body = encode(record, eid, marks)
+                for rid, eid, record, keys in batch:
+                    body = encode(record, eid)
                     public(eid, record, body)
                     rows.append((rid, eid, 0, body))
                     krows.extend((k, rid, rel) for k, rel in keys)
@@ -1574,12 +1546,12 @@ def _restricted_rows(
     rows: list[_Row] = []
     rid = last_rid
     for record in records:
-        eid, keys, is_restricted, marks = _parse(record)
+        eid, keys, is_restricted = _parse_record(record)
         if not is_restricted:
             raise FormatError(f"record {eid} in the restricted partition is not restricted")
         digest.add(eid, record)
         rid += 1
-        rows.append((rid, eid, record, codec.encode(record, eid, marks), keys))
+        rows.append((rid, eid, record, codec.encode(record, eid), keys))
     return digest, rows
 
 
@@ -1694,13 +1666,13 @@ def _apply_delta(
     (next_rid,) = conn.execute("SELECT coalesce(max(rid), 0) + 1 FROM records").fetchone()
     for op, arg in ops:
         if op == "P":
-            eid, keys, is_restricted, marks = _parse(arg)
+            eid, keys, is_restricted = _parse_record(arg)
             if is_restricted:
                 raise FormatError(f"the delta puts restricted record {eid} in the public list")
             row = conn.execute(
                 "SELECT rid, part, body FROM records WHERE entry_id = ?", (eid,)
             ).fetchone()
-            body = codec.encode(arg, eid, marks)
+            body = codec.encode(arg, eid)
             if row is None:
                 before.setdefault(eid, None)
                 rid = next_rid
