@@ -35,6 +35,7 @@ from intercept_sdk._exceptions import (
     HTTPStatusError,
     NetworkError,
     NeverSynced,
+    StoreCorrupted,
     TooLarge,
     VerificationError,
 )
@@ -206,6 +207,48 @@ def test_no_delta_from_the_local_version_falls_back_to_snapshot(env: Env) -> Non
     assert result.delta_error is None
     assert action(client, a) == "allow"
     assert result.changes is not None and a["entry_id"] in result.changes.changed
+
+
+def test_cache_that_failed_verify_is_replaced_at_the_same_version(env: Env) -> None:
+    """Tampering that leaves the version alone (a record re-encoded as revoked): verify()
+    detects it, and the next sync replaces the file by the snapshot although the
+    platform has published nothing new (no 304, no 'none')."""
+    from intercept_sdk._store import _Codec
+
+    p = env.platform
+    a = p.add_person()
+    client = env.client()
+    client.sync()
+    assert action(client, a) == "block"
+    cache = Path(client.status().cache_dir)
+    db = cache / (cache / "CURRENT").read_text().strip()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        zdict = conn.execute("SELECT v FROM meta WHERE k = 'zstd_dict'").fetchone()[0]
+        codec = _Codec(zdict, "zstd")
+        rid, body = conn.execute(
+            "SELECT rid, body FROM records WHERE entry_id = ?", (a["entry_id"],)
+        ).fetchone()
+        record = codec.decode(body, a["entry_id"])
+        forged = record.replace(
+            b'"status":"active"', b'"revoked_at":"2024-06-01T08:00:00+08:00","status":"revoked"'
+        )
+        assert forged != record
+        conn.execute(
+            "UPDATE records SET body = ? WHERE rid = ?", (codec.encode(forged, a["entry_id"]), rid)
+        )
+        conn.commit()
+    assert action(client, a) == "allow"  # what the tamperer wanted, until verify()
+    assert client.sync().mode == "none"  # nothing new published, nothing known wrong yet
+    with pytest.raises(StoreCorrupted):
+        client.verify()
+    env.recorder.seen.clear()
+    result = client.sync()
+    assert (result.mode, result.from_version, result.to_version) == ("snapshot", 1, 1)
+    assert result.fallback_reason is not None and "failed verification" in result.fallback_reason
+    assert not any("if-none-match" in s.headers for s in env.recorder.seen)
+    assert action(client, a) == "block"
+    assert client.verify().version == 1
+    assert client.sync().mode == "none"  # repaired: back to conditional requests
 
 
 def test_damaged_local_copy_falls_back_to_snapshot(env: Env) -> None:

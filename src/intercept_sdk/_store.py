@@ -31,6 +31,7 @@ On-disk layout (``cache_dir``)::
     list-<version>-<token>.sqlite    one complete database per snapshot (current + previous)
     .build-<version>-<token>.sqlite  a snapshot being built (deleted if a build dies)
     LOCK                             flock(2) that serialises writers across processes
+    DAMAGED                          names a file that failed verify(): the next sync replaces it
 
 The design decision, with measurements, is in ``docs/decisions/0001-storage-sqlite.md``.
 """
@@ -98,6 +99,7 @@ RELATIONS: tuple[str, ...] = (
 _REL_INDEX = {name: i for i, name in enumerate(RELATIONS)}
 
 _CURRENT = "CURRENT"
+_DAMAGED = "DAMAGED"  # names a database file that failed verify()
 _LOCK = "LOCK"
 _DB_RE = re.compile(r"list-(\d{1,18})-([0-9a-f]{16})\.sqlite")
 _BUILD_PREFIX = ".build-"
@@ -1086,6 +1088,8 @@ class Store:
                         os.unlink(f"{build}{suffix}")
                 raise
             self._cleanup({final, prev} if prev else {final})
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._dir / _DAMAGED)  # it named a file no longer current
         _log.info(
             "list version %d stored from a snapshot (%s): %d added, %d changed, %d removed",
             version,
@@ -1400,20 +1404,49 @@ class Store:
         except sqlite3.Error as exc:
             raise _translate(exc, f"cannot open {name}") from exc
         try:
-            with _sqlite_errors(f"verifying {name} failed"):
-                conn.execute("PRAGMA query_only = ON")
-                conn.execute("BEGIN")
-                try:
-                    codec = _check_file(conn, match.group(2))
-                    _gen, st = _read_state(conn)
-                    _verify_scan(conn, codec, st)
-                finally:
-                    conn.execute("COMMIT")
-        finally:
-            conn.close()
-        _verify_manifest(st)
+            try:
+                with _sqlite_errors(f"verifying {name} failed"):
+                    conn.execute("PRAGMA query_only = ON")
+                    conn.execute("BEGIN")
+                    try:
+                        codec = _check_file(conn, match.group(2))
+                        _gen, st = _read_state(conn)
+                        _verify_scan(conn, codec, st)
+                    finally:
+                        conn.execute("COMMIT")
+            finally:
+                conn.close()
+            _verify_manifest(st)
+        except StoreCorrupted:
+            self._mark_damaged(name)
+            raise
         _log.info("list version %d verified: %d entries", st.version, st.entries)
         return st
+
+    def _mark_damaged(self, name: str) -> None:
+        """Remember that ``name`` failed verification, so the next sync replaces it.
+
+        Without this, a sync at the same version has nothing to do and would keep the
+        damaged file. Best effort (a read-only store cannot write it); the marker names
+        the file, so it stops applying as soon as a new snapshot is current.
+        """
+        if self._readonly:
+            return
+        try:
+            atomic_write(self._dir / _DAMAGED, name.encode("ascii") + b"\n", mode=0o600)
+        except OSError as exc:
+            _log.warning("cannot record that %s failed verification: %s", name, exc)
+        else:
+            _log.warning("%s failed verification: the next sync replaces it", name)
+
+    def damaged(self) -> bool:
+        """Whether the current file failed :meth:`verify` (the next sync must replace it)."""
+        try:
+            marked = (self._dir / _DAMAGED).read_text("ascii").strip()
+            current = self._read_pointer()
+        except (OSError, UnicodeError, StoreCorrupted):
+            return False
+        return current is not None and marked == current
 
     def close(self) -> None:
         """Close every connection this store opened in this process; idempotent."""

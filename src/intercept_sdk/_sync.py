@@ -358,8 +358,11 @@ class Updater:
     def _sync_locked(self, progress: Callable[[int, int], None] | None) -> SyncResult:
         state, floor = self._reload_tolerant()
         local = state.version if state is not None else None
+        # A cache that failed verify() is replaced by a fresh snapshot even at the same
+        # version (no 304 short-cut, no delta onto it).
+        repair = local is not None and self.store.damaged()
         resp = self.fetcher.manifest(
-            self._etag if local is not None else None, self.max_manifest_bytes
+            self._etag if local is not None and not repair else None, self.max_manifest_bytes
         )
         if resp.data is None:
             # 304: the site still serves the manifest we trust. Past its expiry that is a
@@ -373,13 +376,13 @@ class Updater:
             state, floor = self._reload_tolerant()
             local = state.version if state is not None else None
         manifest = self.trusted.update_manifest(resp.data, floor=floor)
-        if local is not None and manifest.version == local:
+        if local is not None and manifest.version == local and not repair:
             self._etag = resp.etag
             return SyncResult("none", local, local, manifest_expires=manifest.expires)
         # The trusted manifest is now the new one, but the store is not: on any failure
         # below, restore the previous trusted manifest so both stay consistent.
         try:
-            result = self._apply(manifest, local, progress)
+            result = self._apply(manifest, local, progress, repair=repair)
         except BaseException:
             self._reload_tolerant()
             raise
@@ -391,14 +394,22 @@ class Updater:
         return self.trusted.manifest.expires if self.trusted.manifest else None
 
     def _apply(
-        self, manifest: Manifest, local: int | None, progress: Callable[[int, int], None] | None
+        self,
+        manifest: Manifest,
+        local: int | None,
+        progress: Callable[[int, int], None] | None,
+        *,
+        repair: bool = False,
     ) -> SyncResult:
         self._discard_stale_parts(manifest)
         restricted, restricted_sha = self._restricted(manifest)
         fallback: str | None = None
         delta_error: InterceptError | None = None
         downloaded = 0
-        if local is not None:
+        if repair:
+            fallback = f"local version {local} failed verification: replaced by the snapshot"
+            log.warning("%s", fallback)
+        elif local is not None:
             artefact = manifest.delta_from(local)  # BaseVersionMismatch: refuse the manifest
             if artefact is None:
                 fallback = f"manifest {manifest.version} has no delta from version {local}"
