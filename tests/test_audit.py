@@ -308,6 +308,8 @@ _WRITER = textwrap.dedent(
     from intercept_sdk._audit import AuditLog
     log = AuditLog(Path(sys.argv[1]), flush_interval=0.002)
     now = datetime.datetime.now(datetime.timezone.utc)
+    log.record("travel.flight", bytes(16), "allow", ("E1",), 1, now)
+    log.flush()  # this run's file exists before the kill, however loaded the machine
     i = 0
     print("ready", flush=True)
     while True:
