@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import random
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -54,15 +55,28 @@ def _sync(site: Path, keys: Path | None, root: Path, cache: Path, state: Path) -
 # --------------------------------------------------------------------------- publish
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its waited-for children (the publish workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _workers_note(workers: int) -> str:
+    return f"{workers} worker process{'es' if workers > 1 else ''}" if workers else "no workers"
+
+
 def publish_v1(ctx: Context) -> None:
     s = ctx.sizes
     v1 = data.list_v1(ctx, s.entries)
     d = ctx.tmp("main")
     paths = data.new_platform(d)
     log(f"publishing {s.entries:,} entries")
+    cpu = _cpu_seconds()
     t = time.perf_counter()
     res = publish(v1, paths["keys"], paths["site"], expires=PUBLISH_EXPIRES)
     seconds = time.perf_counter() - t
+    cpu = _cpu_seconds() - cpu
     snap = res.snapshot
     raw = snap.raw_length or 0
     ctx.state["main"] = {
@@ -83,8 +97,10 @@ def publish_v1(ctx: Context) -> None:
         seconds,
         met=None,
         notes=f"{res.entries / seconds:,.0f} entries/s; validate, hash identifiers, stage, "
-        f"gzip, sign; {len(res.quarantined)} quarantined",
+        f"gzip, sign; {len(res.quarantined)} quarantined; {_workers_note(res.workers)}, "
+        f"CPU {cpu:.0f} s ({res.entries / cpu:,.0f} entries per CPU second)",
         entries=res.entries,
+        cpu_seconds=cpu,
     )
     ctx.row(
         "artefact_snapshot",
@@ -180,9 +196,11 @@ def delta(ctx: Context) -> None:
     d = Path(m["dir"])
     v2, counts = data.list_v2(ctx, s.entries, Path(m["source"]), s.delta_fraction)
     log(f"publishing {s.entries:,} entries with {counts['changed']:,} changed: {counts}")
+    cpu = _cpu_seconds()
     t = time.perf_counter()
     res = publish(v2, Path(m["keys"]), Path(m["site"]), expires=PUBLISH_EXPIRES)
     seconds = time.perf_counter() - t
+    cpu = _cpu_seconds() - cpu
     art = res.deltas.get(m["version"])
     if art is None:
         raise RuntimeError(f"publish wrote no delta from version {m['version']}")
@@ -190,7 +208,10 @@ def delta(ctx: Context) -> None:
         "publish_v2",
         seconds,
         met=None,
-        notes=f"{res.entries / seconds:,.0f} entries/s; a publish always reads the whole list",
+        notes=f"{res.entries / seconds:,.0f} entries/s; a publish always reads the whole list; "
+        f"{_workers_note(res.workers)}, CPU {cpu:.0f} s "
+        f"({res.entries / cpu:,.0f} entries per CPU second)",
+        cpu_seconds=cpu,
     )
     ctx.row(
         "artefact_delta",

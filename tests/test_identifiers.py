@@ -592,3 +592,46 @@ def test_id_fast_path_agrees_with_full_validation(value: str) -> None:
 )
 def test_uscc_fast_path_agrees_with_full_validation(value: str) -> None:
     assert outcome(normalize_uscc, value) == outcome(normalize_uscc, " " + value + " ")
+
+
+# -- the fast paths agree with the full checks ----------------------------------------------
+
+
+def _outcome(fn: object, value: str, **kw: object) -> str:
+    try:
+        return "ok " + fn(value, **kw)  # type: ignore[operator]
+    except InvalidIdentifier as exc:
+        return f"error {exc}"
+
+
+@settings(deadline=None, max_examples=400)  # a loaded CI machine must not make it flaky
+@given(st.text(DIGITS, min_size=17, max_size=17), st.sampled_from("0123456789Xx"), st.booleans())
+def test_fast_id_number_path_agrees_with_the_full_check(
+    body: str, last: str, right_check: bool
+) -> None:
+    """``today=None`` takes the fast path; an explicit today takes the full one."""
+    value = body + (id_check(body) if right_check else last)
+    assert _outcome(normalize_id_number, value) == _outcome(
+        normalize_id_number, value, today=dt.date.today()
+    )
+
+
+@settings(deadline=None, max_examples=400)  # a loaded CI machine must not make it flaky
+@given(
+    st.text(USCC_ALPHABET, min_size=16, max_size=16),
+    st.sampled_from(USCC_ALPHABET),
+    st.booleans(),
+    st.booleans(),
+)
+def test_fast_uscc_path_agrees_with_the_check_functions(
+    body16: str, last: str, right_org: bool, right_uscc: bool
+) -> None:
+    body = body16 + (org_code_check(body16[8:16]) if right_org else last)
+    value = body + (uscc_check(body) if right_uscc else last)
+    valid = uscc_check(value[:17]) == value[17] and org_code_check(value[8:16]) == value[16]
+    got = _outcome(normalize_uscc, value)
+    assert got.startswith("ok") == valid, (value, got)
+    if valid:
+        assert got == "ok " + value
+    else:  # the same message as the full check gives (a spelling the fast path skips)
+        assert got == _outcome(normalize_uscc, " " + value)

@@ -17,6 +17,7 @@ import datetime as _dt
 import re
 import time
 from dataclasses import dataclass
+from operator import mul as _mul
 from typing import Literal
 
 from ._exceptions import InvalidIdentifier
@@ -93,6 +94,11 @@ def _check_birth_date(digits: str, kind: str, offset: int) -> _dt.date:
 _FAST_ID = re.compile(r"[0-9]{17}[0-9Xx]\Z")
 _FAST_USCC = re.compile(r"[0-9A-HJ-NP-RTUW-Y]{18}\Z")
 _today_cache: list[object] = [0.0, ""]
+# The USCC fast path weighs ASCII bytes through translation tables that give a code
+# character's value (the tests check agreement with the plain sums).
+_USCC_BYTE_VALUES = bytes(USCC_ALPHABET.find(chr(b)) % 256 for b in range(256))
+_ORG_BYTE_VALUES = bytes(_ORG_ALPHABET.find(chr(b)) % 256 for b in range(256))
+_valid_births: dict[str, bool] = {}
 
 
 def _today_str() -> str:
@@ -108,13 +114,18 @@ def _fast_id(text: str) -> str | None:
     """The common case (18 ASCII characters, already canonical) without translation."""
     if text[17] == "x":
         text = text[:17] + "X"
-    total = 0
-    for c, w in zip(text[:17], _ID_WEIGHTS, strict=True):
-        total += (ord(c) - 48) * w
-    if _ID_CHECK[total % 11] != text[17]:
+    # The weights are 2**(17-i) mod 11 and 13 = 2 (mod 11): reading the 17 ASCII digits
+    # as a base-13 number gives the weighted sum / 2 modulo 11, in C.
+    if _ID_CHECK[2 * int(text[:17], 13) % 11] != text[17]:
         return None  # let the slow path produce the exact message
     birth = text[6:14]
-    if birth > _today_str() or not _valid_date(birth):
+    valid = _valid_births.get(birth)
+    if valid is None:
+        valid = _valid_date(birth)
+        if len(_valid_births) >= 100_000:
+            _valid_births.clear()
+        _valid_births[birth] = valid
+    if not valid or birth > _today_str():
         return None
     return text
 
@@ -181,7 +192,18 @@ def normalize_uscc(value: str) -> str:
     Positions 9-17 are the embedded organisation code, which must validate too.
     """
     kind = "uscc"
-    text = value if type(value) is str and _FAST_USCC.match(value) else _prepare(value, kind)
+    if type(value) is str and _FAST_USCC.match(value):
+        codes = value.encode("ascii")
+        total = sum(map(_mul, codes[:17].translate(_USCC_BYTE_VALUES), _USCC_WEIGHTS))
+        org = sum(map(_mul, codes[8:16].translate(_ORG_BYTE_VALUES), _ORG_WEIGHTS))
+        org_check = 11 - org % 11
+        if USCC_ALPHABET[-total % 31] == value[17] and value[16] == (
+            "X" if org_check == 10 else "0" if org_check == 11 else str(org_check)
+        ):
+            return value  # the common case; anything wrong gets its message below
+        text = value
+    else:
+        text = _prepare(value, kind)
     if len(text) != 18:
         raise InvalidIdentifier(kind, f"length must be 18, got {len(text)}")
     for i, c in enumerate(text):

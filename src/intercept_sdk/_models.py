@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from ._catalog import measure_codes
 from ._exceptions import InvalidEntry, InvalidIdentifier
@@ -28,7 +28,7 @@ from ._identifiers import (
     normalize_uscc,
 )
 
-__all__ = ["ROLES", "Entry", "Related", "parse_entry", "validate_entry"]
+__all__ = ["ROLES", "Entry", "Related", "fast_entry_dict", "parse_entry", "validate_entry"]
 
 #: Roles a person can hold in a listed entity's ``related`` list.
 ROLES = (
@@ -281,3 +281,280 @@ def validate_entry(entry: Entry, *, check_measures: bool = True) -> None:
     reasons = _semantic_reasons(entry, known)
     if reasons:
         raise InvalidEntry(entry.entry_id, reasons)
+
+
+# -- fast path ----------------------------------------------------------------------------
+# The publisher validates millions of entries; building a pydantic model per entry is most
+# of its cost. ``fast_entry_dict`` accepts only the plain, common shape (exact ``str``/
+# ``int``/``list`` types, ASCII dates and amounts, canonical date-times) and answers None
+# for anything else, so that the caller falls back to :func:`parse_entry`, which stays the
+# authority on what is refused and why. ``tests/test_site_fast.py`` checks on many
+# generated valid and mutated entries that a non-None answer always equals
+# ``parse_entry(obj).to_json_dict()`` (from the dict and from its JSON line).
+
+_FIELDS = frozenset(Entry.model_fields)
+_RELATED_FIELDS = frozenset(Related.model_fields)
+_NULLABLE = (
+    "id_number",
+    "gender",
+    "age",
+    "uscc",
+    "org_code",
+    "legal_rep_name",
+    "valid_until",
+    "revoked_at",
+)
+_ROLE_SET = frozenset(ROLES)
+_FAST_ENTRY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
+_FAST_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+_FAST_AMOUNT = re.compile(r"(?:0|[1-9][0-9]{0,15})(?:\.[0-9]{1,2})?\Z")
+_FAST_DATETIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:Z|[+-][0-9]{2}:[0-9]{2})\Z"
+)
+_DATETIME_ADAPTER: TypeAdapter[_dt.datetime] = TypeAdapter(_dt.datetime)
+_CACHE_LIMIT = 100_000
+_date_ok: dict[str, bool] = {}
+_datetime_json: dict[str, str | None] = {}
+
+
+def _fast_date(value: object) -> bool:
+    """True when ``value`` is a plain ``str`` holding a real date as YYYY-MM-DD (ASCII)."""
+    if type(value) is not str:
+        return False
+    ok = _date_ok.get(value)
+    if ok is None:
+        ok = _FAST_DATE.match(value) is not None
+        if ok:
+            try:
+                _dt.date.fromisoformat(value)
+            except ValueError:
+                ok = False
+        if len(_date_ok) >= _CACHE_LIMIT:
+            _date_ok.clear()
+        _date_ok[value] = ok
+    return ok
+
+
+def _fast_datetime(value: str) -> str | None:
+    """The model's JSON form of a ``revoked_at`` string, or None when unusual."""
+    out = _datetime_json.get(value, "")
+    if out == "":
+        out = None
+        if _FAST_DATETIME.match(value):
+            try:
+                parsed = _parse_datetime(value)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, _dt.datetime):
+                dumped = _DATETIME_ADAPTER.dump_python(parsed, mode="json")
+                out = dumped if isinstance(dumped, str) else None
+        if len(_datetime_json) >= _CACHE_LIMIT:
+            _datetime_json.clear()
+        _datetime_json[value] = out
+    return out
+
+
+def _str_len(value: object, low: int, high: int) -> bool:
+    return type(value) is str and low <= len(value) <= high
+
+
+def fast_entry_dict(obj: object, known_measures: frozenset[str]) -> dict[str, Any] | None:
+    """``parse_entry(obj).to_json_dict()`` for a common, valid entry; None = not sure.
+
+    ``obj`` is the dict of one entry (as ``json.loads`` gives it, or a plain source dict;
+    it is not modified). None means the entry is unusual or invalid: call
+    :func:`parse_entry`, which decides and gives the reasons. The measure codes are
+    always checked against ``known_measures``.
+    """
+    if type(obj) is not dict or not obj.keys() <= _FIELDS:
+        return None
+    try:
+        return _fast_entry_dict(obj, known_measures)
+    except Exception:  # anything unexpected: the full model decides
+        return None
+
+
+def _fast_entry_dict(obj: dict[str, Any], known: frozenset[str]) -> dict[str, Any] | None:
+    d = dict(obj)
+    g = d.get
+    entry_id = g("entry_id")
+    case_no: Any = g("case_no")
+    name = g("name")
+    court = g("court")
+    doc_no = g("basis_doc_no")
+    issuer = g("basis_issuer")
+    obligation = g("obligation")
+    performance = g("performance")
+    situation = g("situation")
+    severity = g("severity")
+    published: Any = g("published_at")
+    filed: Any = g("filed_at")
+    performed = g("performed_amount")
+    unperformed = g("unperformed_amount")
+    if not (
+        type(entry_id) is str
+        and type(case_no) is str
+        and type(name) is str
+        and type(court) is str
+        and type(doc_no) is str
+        and type(issuer) is str
+        and type(obligation) is str
+        and type(performance) is str
+        and type(situation) is int
+        and type(severity) is int
+        and type(published) is str
+        and type(filed) is str
+        and type(performed) is str
+        and type(unperformed) is str
+        and 6 <= len(case_no) <= 64
+        and 0 < len(name) <= 200
+        and 1 < len(court) <= 100
+        and 0 < len(doc_no) <= 100
+        and 0 < len(issuer) <= 100
+        and 0 < len(obligation) <= 2000
+        and 1 <= situation <= 6
+        and 1 <= severity <= 3
+        and performance in {"全部未履行", "部分未履行"}
+        and filed <= published
+        and _FAST_ENTRY_ID.match(entry_id)
+        and _CASE_RE.match(case_no)
+        and _FAST_AMOUNT.match(performed)
+        and _FAST_AMOUNT.match(unperformed)
+        and (_date_ok.get(published) or _fast_date(published))
+        and (_date_ok.get(filed) or _fast_date(filed))
+    ):
+        return None
+    valid_until = g("valid_until")
+    if valid_until is not None and (not _fast_date(valid_until) or valid_until < published):
+        return None
+    texts = [name, court, doc_no, issuer, obligation]  # free text: checked at the end
+
+    status = g("status", "active")
+    if type(status) is not str or status not in ("active", "revoked", "deleted"):
+        return None
+    revoked_at = g("revoked_at")
+    if revoked_at is not None:
+        if type(revoked_at) is not str or status == "active":
+            return None
+        revoked_json = _fast_datetime(revoked_at)
+        if revoked_json is None:
+            return None
+        d["revoked_at"] = revoked_json
+    elif status != "active":
+        return None
+
+    visibility = g("visibility", "public")
+    audience = g("audience", [])
+    if type(audience) is not list and type(audience) is not tuple:
+        return None
+    if visibility == "public" and type(visibility) is str:
+        if audience:
+            return None
+    elif visibility == "restricted" and type(visibility) is str:
+        if not audience:
+            return None
+        for sub in audience:
+            if type(sub) is not str:
+                return None
+        texts += audience
+    else:
+        return None
+
+    measures = g("measures")
+    if (type(measures) is not list and type(measures) is not tuple) or not measures:
+        return None
+    if len(measures) == 1:
+        code = measures[0]
+        if type(code) is not str or (code != "*" and code not in known):
+            return None
+    else:
+        for code in measures:
+            if type(code) is not str or code not in known:  # "*" must stand alone
+                return None
+
+    related = g("related", [])
+    if type(related) is not list and type(related) is not tuple:
+        return None
+    gender = g("gender")
+    age = g("age")
+    subject_type = g("subject_type")
+    if type(subject_type) is not str:
+        return None
+    if subject_type == "person":
+        if related or g("uscc") is not None or g("org_code") is not None:
+            return None
+        if g("legal_rep_name") is not None:
+            return None
+        raw_id = g("id_number")
+        if type(raw_id) is not str:
+            return None
+        id_number = normalize_id_number(raw_id)
+        years = (
+            int(published[0:4])
+            - int(id_number[6:10])
+            - ((published[5:7] + published[8:10]) < id_number[10:14])
+        )
+        if years < 18:
+            return None
+        sex = "男" if int(id_number[16]) % 2 else "女"
+        if gender is not None and (type(gender) is not str or gender != sex):
+            return None
+        if age is not None and (type(age) is not int or not 0 <= age <= 150):
+            return None
+        if age is not None and abs(age - years) > 1:
+            return None
+        d["id_number"] = id_number
+        new_related: list[dict[str, str]] = []
+    elif subject_type == "entity":
+        if g("id_number") is not None or gender is not None or age is not None:
+            return None
+        legal_rep_name = g("legal_rep_name")
+        if legal_rep_name is not None:
+            if not _str_len(legal_rep_name, 0, 100):
+                return None
+            texts.append(legal_rep_name)
+        raw_uscc = g("uscc")
+        raw_org = g("org_code")
+        if raw_uscc is None and raw_org is None:
+            return None
+        if raw_uscc is not None:
+            if type(raw_uscc) is not str:
+                return None
+            d["uscc"] = normalize_uscc(raw_uscc)
+        if raw_org is not None:
+            if type(raw_org) is not str:
+                return None
+            d["org_code"] = normalize_org_code(raw_org)
+            if raw_uscc is not None and d["uscc"][8:17] != d["org_code"]:
+                return None
+        new_related = []
+        for person in related:
+            if type(person) is not dict or not person.keys() <= _RELATED_FIELDS:
+                return None
+            role: Any = person.get("role")
+            rel_name: Any = person.get("name")
+            if type(role) is not str or role not in _ROLE_SET or not _str_len(rel_name, 1, 100):
+                return None
+            texts.append(rel_name)
+            item: dict[str, str] = {"role": role, "name": rel_name}
+            rel_id = person.get("id_number")
+            if rel_id is not None:
+                if type(rel_id) is not str:
+                    return None
+                item["id_number"] = normalize_id_number(rel_id)
+            new_related.append(item)
+    else:
+        return None
+
+    # The model refuses strings with lone surrogates (not valid Unicode): encoding the
+    # free-text fields raises for them (the other strings are ASCII or checked above).
+    "".join(texts).encode()
+    for key in _NULLABLE:
+        if key in d and d[key] is None:
+            del d[key]
+    d["status"] = status
+    d["visibility"] = visibility
+    d["measures"] = list(measures)
+    d["related"] = new_related
+    d["audience"] = list(audience)
+    return d
