@@ -179,6 +179,109 @@ def test_enqueue_refuses_inconsistent_or_foreign_bytes(box: Outbox, key: Ed25519
     assert box.pending_count() == 0
 
 
+def test_enqueue_trusts_only_envelopes_signed_in_process(
+    box: Outbox, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sign_report's own envelopes skip the re-parse; any other bytes are parsed in full."""
+    parsed: list[bytes] = []
+    real = Outbox._check_envelope
+
+    def spy(data: bytes, *args: Any) -> str:
+        parsed.append(data)
+        return real(data, *args)
+
+    monkeypatch.setattr(Outbox, "_check_envelope", staticmethod(spy))
+    p, env = make(key)
+    meta = {"report_id": p["report_id"], "kind": p["kind"], "measure": p["measure"]}
+    box.enqueue(env, **meta, created_at=p["created_at"])
+    assert parsed == []
+    q, env2 = make(key)
+    box.enqueue(bytes(env2), report_id=q["report_id"], kind=q["kind"], measure=q["measure"],
+                created_at=q["created_at"])  # fmt: skip
+    assert parsed == [env2]
+    assert queued_ids(box) == [p["report_id"], q["report_id"]]
+    assert [e for _, e in box.batch(10)] == [env, env2]
+    assert all(type(e) is bytes for _, e in box.batch(10))
+
+
+@pytest.mark.parametrize("external", [False, True], ids=["signed-in-process", "external-bytes"])
+def test_enqueue_metadata_must_agree_on_both_paths(
+    box: Outbox, key: Ed25519PrivateKey, external: bool
+) -> None:
+    when = dt.datetime(2026, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)
+    p, signed = make(key, now=when)
+    env = bytes(signed) if external else signed
+    good = {"report_id": p["report_id"], "kind": p["kind"], "measure": p["measure"]}
+    for field, value in (
+        ("kind", "lift"),
+        ("kind", "gossip"),
+        ("measure", "travel.flight"),
+        ("measure", None),
+        ("report_id", "a" * 32),
+        ("report_id", "not hex"),
+        ("created_at", "2026-05-06T07:08:10Z"),
+        ("created_at", when + dt.timedelta(seconds=1)),
+    ):
+        args: dict[str, Any] = {**good, "created_at": when, field: value}
+        with pytest.raises(InvalidReport, match=field):
+            box.enqueue(env, **args)
+    for bad_time in ("yesterday", when.replace(tzinfo=None), 12345):
+        with pytest.raises(InvalidReport, match="created_at"):
+            box.enqueue(env, **good, created_at=bad_time)  # type: ignore[arg-type]
+    assert box.pending_count() == 0
+    # The same instant written any way is accepted: text, UTC, another zone, sub-second.
+    cst = dt.timezone(dt.timedelta(hours=8))
+    for created in ("2026-05-06T07:08:09Z", "2026-05-06T15:08:09+08:00", when,
+                    when.astimezone(cst), when.replace(microsecond=999)):  # fmt: skip
+        box.enqueue(env, **good, created_at=created)
+    assert box.pending_count() == 1
+    assert box.stats_by(when, when + dt.timedelta(seconds=1)) == {(MEASURE, "interception"): 1}
+
+
+def test_enqueue_refuses_external_envelopes_with_bad_content(
+    box: Outbox, key: Ed25519PrivateKey
+) -> None:
+    from intercept_sdk._signing import (
+        MANIFEST_TYPE,
+        REPORT_TYPE,
+        Envelope,
+        SigningKey,
+        sign_envelope,
+    )
+
+    p, env = make(key)
+    meta = {"report_id": p["report_id"], "kind": p["kind"], "measure": p["measure"],
+            "created_at": p["created_at"]}  # fmt: skip
+    sk = SigningKey(key)
+    payload = canonical_json(p)
+    not_a_report = canonical_json({**p, "type": "manifest"})
+    for blob in (
+        sign_envelope(MANIFEST_TYPE, payload, [sk]).to_bytes(),  # wrong envelope type
+        sign_envelope(REPORT_TYPE, not_a_report, [sk]).to_bytes(),  # payload not a report
+        sign_envelope(REPORT_TYPE, b"[1, 2]", [sk]).to_bytes(),  # payload not an object
+        Envelope(REPORT_TYPE, payload, ()).to_bytes(),  # no signature
+        env.replace(b'"payload":"', b'"payload":"!'),  # payload not base64
+        env[:-1],  # truncated
+    ):
+        with pytest.raises(InvalidReport):
+            box.enqueue(blob, **meta)
+    assert box.pending_count() == 0
+    box.enqueue(bytes(env), **meta)  # the same report, intact, is fine as plain bytes
+    assert box.pending_count() == 1
+
+
+def test_has_pending(box: Outbox, key: Ed25519PrivateKey) -> None:
+    assert not box.has_pending()
+    rid = put(box, key)
+    assert box.has_pending()
+    box.mark_dead([rid], 400, "refused")
+    assert not box.has_pending()  # dead letters are not pending
+    box.requeue_dead()
+    assert box.has_pending()
+    box.mark_sent([rid])
+    assert not box.has_pending()
+
+
 def test_dead_letters_keep_reason_and_can_be_requeued(box: Outbox, key: Ed25519PrivateKey) -> None:
     ids = [put(box, key) for _ in range(3)]
     assert box.mark_dead(ids[:2], 403, "signature does not verify") == 2
@@ -714,6 +817,125 @@ def test_notify_wakes_the_idle_sender_at_once(box: Outbox, key: Ed25519PrivateKe
     assert box.pending_count() == 0
     assert time.monotonic() - t0 < 1.0
     sender.close(1)
+
+
+def _fill_box(box: Outbox, key: Ed25519PrivateKey, n: int) -> list[str]:
+    made = [make(key, entry=f"E{i}") for i in range(n)]
+    conn = box._conn()
+    conn.execute("PRAGMA synchronous=OFF")  # set-up only
+    for q, env in made:
+        box.enqueue(env, report_id=q["report_id"], kind=q["kind"], measure=q["measure"],
+                    created_at=q["created_at"])  # fmt: skip
+    conn.execute("PRAGMA synchronous=FULL")
+    return [q["report_id"] for q, _ in made]
+
+
+def test_thread_marks_a_batch_while_uploading_the_next(
+    box: Outbox, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background thread overlaps marking batch k sent with uploading batch k+1.
+
+    Nothing is uploaded twice, every report is marked sent once acknowledged, and the
+    order is kept.
+    """
+    ids = _fill_box(box, key, 230)
+    marking = threading.Event()
+    overlapped: list[bool] = []
+    real_mark = box.mark_sent
+
+    def slow_mark(batch_ids: Any) -> int:
+        marking.set()
+        time.sleep(0.05)
+        try:
+            return real_mark(batch_ids)
+        finally:
+            marking.clear()
+
+    monkeypatch.setattr(box, "mark_sent", slow_mark)
+
+    def script(request: httpx.Request, got: list[str]) -> httpx.Response:
+        overlapped.append(marking.is_set())
+        return ok(got)
+
+    plat = Platform(script)
+    sender = Sender(box, "https://p.example", transport=plat.transport(), batch_size=50,
+                    max_rate=1e9)  # fmt: skip
+    assert sender.flush(20)
+    sender.close(2)
+    assert [rid for batch in plat.requests for rid in batch] == ids  # once each, in order
+    assert [len(b) for b in plat.requests] == [50, 50, 50, 50, 30]
+    assert box.pending_count() == 0 and box.sent_count() == 230
+    assert any(overlapped[1:]), "no upload overlapped the marking of the previous batch"
+
+
+def test_thread_step_keeps_reports_whose_marking_failed(
+    box: Outbox, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _fill_box(box, key, 120)
+    real_mark = box.mark_sent
+    failures = [2]
+
+    def flaky_mark(batch_ids: Any) -> int:
+        if failures[0]:
+            failures[0] -= 1
+            raise ReportError("disk trouble")
+        return real_mark(batch_ids)
+
+    monkeypatch.setattr(box, "mark_sent", flaky_mark)
+    plat = Platform(lambda req, got: ok(got))
+    sender = Sender(box, "https://p.example", transport=plat.transport(), batch_size=40,
+                    max_rate=1e9, interval=0.05)  # fmt: skip
+    assert sender.flush(20)
+    sender.close(2)
+    uploaded = [rid for batch in plat.requests for rid in batch]
+    assert set(uploaded) == set(ids)  # nothing lost ...
+    assert len(uploaded) > len(ids)  # ... and what could not be marked was sent again
+    assert box.pending_count() == 0 and box.sent_count() == 120
+
+
+def test_thread_step_partial_ack_and_refusals_as_send_once(
+    box: Outbox, key: Ed25519PrivateKey
+) -> None:
+    ids = _fill_box(box, key, 12)
+    poison = ids[7]
+    answered: list[int] = []
+
+    def script(request: httpx.Request, got: list[str]) -> httpx.Response:
+        answered.append(len(got))
+        if poison in got:
+            return httpx.Response(422, json={"error": "bad report"})
+        if len(answered) == 1:
+            return ok(got[:2])  # acknowledges only part of the first batch
+        return ok(got)
+
+    plat = Platform(script)
+    sender = Sender(box, "https://p.example", transport=plat.transport(), batch_size=4,
+                    max_rate=1e9)  # fmt: skip
+    assert sender.flush(20)
+    sender.close(2)
+    assert box.pending_count() == 0
+    assert [d.report_id for d in box.dead_letters()] == [poison]
+    assert box.sent_count() == 11
+    uploaded = {rid for batch in plat.requests for rid in batch}
+    assert uploaded == set(ids)
+
+
+def test_thread_step_sends_reports_numbered_from_the_start_again(
+    box: Outbox, key: Ed25519PrivateKey
+) -> None:
+    """After the queue drained, new reports reuse low sequence numbers: still sent."""
+    plat = Platform(lambda req, got: ok(got))
+    sender = Sender(box, "https://p.example", transport=plat.transport(), batch_size=5,
+                    max_rate=1e9)  # fmt: skip
+    first = _fill_box(box, key, 23)
+    assert sender.flush(20)
+    second = _fill_box(box, key, 3)
+    assert box._batch_after(10, -1)[0][0] <= 23  # numbered from the start again
+    sender.notify()
+    assert sender.flush(20)
+    sender.close(2)
+    assert [rid for batch in plat.requests for rid in batch] == first + second
+    assert box.sent_count() == 26
 
 
 def test_notify_never_cuts_a_backoff_short_and_close_interrupts_it(

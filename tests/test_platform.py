@@ -374,6 +374,207 @@ def test_bad_signature_refuses_whole_batch(client: httpx.Client, hotel: SigningK
     assert client.get("/reports").json() == []  # nothing stored
 
 
+def _sdk_body(reports: list[dict[str, Any]]) -> bytes:
+    """A batch exactly as the SDK's Sender sends it: canonical envelopes joined by ","."""
+    return b'{"reports":[' + b",".join(canonical_json(r) for r in reports) + b"]}"
+
+
+def _flip_signature(report: dict[str, Any]) -> None:
+    sig = bytearray(base64.b64decode(report["signatures"][0]["sig"]))
+    sig[10] ^= 1
+    report["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
+
+
+@pytest.fixture
+def platform(site: FakeSite, subs: Path, tmp_path: Path) -> Iterator[Any]:
+    """The app's _Platform with its verification threads started (as in the lifespan)."""
+    app = create_app(site.root, subscribers_dir=subs, state_dir=tmp_path / "direct")
+    plat = app.state.platform
+    plat.start_pool()
+    yield plat
+    plat.stop_pool()
+    plat.store.close()
+
+
+def test_sdk_bodies_are_read_without_json_and_give_the_same_rows(
+    platform: Any, hotel: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import intercept_sdk._platform as platform_mod
+
+    reports = [make_report(hotel, "hotel-001", details={"i": i}) for i in range(60)]
+    general = platform._verify_batch(json.dumps({"reports": reports}).encode())
+    parsed: list[bytes] = []
+    real = platform_mod._Platform._parsed_envelopes
+    monkeypatch.setattr(
+        platform_mod._Platform, "_parsed_envelopes",
+        lambda self, body: parsed.append(body) or real(self, body),
+    )  # fmt: skip
+    fast = platform._verify_batch(_sdk_body(reports))
+    assert parsed == []  # the canonical body took the fast path
+    assert fast == general
+    assert [r.envelope for r in fast] == [canonical_json(r) for r in reports]
+    # Anything else about the body sends it down the general path, with the same result.
+    for body in (b" " + _sdk_body(reports), _sdk_body(reports).replace(b"},{", b"}, {", 1)):
+        parsed.clear()
+        assert platform._verify_batch(body) == general
+        assert parsed == [body]
+    parsed.clear()
+    body = _sdk_body(reports)[:-2] + b",]}"  # not JSON: refused by the general path
+    with pytest.raises(platform_mod._Refused, match="not JSON"):
+        platform._verify_batch(body)
+    assert parsed == [body]
+
+
+@pytest.mark.parametrize("canonical", [True, False], ids=["sdk-body", "json-body"])
+def test_pooled_batch_names_the_first_failure_of_the_earliest_step(
+    platform: Any, hotel: SigningKey, canonical: bool
+) -> None:
+    """Signatures are checked before payloads, whichever report comes first in the batch."""
+    import intercept_sdk._platform as platform_mod
+
+    def body(reports: list[dict[str, Any]]) -> bytes:
+        return _sdk_body(reports) if canonical else json.dumps({"reports": reports}).encode()
+
+    def refusal(reports: list[dict[str, Any]]) -> tuple[int, str]:
+        with pytest.raises(platform_mod._Refused) as err:
+            platform._verify_batch(body(reports))
+        return err.value.status, err.value.message
+
+    n = 3 * platform_mod._PARALLEL_MIN
+    reports = [make_report(hotel, "hotel-001") for _ in range(n)]
+    reports[5] = make_report(hotel, "hotel-001", kind="gossip")  # signed, bad payload
+    assert refusal(reports) == (400, "report 5: kind must be one of " + ", ".join(
+        sorted(platform_mod.REPORT_KINDS)))  # fmt: skip
+    for bad in (n - 2, n // 2, 7):  # in the last chunk, a middle one, the first chunk
+        forged = [dict(r, signatures=[dict(r["signatures"][0])]) for r in reports]
+        _flip_signature(forged[bad])
+        assert refusal(forged) == (403, f"report {bad}: signature does not verify")
+        _flip_signature(forged[2])  # an earlier bad signature is the one named
+        assert refusal(forged) == (403, "report 2: signature does not verify")
+    stranger = make_report(SigningKey.generate(), "hotel-001")
+    assert refusal([*reports[6:], stranger]) == (
+        403, f"report {n - 6}: not signed by any registered subscriber")  # fmt: skip
+    # Without the bad ones, all are rows.
+    del reports[5]
+    assert len(platform._verify_batch(body(reports))) == n - 1
+
+
+def test_batches_are_verified_on_several_threads(
+    platform: Any, hotel: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import intercept_sdk._platform as platform_mod
+
+    if platform_mod._POOL_WORKERS < 2:
+        pytest.skip("one usable core: batches are verified inline")
+    threads: set[str] = set()
+    real = platform_mod._Platform._authenticate
+
+    def spy(*args: Any) -> Any:
+        threads.add(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(platform_mod._Platform, "_authenticate", staticmethod(spy))
+    reports = [make_report(hotel, "hotel-001") for _ in range(400)]
+    for _ in range(20):  # the calling thread may take a chunk back if no thread started it
+        threads.clear()
+        assert len(platform._verify_batch(_sdk_body(reports))) == 400
+        if any(name.startswith("intercept-platform-verify") for name in threads):
+            break
+    assert any(name.startswith("intercept-platform-verify") for name in threads), threads
+    assert threading.current_thread().name in threads
+
+
+def test_verification_pool_stops_quickly_and_batches_still_complete(
+    platform: Any, hotel: SigningKey
+) -> None:
+    import intercept_sdk._platform as platform_mod
+
+    if platform_mod._POOL_WORKERS < 2:
+        pytest.skip("one usable core: no verification threads")
+    reports = [make_report(hotel, "hotel-001") for _ in range(200)]
+    body = _sdk_body(reports)
+    # Every verification thread busy: the batch takes its chunks back and finishes alone.
+    gate = threading.Event()
+    assert platform._pool is not None
+    blockers = [platform._pool.submit(gate.wait, 10) for _ in range(platform_mod._POOL_WORKERS - 1)]
+    try:
+        t0 = time.monotonic()
+        assert len(platform._verify_batch(body)) == 200
+        assert time.monotonic() - t0 < 5
+        # Stopping the pool while its threads are busy returns at once (no waiting).
+        t0 = time.monotonic()
+        platform.stop_pool()
+        assert time.monotonic() - t0 < 0.5
+        assert platform._pool is None
+    finally:
+        gate.set()
+    for b in blockers:
+        assert b.result(timeout=5) is True
+    # Without the pool the batch is verified inline, bad signatures included.
+    assert len(platform._verify_batch(body)) == 200
+    _flip_signature(reports[150])
+    with pytest.raises(platform_mod._Refused, match="report 150: signature does not verify"):
+        platform._verify_batch(_sdk_body(reports))
+    platform.start_pool()
+    platform.start_pool()  # idempotent
+    with pytest.raises(platform_mod._Refused, match="report 150: signature does not verify"):
+        platform._verify_batch(_sdk_body(reports))
+
+
+def test_server_refuses_a_bad_signature_inside_a_large_sdk_batch(
+    client: httpx.Client, hotel: SigningKey
+) -> None:
+    reports = [make_report(hotel, "hotel-001") for _ in range(500)]
+    _flip_signature(reports[321])
+    headers = {"Content-Type": "application/json"}
+    r = client.post("/reports", content=_sdk_body(reports), headers=headers)
+    assert (r.status_code, r.json()) == (403, {"error": "report 321: signature does not verify"})
+    assert client.get("/reports").json() == []  # nothing stored
+    reports[321] = make_report(hotel, "hotel-001")
+    r = client.post("/reports", content=_sdk_body(reports), headers=headers)
+    assert r.status_code == 200 and len(r.json()["accepted"]) == 500
+    r = client.post("/reports", content=_sdk_body(reports), headers=headers)
+    assert r.status_code == 200 and len(r.json()["duplicates"]) == 500
+
+
+def test_server_stop_ends_the_verification_threads(
+    site: FakeSite, subs: Path, hotel: SigningKey, tmp_path: Path
+) -> None:
+    def verify_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("intercept-platform-verify")]
+
+    before = set(verify_threads())
+    reports = [make_report(hotel, "hotel-001") for _ in range(300)]
+    with PlatformServer(site.root, subscribers_dir=subs, state_dir=tmp_path / "st") as srv:
+        r = httpx.post(srv.url + "/reports", content=_sdk_body(reports), timeout=30)
+        assert r.status_code == 200 and len(r.json()["accepted"]) == 300
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 5  # stop() is bounded
+    deadline = time.monotonic() + 5
+    while set(verify_threads()) - before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not set(verify_threads()) - before
+
+
+@pytest.mark.parametrize("canonical", [True, False], ids=["sdk-body", "json-body"])
+def test_bad_base64_is_named_the_same_on_both_paths(
+    platform: Any, hotel: SigningKey, canonical: bool
+) -> None:
+    import intercept_sdk._platform as platform_mod
+
+    for field, message in (("payload", "payload"), ("sig", "signature")):
+        reports = [make_report(hotel, "hotel-001") for _ in range(3)]
+        if field == "payload":
+            reports[1]["payload"] = reports[1]["payload"][:-5]  # length not a multiple of 4
+        else:
+            reports[1]["signatures"][0]["sig"] = "A"
+        body = _sdk_body(reports) if canonical else json.dumps({"reports": reports}).encode()
+        with pytest.raises(platform_mod._Refused) as err:
+            platform._verify_batch(body)
+        assert (err.value.status, err.value.message) == (
+            400, f"report 1: {message} is not valid base64")  # fmt: skip
+
+
 def test_unknown_subscriber_and_wrong_signer_are_403(
     client: httpx.Client, hotel: SigningKey, subs: Path
 ) -> None:

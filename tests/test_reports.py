@@ -591,3 +591,407 @@ def test_summarize_counts_the_quarter_in_china_time(tmp_path: Path, key: Ed25519
     with pytest.raises(InvalidReport):
         summarize(box, 2026, 1, checks_performed=-1)
     box.close()
+
+
+# --------------------------------------------------------------------------- fast paths
+# build_report validates once; sign_report signs the validated bytes as long as the payload
+# still serialises to them; the ID scan has a cheap pre-filter. Each must refuse exactly
+# what the slow path refuses.
+
+_SEPARATORS_REF = __import__("re").compile(r"[\s\-\u2010-\u2014\u2212\u3000]")
+
+
+def _looks_like_id_number_reference(text: str) -> bool:
+    """The scan as it was before the pre-filter (kept here as the oracle)."""
+    from intercept_sdk._reports import _FULLWIDTH, _ID_RE
+
+    folded = text.translate(_FULLWIDTH)
+    if _ID_RE.search(folded):
+        return True
+    squeezed = _SEPARATORS_REF.sub("", folded)
+    return squeezed != folded and _ID_RE.search(squeezed) is not None
+
+
+_ID_ALPHABET = (
+    "0123456789" * 4
+    + "Xx -\u2010\u2014\u2212\u3000\t\n\uff0d"
+    + "".join(chr(0xFF10 + i) for i in range(10))  # full-width digits
+    + "\u0660\u0665\u0969\u09e7"  # other Unicode decimal digits (\d matches them)
+    + "ab号:\uff21"
+)
+
+
+_ID_BODIES = [
+    "110101199003071234",
+    "11010119900307123X",
+    "110101900307123",
+    "１１０１０１１９９００３０７１２３４",
+]
+_GAPS = ["", "", "", " ", "-", "\uff0d", "\u3000", "\u2012", "\u2212", "\t", "a", "\uff21"]
+
+
+@st.composite
+def _id_like_text(draw: st.DrawFn) -> str:
+    body = draw(st.sampled_from(_ID_BODIES))
+    cut = draw(st.integers(0, 3))  # also shorter runs (14-17 digits) that must not match
+    body = body[: len(body) - cut]
+    gaps = draw(st.lists(st.sampled_from(_GAPS), min_size=len(body), max_size=len(body)))
+    pre = draw(st.text(alphabet=_ID_ALPHABET, max_size=4))
+    post = draw(st.text(alphabet=_ID_ALPHABET, max_size=4))
+    return pre + "".join(c + g for c, g in zip(body, gaps, strict=True)) + post
+
+
+@settings(max_examples=3000, deadline=None)
+@given(text=st.text(alphabet=_ID_ALPHABET, max_size=40) | _id_like_text())
+def test_id_scan_prefilter_refuses_exactly_what_the_full_scan_refuses(text: str) -> None:
+    from intercept_sdk._reports import _looks_like_id_number
+
+    assert _looks_like_id_number(text) == _looks_like_id_number_reference(text)
+
+
+def test_id_scan_prefilter_on_known_shapes() -> None:
+    from intercept_sdk._reports import _looks_like_id_number
+
+    for text in (
+        valid_id18(),
+        "１１０１０１１９９００３０７１２３４",
+        "110101 19900307 1234",
+        "110101\uff0d19900307\uff0d1234",  # full-width hyphen-minus folds to "-"
+        "110101\u300019900307\u30001234",
+        "ID 110101900307123 end",
+    ):
+        assert _looks_like_id_number(text), text
+        assert _looks_like_id_number_reference(text), text
+    for text in ("", "short 1234", "x" * 1000, "1101**********1234", "13800138000"):
+        assert not _looks_like_id_number(text), text
+
+
+def test_built_payload_is_signed_without_a_second_validation(
+    key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import intercept_sdk._reports as reports_mod
+
+    p = report()
+    calls: list[int] = []
+    real = reports_mod.validate_report
+
+    def counting(payload: Any) -> dict[str, Any]:
+        calls.append(1)
+        return real(payload)
+
+    monkeypatch.setattr(reports_mod, "validate_report", counting)
+    env = sign_report(p, key)
+    assert calls == []  # validated once, in build_report
+    assert Envelope.from_bytes(env).payload == canonical_json(p)
+    assert verify_report(env, {SUB: key.public_key()}) == p
+    calls.clear()
+    # A plain dict (not from build_report) is validated, even with the same content.
+    assert sign_report(dict(p), key) == env
+    assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        pytest.param(lambda p: p["details"].__setitem__("guest", valid_id18()), id="nested-id"),
+        pytest.param(lambda p: p.__setitem__("outcome", valid_id18()), id="top-level-id"),
+        pytest.param(lambda p: p.__setitem__("list_version", True), id="bool-for-int"),
+        pytest.param(lambda p: p.__setitem__("kind", "gossip"), id="unknown-kind"),
+        pytest.param(lambda p: p.__setitem__("extra", 1), id="extra-field"),
+        pytest.param(lambda p: p.pop("case_no"), id="missing-field"),
+        pytest.param(lambda p: p["details"].__setitem__("nan", float("nan")), id="nan"),
+        pytest.param(
+            lambda p: p["details"].__setitem__("when", dt.datetime(2026, 1, 1)), id="not-json"
+        ),
+        pytest.param(
+            lambda p: dict.__setitem__(p, "details", {"x": {"y": valid_id18()}}),
+            id="dict-setitem-bypass",
+        ),
+        pytest.param(lambda p: p["details"].__setitem__("blob", "x" * 70_000), id="oversize"),
+        pytest.param(lambda p: p["details"].__setitem__("room", valid_id18()), id="same-key"),
+        pytest.param(
+            lambda p: p["details"].setdefault("deep", {"list": []})["list"].append(valid_id18()),
+            id="deep-list",
+        ),
+        pytest.param(
+            lambda p: p["details"].setdefault("deep", {}).__setitem__("n", valid_id18()),
+            id="deep-dict",
+        ),
+        pytest.param(
+            lambda p: (p.pop("outcome"), p.__setitem__("outcome", valid_id18())),
+            id="reinserted-key",
+        ),
+    ],
+)
+@pytest.mark.parametrize(
+    "details",
+    [
+        {"room": "1808", "deep": {"list": ["a"], "n": 1}},  # nested: compared as JSON
+        {"room": "1808", "deep": {"list": ["a"], "n": 1}, "seen": True},
+        {"room": "1808"},  # flat: compared object by object
+        {"room": "1808", "floor": 18, "vip": False, "note": None, "rate": 1.5},
+    ],
+    ids=["nested", "nested-more", "flat", "flat-scalars"],
+)
+def test_payload_tampered_after_build_is_validated_again(
+    key: Ed25519PrivateKey, tamper: Any, details: dict[str, Any]
+) -> None:
+    p = report(details=json.loads(json.dumps(details)))
+    tamper(p)
+    with pytest.raises(InvalidReport):
+        sign_report(p, key)
+
+
+def test_unchanged_payload_check_on_each_path(key: Ed25519PrivateKey) -> None:
+    from intercept_sdk._reports import _ValidatedReport
+
+    for details in ({"a": "1", "b": 2}, {"a": ["1"], "b": {"c": None}}, {}):
+        p = report(details=details)
+        assert type(p) is _ValidatedReport and p._unchanged()
+        assert p._values is not None
+        # Equal but new objects: not the same objects, so the JSON decides (still equal).
+        q = report(details=details)
+        q["details"] = json.loads(json.dumps(q["details"]))
+        q["outcome"] = "".join(["bl", "ocked"])
+        assert q._unchanged()
+        assert sign_report(q, key) == sign_report(dict(q), key)
+        # A real change anywhere is seen on every path.
+        r = report(details=details)
+        r["details"]["z"] = "new"
+        assert not r._unchanged()
+        env = sign_report(r, key)
+        assert verify_report(env, {SUB: key.public_key()})["details"]["z"] == "new"
+    # A top-level value that is not a plain scalar object disables the shortcut.
+    from intercept_sdk._reports import build_report as build
+
+    class Text(str):
+        pass
+
+    t = build("objection", subscriber_id=SUB, entry_id=Text("E1"), details={"grounds": "x"})
+    assert t._values is None and t._unchanged()
+    t["entry_id"] = "E2"
+    assert not t._unchanged()
+    assert verify_report(sign_report(t, key), {SUB: key.public_key()})["entry_id"] == "E2"
+
+
+def test_payload_changed_after_build_signs_what_it_now_says(key: Ed25519PrivateKey) -> None:
+    p = report(details={"room": "1808"})
+    p["details"]["room"] = "1809"
+    p["outcome"] = "allowed"
+    env = sign_report(p, key)
+    signed = verify_report(env, {SUB: key.public_key()})
+    assert signed["details"] == {"room": "1809"}
+    assert signed["outcome"] == "allowed"
+    # Mappings that json cannot serialise directly are validated (and made plain) too.
+    from types import MappingProxyType
+
+    p["details"] = MappingProxyType({"t": (1, 2)})
+    assert verify_report(sign_report(p, key), {SUB: key.public_key()})["details"] == {"t": [1, 2]}
+
+
+def test_signed_envelope_marker_is_immutable_and_leaves_the_process_as_bytes(
+    key: Ed25519PrivateKey,
+) -> None:
+    import pickle
+
+    env = sign_report(report(), key)
+    assert isinstance(env, bytes)
+    with pytest.raises(AttributeError):
+        env._meta = None  # type: ignore[attr-defined, misc]
+    with pytest.raises(AttributeError):
+        del env._meta  # type: ignore[attr-defined]
+    copy = pickle.loads(pickle.dumps(env))
+    assert type(copy) is bytes and copy == env
+    assert type(bytes(env)) is bytes
+
+
+def test_sign_single_is_the_canonical_envelope(key: Ed25519PrivateKey) -> None:
+    from intercept_sdk._signing import sign_single
+
+    sk = SigningKey(key)
+    for ptype, payload in (
+        (REPORT_TYPE, canonical_json(report())),
+        (MANIFEST_TYPE, b"{}"),
+        ('odd "type" \\ é', b"\x00\xff"),  # needs escaping: the general path
+    ):
+        assert sign_single(ptype, payload, sk) == sign_envelope(ptype, payload, [sk]).to_bytes()
+
+
+def test_signing_key_id_is_derived_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import intercept_sdk._signing as signing_mod
+
+    calls: list[int] = []
+    real = signing_mod.keyid_of
+
+    def counting(public: Any) -> str:
+        calls.append(1)
+        return real(public)
+
+    monkeypatch.setattr(signing_mod, "keyid_of", counting)
+    private = Ed25519PrivateKey.generate()
+    first = SigningKey.of(private)
+    assert SigningKey.of(private) is first
+    for _ in range(5):
+        assert first.keyid == real(private.public_key())
+    for _ in range(3):
+        sign_report(report(), private)
+    assert calls == [1]
+    # Bounded: many keys do not grow the cache without limit.
+    for _ in range(3 * signing_mod._SIGNING_KEYS_MAX):
+        SigningKey.of(Ed25519PrivateKey.generate())
+    assert len(signing_mod._SIGNING_KEYS) <= signing_mod._SIGNING_KEYS_MAX
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_values | st.dictionaries(st.text(max_size=5), json_values, max_size=5))
+def test_canonical_json_is_json_dumps(value: Any) -> None:
+    expected = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    assert canonical_json(value) == expected.encode()
+
+
+def test_canonical_json_errors_are_json_dumps_errors() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="Circular"):
+        canonical_json(loop)
+    with pytest.raises(TypeError):
+        canonical_json({"x": object()})
+    with pytest.raises(TypeError):
+        canonical_json({1: "a", "b": 2})  # mixed keys cannot be sorted
+    assert canonical_json("é") == json.dumps("é", ensure_ascii=False).encode()
+    assert canonical_json(float("nan")) == b"NaN"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    when=st.datetimes(
+        min_value=dt.datetime(1, 1, 2),
+        max_value=dt.datetime(9999, 12, 30),
+        timezones=st.sampled_from(
+            [
+                dt.timezone.utc,
+                dt.timezone(dt.timedelta(hours=8)),
+                dt.timezone(dt.timedelta(hours=-5, minutes=-30)),
+            ]
+        ),
+    )
+)
+def test_created_at_text_is_format_utc(when: dt.datetime) -> None:
+    from intercept_sdk._reports import _created_text
+    from intercept_sdk._util import format_utc
+
+    assert _created_text(when) == format_utc(when)
+
+
+def test_generated_report_ids_are_uuid4() -> None:
+    from intercept_sdk._reports import _new_report_id
+
+    ids = {_new_report_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for rid in list(ids)[:200]:
+        u = uuid.UUID(hex=rid)
+        assert u.hex == rid and u.version == 4 and u.variant == uuid.RFC_4122
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    data=st.one_of(
+        st.builds(canonical_json, st.dictionaries(st.text(max_size=5), json_values)),
+        st.binary(max_size=20).map(lambda b: b"{" + b),
+        st.sampled_from(
+            [
+                b"{",
+                b"{\x00",
+                b'{\x00"\x00}\x00',
+                b'{"a":1}',
+                b'{"a":"\xff"}',
+                b'{"a":"\xed\xa0\x80"}',
+                b"\xef\xbb\xbf{}",
+                b"[]",
+                b"",
+                b'{"a":1} x',
+                b'{"a":NaN}',
+            ]
+        ),
+    )
+)
+def test_payload_json_decodes_like_json_loads(data: bytes) -> None:
+    from intercept_sdk._exceptions import FormatError
+
+    try:
+        expected: Any = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        expected = FormatError
+    if not isinstance(expected, dict):
+        expected = FormatError
+    try:
+        got: Any = Envelope(REPORT_TYPE, data, ()).payload_json()
+    except FormatError:
+        got = FormatError
+    assert got == expected or (got is not FormatError and json.dumps(got) == json.dumps(expected))
+
+
+def test_report_ids_are_not_shared_with_a_forked_child() -> None:
+    from intercept_sdk import _reports as reports_mod
+
+    reports_mod._new_report_id()  # the pool now holds ids made in this process
+    remaining = set(reports_mod._ID_POOL)
+    assert remaining
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.write(w, ",".join(reports_mod._new_report_id() for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        child_ids = f.read().split(",")
+    os.waitpid(pid, 0)
+    assert len(child_ids) == 3
+    assert not set(child_ids) & remaining
+    assert reports_mod._new_report_id() in remaining  # the parent keeps its own pool
+
+
+def test_created_at_text_is_cached_per_second_only() -> None:
+    from intercept_sdk._reports import _created_text
+
+    base = dt.datetime(2026, 3, 4, 5, 6, 7, 100, tzinfo=dt.timezone.utc)
+    assert _created_text(base) == "2026-03-04T05:06:07Z"
+    assert _created_text(base.replace(microsecond=999_999)) == "2026-03-04T05:06:07Z"
+    assert _created_text(base + dt.timedelta(seconds=1)) == "2026-03-04T05:06:08Z"
+    cst = dt.timezone(dt.timedelta(hours=8))
+    assert _created_text(base.astimezone(cst)) == "2026-03-04T05:06:07Z"
+    assert _created_text(base - dt.timedelta(microseconds=101)) == "2026-03-04T05:06:06Z"
+    early = dt.datetime(999, 1, 1, tzinfo=dt.timezone.utc)
+    assert _created_text(early) == _created_text(early) == format_utc_ref(early)
+
+
+def format_utc_ref(when: dt.datetime) -> str:
+    from intercept_sdk._util import format_utc
+
+    return format_utc(when)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.binary(min_size=32, max_size=32), message=st.binary(max_size=2000))
+def test_signing_backends_make_the_same_signature(seed: bytes, message: bytes) -> None:
+    """libsodium (when PyNaCl is installed) and cryptography sign identically (RFC 8032)."""
+
+    private = Ed25519PrivateKey.from_private_bytes(seed)
+    expected = private.sign(message)
+    assert SigningKey(private).sign(message) == expected
+    private.public_key().verify(SigningKey(private).sign(message), message)
+
+
+def test_signing_falls_back_to_cryptography(monkeypatch: pytest.MonkeyPatch) -> None:
+    from intercept_sdk import _signing
+
+    monkeypatch.setattr(_signing, "_nacl_sign", None)
+    private = Ed25519PrivateKey.generate()
+    key = SigningKey(private)
+    assert key._sodium_secret is None
+    assert key.sign(b"abc") == private.sign(b"abc")
+    if _signing.SIGN_BACKEND == "libsodium":
+        monkeypatch.undo()
+        assert SigningKey(private)._sodium_secret is not None

@@ -61,7 +61,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ._exceptions import ConfigurationError, InvalidReport, OutboxFull, ReportError
-from ._reports import MAX_ENVELOPE_BYTES, REPORT_KINDS, _shown
+from ._reports import MAX_ENVELOPE_BYTES, REPORT_KINDS, _shown, _SignedReport
 from ._signing import REPORT_TYPE
 from ._util import format_utc, fsync_dir, parse_utc, utcnow
 
@@ -177,8 +177,19 @@ _UTC_TEXT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 _REPORT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
+# The last text _now_text made and the second it names (several reports per second).
+_now_cache: tuple[int, str] = (-1, "")
+
+
 def _now_text() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    global _now_cache
+    now = int(time.time())
+    cached = _now_cache
+    if cached[0] == now:
+        return cached[1]
+    text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    _now_cache = (now, text)
+    return text
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -396,18 +407,36 @@ class Outbox:
         what was sent. The signature itself is checked by the platform. Enqueuing a ``report_id``
         that was seen before (pending, sent or dead) does nothing. Raises
         :class:`OutboxFull` at the cap (nothing is dropped; this report is not queued).
+
+        Envelopes returned by :func:`~intercept_sdk._reports.sign_report` in this process
+        carry the metadata of the payload they signed (validated there), and the arguments
+        are checked against those instead of parsing the envelope again; any other bytes
+        are parsed and checked in full.
         """
-        data = bytes(envelope_bytes)
-        created = self._check_envelope(data, report_id, kind, measure, created_at)
+        if type(envelope_bytes) is _SignedReport:
+            created = envelope_bytes._check_metadata(report_id, kind, measure, created_at)
+            data = bytes(envelope_bytes)
+            if len(data) > MAX_ENVELOPE_BYTES:
+                raise InvalidReport(
+                    f"report envelope is {len(data)} bytes, more than {MAX_ENVELOPE_BYTES}"
+                )
+        else:
+            data = bytes(envelope_bytes)
+            created = self._check_envelope(data, report_id, kind, measure, created_at)
         now = _now_text()
         need = len(data) + _ROW_OVERHEAD
+        # One IMMEDIATE transaction, as _write() does (inlined: this is the hot path).
         with self._lock:  # the usage estimate and warning state change together
-            added = False
-            with self._write("enqueue") as conn:
+            conn = self._conn()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._translate(exc, "enqueue") from None
+            try:
                 used = self._usage(conn, need)
                 if used + need > self.max_bytes:
                     if self._known(conn, report_id):
-                        return
+                        raise _Duplicate
                     pending = conn.execute("SELECT count(*) FROM pending").fetchone()[0]
                     raise OutboxFull(
                         f"report outbox {self.path} is full ({used} of {self.max_bytes} bytes, "
@@ -427,12 +456,19 @@ class Outbox:
                     (report_id, seq, kind, measure, created, now),
                 ).rowcount:
                     raise _Duplicate
-                added = True
-            if added and self._est_used is not None:
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, _Duplicate):
+                    return
+                if isinstance(exc, sqlite3.Error):
+                    raise self._translate(exc, "enqueue") from None
+                raise
+            if self._est_used is not None:
                 self._est_used += need
                 self._est_added += need
-            if added:
-                self._check_warn(used + need)
+            self._check_warn(used + need)
 
     @staticmethod
     def _known(conn: sqlite3.Connection, report_id: str) -> bool:
@@ -513,6 +549,14 @@ class Outbox:
             "SELECT report_id, envelope FROM pending ORDER BY seq LIMIT ?", (max(0, int(limit)),)
         )
         return [(str(r[0]), bytes(r[1])) for r in rows]
+
+    def _batch_after(self, limit: int, after_seq: int) -> list[tuple[int, str, bytes]]:
+        """Like :meth:`batch`, as ``(seq, report_id, envelope)``, only past ``after_seq``."""
+        rows = self._read(
+            "SELECT seq, report_id, envelope FROM pending WHERE seq > ? ORDER BY seq LIMIT ?",
+            (int(after_seq), max(0, int(limit))),
+        )
+        return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
 
     def _pending_seqs(self, conn: sqlite3.Connection, ids: Sequence[str]) -> list[int]:
         marks = ",".join("?" * len(ids))
@@ -654,6 +698,10 @@ class Outbox:
     def pending_count(self) -> int:
         """Reports waiting to be acknowledged by the platform."""
         return int(self._read("SELECT count(*) FROM pending")[0][0])
+
+    def has_pending(self) -> bool:
+        """Whether any report waits for the platform (cheap: no count of the queue)."""
+        return bool(self._read("SELECT EXISTS (SELECT 1 FROM pending)")[0][0])
 
     def sent_count(self) -> int:
         """Reports the platform acknowledged (whose metadata is still in the journal)."""
@@ -871,6 +919,9 @@ class Sender:
     * Every HTTP call has connect/read/write/pool timeouts; ``close(timeout)`` returns
       within ``timeout`` plus a small margin even if a request hangs (the daemon thread
       then ends on its own read timeout, leaving the report pending).
+    * The background thread marks an acknowledged batch sent (a transaction with an
+      fsync) on a helper thread while it uploads the next batch; a report is still marked
+      sent only after the platform acknowledged it.
     * One sender per outbox at a time across processes (an ``flock`` on
       ``<outbox>.sender.lock``): with several worker processes only one uploads.
     * Fork-safe: a forked child has no sender thread, no inherited HTTP connections and
@@ -947,6 +998,11 @@ class Sender:
         self._client: httpx.Client | None = None
         self._lock_fd: int | None = None
         self._next_send_at = -math.inf
+        # The background step (_step): the batch being marked sent and what comes next.
+        self._marker: threading.Thread | None = None
+        self._mark_error: BaseException | None = None
+        self._marking_seq = -1
+        self._prefetched: list[tuple[int, str, bytes]] | None = None
 
     def _after_fork(self) -> None:
         if self._client is not None:
@@ -1015,29 +1071,44 @@ class Sender:
 
         Usable without the thread (e.g. a command that pushes the outbox once). Waits as
         needed to respect ``max_rate``. Raises :class:`ReportError` only if the outbox
-        itself fails.
+        itself fails. When it returns, what the platform acknowledged is marked sent.
         """
         rows = self.outbox.batch(self.batch_size)
         if not rows:
             return SendResult(idle=True)
+        rows = rows[: self._fitting(env for _, env in rows)]
+        if not self._pace(len(rows)):
+            return SendResult()
+        return self._settle(rows, self._post(rows))
+
+    def _fitting(self, envelopes: Iterable[bytes]) -> int:
+        """How many of ``envelopes`` (from the first) fit in one body of ``max_body_bytes``."""
         size, cut = 0, 0
-        for i, (_, env) in enumerate(rows):
+        for i, env in enumerate(envelopes):
             size += len(env) + 1
             if i > 0 and size > self.max_body_bytes:
                 break
             cut = i + 1
-        rows = rows[:cut]
+        return cut
+
+    def _pace(self, n: int) -> bool:
+        """Wait as ``max_rate`` requires before sending ``n`` reports; False if stopped."""
         wait = self._next_send_at - self._clock()
         if wait > 0:
             self._sleep(wait)
             if self._stop.is_set():
-                return SendResult()
-        self._next_send_at = self._clock() + len(rows) / self.max_rate
+                return False
+        self._next_send_at = self._clock() + n / self.max_rate
+        return True
+
+    def _settle(
+        self, rows: list[tuple[str, bytes]], answer: _Acked | _Retry | _Rejected
+    ) -> SendResult:
+        """Act on the platform's ``answer`` to ``rows``: mark, retry later, or split."""
         sent = dead = 0
-        stack: list[list[tuple[str, bytes]]] = [rows]
-        while stack:
-            part = stack.pop()
-            answer = self._post(part)
+        stack: list[list[tuple[str, bytes]]] = []
+        part = rows
+        while True:
             if isinstance(answer, _Acked):
                 ids = [rid for rid, _ in part if rid in answer.ids]
                 sent += self.outbox.mark_sent(ids)
@@ -1074,7 +1145,77 @@ class Sender:
                     answer.reason,
                     ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else ""),
                 )
-        return SendResult(sent=sent, dead=dead)
+            if not stack:
+                return SendResult(sent=sent, dead=dead)
+            part = stack.pop()
+            answer = self._post(part)
+
+    # -- the thread's step: marking overlaps the next upload ----------------------------
+    #
+    # Marking a batch sent is a transaction with an fsync (tens of ms for 500 reports)
+    # that the next upload does not depend on. So the thread reads the next batch first
+    # (past the batch being marked), marks the acknowledged one on a helper thread, and
+    # uploads meanwhile. Anything but a full acknowledgement waits for the marking and is
+    # handled exactly as send_once() does. A report is still marked sent only after the
+    # platform acknowledged it, and stays pending until then.
+
+    def _step(self) -> SendResult:
+        """One batch for the background thread: :meth:`send_once`, with marking overlapped."""
+        rows = self._prefetched
+        self._prefetched = None
+        if rows is None:
+            rows = self.outbox._batch_after(self.batch_size, self._marking_seq)
+        if not rows and self._marking_seq >= 0:
+            # Nothing past the batch being marked: wait for it and look at the whole queue
+            # again (reports it did not remove, or new ones numbered from the start).
+            self._finish_marking()
+            rows = self.outbox._batch_after(self.batch_size, -1)
+        if not rows:
+            return SendResult(idle=True)
+        rows = rows[: self._fitting(env for _, _, env in rows)]
+        part = [(rid, env) for _, rid, env in rows]
+        if not self._pace(len(part)):
+            return SendResult()
+        answer = self._post(part)
+        try:
+            self._finish_marking()
+        except ReportError:
+            self._prefetched = None
+            raise
+        if not (isinstance(answer, _Acked) and len(answer.ids) == len(part)):
+            return self._settle(part, answer)
+        last = rows[-1][0]
+        try:
+            self._prefetched = self.outbox._batch_after(self.batch_size, last)
+        except ReportError:
+            self._settle(part, answer)  # mark now; the next step reads again
+            raise
+        self._succeeded()
+        ids = [rid for rid, _ in part]
+        self._marking_seq = last
+        self._marker = threading.Thread(
+            target=self._mark, args=(ids,), name="intercept-sdk-report-marker", daemon=True
+        )
+        self._marker.start()
+        return SendResult(sent=len(ids))
+
+    def _mark(self, ids: list[str]) -> None:
+        try:
+            self.outbox.mark_sent(ids)
+        except BaseException as exc:  # handed to the sender thread by _finish_marking
+            self._mark_error = exc
+
+    def _finish_marking(self) -> None:
+        """Wait for the batch being marked sent; raise what marking it raised."""
+        marker, self._marker = self._marker, None
+        if marker is not None:
+            marker.join()
+        error, self._mark_error = self._mark_error, None
+        if error is not None or marker is None:
+            self._marking_seq = -1
+            self._prefetched = None
+        if error is not None:
+            raise error
 
     def _succeeded(self) -> None:
         if self._failures:
@@ -1192,7 +1333,7 @@ class Sender:
         self.start()
         self._wake.set()
         while True:
-            if self.outbox.pending_count() == 0:
+            if not self.outbox.has_pending():
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self.running:
@@ -1272,7 +1413,7 @@ class Sender:
                         self._wake.wait(min(self.interval, 5.0))
                         continue
                 try:
-                    result = self.send_once()
+                    result = self._step()
                 except ReportError as exc:
                     if self._stop.is_set():
                         break
@@ -1290,6 +1431,8 @@ class Sender:
                 elif result.idle:
                     self._wake.wait(self.interval)
         finally:
+            with contextlib.suppress(Exception):
+                self._finish_marking()
             if self._pid == os.getpid():
                 if self._closed:
                     self._shutdown_resources()

@@ -29,7 +29,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
+import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -50,7 +54,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import anyio
 import anyio.to_thread
@@ -690,8 +694,56 @@ class _Refused(Exception):
         super().__init__(message)
 
 
-@dataclass(frozen=True)
-class _Row:
+class _BadSignature(_Refused):
+    """A report whose signature does not verify (step 2 of :meth:`_Platform._verify_batch`)."""
+
+
+# The envelopes the SDK sends are canonical JSON (``Envelope.to_bytes``), and a Sender's
+# body is ``{"reports":[`` + envelopes joined by "," + ``]}``. Such a body is read with
+# these patterns instead of a JSON parse plus a re-serialisation per envelope: a match is
+# exactly the canonical JSON of what ``json.loads`` would return for it (keys in order,
+# no spaces, nothing escaped), so the stored bytes and every check are the same. Any
+# other body takes the general path.
+_B64 = rb"[A-Za-z0-9+/]*={0,2}"
+_SIG = rb'\{"keyid":"[0-9a-f]{64}","sig":"' + _B64 + rb'"\}'
+_CANONICAL_ENVELOPE = re.compile(
+    rb'\{"payload":"(' + _B64 + rb')","payload_type":"' + re.escape(REPORT_TYPE.encode())
+    + rb'","signatures":\[(' + _SIG + rb"(?:," + _SIG + rb")*)\]\}"
+)  # fmt: skip
+_CANONICAL_SIG = re.compile(rb'\{"keyid":"([0-9a-f]{64})","sig":"(' + _B64 + rb')"\}')
+_BATCH_HEAD = b'{"reports":['
+_BATCH_TAIL = b"]}"
+if sys.version_info >= (3, 11):
+    _b64decode_strict: Callable[[bytes], bytes] = functools.partial(
+        binascii.a2b_base64, strict_mode=True
+    )  # what base64.b64decode(validate=True) calls
+else:  # pragma: no cover - Python 3.10
+
+    def _b64decode_strict(data: bytes) -> bytes:
+        return base64.b64decode(data, validate=True)
+
+
+# Verification is spread over threads: libsodium (through cffi) releases the GIL while
+# it verifies, which is most of the work, so a batch uses every core. Below this many
+# reports a batch is verified on the request's own thread.
+_PARALLEL_MIN = 32
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+#: Threads verifying one batch (the request's own included), at most 4.
+_POOL_WORKERS = max(1, min(4, _usable_cores()))
+#: A batch is cut into this many chunks per thread, so that a thread that gets less CPU
+#: (another process on its core) leaves its share to the others.
+_CHUNKS_PER_WORKER = 4
+
+
+class _Row(NamedTuple):
     report_id: str
     subscriber_id: str
     kind: str
@@ -843,48 +895,63 @@ class _ReportStore:
         return out
 
 
-def _optional_text(payload: dict[str, Any], name: str, where: str) -> str | None:
+def _optional_text(payload: dict[str, Any], name: str, index: int | str) -> str | None:
     value = payload.get(name)
-    if value is None:
-        return None
+    if value is None or (type(value) is str and len(value) <= _MAX_FIELD):
+        return value
     if not isinstance(value, str) or len(value) > _MAX_FIELD:
-        raise _Refused(400, f"{where}: {name} must be a string of at most {_MAX_FIELD} chars")
+        raise _Refused(
+            400, f"{_where(index)}: {name} must be a string of at most {_MAX_FIELD} chars"
+        )
     return value
 
 
+def _where(index: int | str) -> str:
+    return index if isinstance(index, str) else f"report {index}"
+
+
 def _check_payload(
-    payload: dict[str, Any], signers: frozenset[str], envelope: bytes, where: str
+    payload: dict[str, Any], signers: frozenset[str], envelope: bytes, index: int | str
 ) -> _Row:
-    """Validate a verified report payload; the subscriber must be the one who signed."""
+    """Validate a verified report payload; the subscriber must be the one who signed.
+
+    ``index`` is the report's position in its batch (or a ready-made label), for messages.
+    """
     if payload.get("type") != "report":
-        raise _Refused(400, f'{where}: type must be "report"')
+        raise _Refused(400, f'{_where(index)}: type must be "report"')
     rid = payload.get("report_id")
     if not isinstance(rid, str) or not _REPORT_ID_RE.fullmatch(rid):
-        raise _Refused(400, f"{where}: report_id must be 32 lower-case hex characters")
+        raise _Refused(400, f"{_where(index)}: report_id must be 32 lower-case hex characters")
     sid = payload.get("subscriber_id")
     if not isinstance(sid, str) or not sid:
-        raise _Refused(400, f"{where}: subscriber_id must be a non-empty string")
+        raise _Refused(400, f"{_where(index)}: subscriber_id must be a non-empty string")
     if sid not in signers:
-        raise _Refused(403, f"{where}: not signed by the key registered for its subscriber_id")
+        raise _Refused(
+            403, f"{_where(index)}: not signed by the key registered for its subscriber_id"
+        )
     kind = payload.get("kind")
     if kind not in REPORT_KINDS:
-        raise _Refused(400, f"{where}: kind must be one of {', '.join(sorted(REPORT_KINDS))}")
+        raise _Refused(
+            400, f"{_where(index)}: kind must be one of {', '.join(sorted(REPORT_KINDS))}"
+        )
     created = payload.get("created_at")
     try:
         if not isinstance(created, str) or len(created) > _MAX_FIELD:
             raise ValueError
         parse_utc(created)
     except ValueError:
-        raise _Refused(400, f"{where}: created_at must be an ISO 8601 UTC date-time") from None
+        raise _Refused(
+            400, f"{_where(index)}: created_at must be an ISO 8601 UTC date-time"
+        ) from None
     return _Row(
-        report_id=rid,
-        subscriber_id=sid,
-        kind=kind,
-        measure=_optional_text(payload, "measure", where),
-        entry_id=_optional_text(payload, "entry_id", where),
-        case_no=_optional_text(payload, "case_no", where),
-        created_at=created,
-        envelope=envelope,
+        rid,
+        sid,
+        kind,
+        _optional_text(payload, "measure", index),
+        _optional_text(payload, "entry_id", index),
+        _optional_text(payload, "case_no", index),
+        created,
+        envelope,
     )
 
 
@@ -912,6 +979,9 @@ class _Platform:
         self.store.open()
         self._inflight = 0
         self._limiter: anyio.CapacityLimiter | None = None
+        # Threads that verify signatures (see _PARALLEL_MIN); started with the app.
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     # -- lifecycle
 
@@ -919,10 +989,31 @@ class _Platform:
         """Ask every ``/events`` listener to finish (from any thread); see :class:`_Hub`."""
         self.hub.closing.set()
 
+    def start_pool(self) -> None:
+        """Start the verification threads (idempotent); without them, batches verify inline."""
+        with self._pool_lock:
+            if self._pool is None and _POOL_WORKERS > 1:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    _POOL_WORKERS - 1, thread_name_prefix="intercept-platform-verify"
+                )
+
+    def stop_pool(self) -> None:
+        """Stop the verification threads without waiting (bounded, idempotent).
+
+        Work not started yet is cancelled; a batch waiting for it verifies the rest on
+        its own thread. A chunk already running finishes on its own (each is bounded by
+        ``max_reports_per_batch`` verifications).
+        """
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.hub.reset()
         self.store.reopen()
+        self.start_pool()
         self._limiter = anyio.CapacityLimiter(4)
         state = self.manifest.load()
         if state is not None:
@@ -935,6 +1026,7 @@ class _Platform:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            self.stop_pool()
             self.store.close()
 
     async def _poll_manifest(self) -> None:
@@ -1119,6 +1211,39 @@ class _Platform:
         return 200, {"accepted": accepted, "duplicates": duplicates}
 
     def _verify_batch(self, body: bytes) -> list[_Row]:
+        """Parse, verify and check one batch; raise :class:`_Refused` for the first problem.
+
+        Three steps, each over the whole batch in order, so the answer names the first
+        report that fails the earliest step: (1) the envelopes' shape; (2) every signature,
+        before any payload is parsed (the signing key names the subscriber); (3) the
+        payloads, now authenticated. Steps 2 and 3 of a report run together on one of the
+        verification threads (its payload only after its own signature verified); the
+        outcome, including which error is reported, is the same as one pass after another.
+        """
+        envelopes = self._canonical_envelopes(body)
+        if envelopes is None:
+            envelopes = self._parsed_envelopes(body)
+        keys = self.subscribers.snapshot()
+        results = self._map_chunks(
+            lambda lo, hi: [
+                self._authenticate(keys, env, raw, i) for i, (env, raw) in enumerate(
+                    envelopes[lo:hi], lo
+                )
+            ],
+            len(envelopes),
+        )  # fmt: skip
+        for r in results:
+            if isinstance(r, _BadSignature):
+                raise r
+        rows: list[_Row] = []
+        for r in results:
+            if isinstance(r, _Refused):
+                raise r
+            rows.append(r)
+        return rows
+
+    def _parsed_envelopes(self, body: bytes) -> list[tuple[Envelope, bytes]]:
+        """Step 1 for any JSON body."""
         try:
             doc = json.loads(body)
         except (ValueError, RecursionError):
@@ -1126,10 +1251,9 @@ class _Platform:
         if not isinstance(doc, dict) or not isinstance(doc.get("reports"), list):
             raise _Refused(400, 'body must be {"reports": [<envelope>, ...]}')
         items: list[Any] = doc["reports"]
-        if len(items) > self.limits.max_reports_per_batch:
-            raise _Refused(413, f"at most {self.limits.max_reports_per_batch} reports per batch")
-        # 1. Outer envelopes. The signature covers the base64-decoded payload, so
-        #    re-encoding the outer JSON object to feed Envelope.from_bytes is harmless.
+        self._check_count(len(items))
+        # The signature covers the base64-decoded payload, so re-encoding the outer JSON
+        # object to feed Envelope.from_bytes is harmless.
         envelopes: list[tuple[Envelope, bytes]] = []
         for i, obj in enumerate(items):
             where = f"report {i}"
@@ -1142,31 +1266,119 @@ class _Platform:
                 raise _Refused(400, f"{where}: {exc}") from None
             if env.payload_type != REPORT_TYPE:
                 raise _Refused(400, f"{where}: payload_type must be {REPORT_TYPE}")
-            if not env.signatures or len(env.signatures) > self.limits.max_signatures_per_report:
-                raise _Refused(
-                    400, f"{where}: needs 1..{self.limits.max_signatures_per_report} signatures"
-                )
+            self._check_signature_count(env, where)
             envelopes.append((env, raw))
-        # 2. Signatures, before the payload is parsed: the signing key names the subscriber.
-        keys = self.subscribers.snapshot()
-        signers: list[frozenset[str]] = []
-        for i, (env, _) in enumerate(envelopes):
-            valid = keys.valid_keyids(env)
-            if not valid:
-                if any(kid in keys.keys for kid, _ in env.signatures):
-                    raise _Refused(403, f"report {i}: signature does not verify")
-                raise _Refused(403, f"report {i}: not signed by any registered subscriber")
-            signers.append(frozenset(sid for k in valid for sid in keys.owners[k]))
-        # 3. Payloads, now authenticated.
-        rows: list[_Row] = []
-        for i, ((env, raw), who) in enumerate(zip(envelopes, signers, strict=True)):
-            where = f"report {i}"
+        return envelopes
+
+    def _canonical_envelopes(self, body: bytes) -> list[tuple[Envelope, bytes]] | None:
+        """Step 1 for a body of canonical envelopes (what the SDK sends), else None.
+
+        Same checks and results as :meth:`_parsed_envelopes`, without parsing JSON.
+        """
+        if not (body.startswith(_BATCH_HEAD) and body.endswith(_BATCH_TAIL)):
+            return None
+        end = len(body) - len(_BATCH_TAIL)
+        pos = len(_BATCH_HEAD)
+        spans: list[re.Match[bytes]] = []
+        match = _CANONICAL_ENVELOPE.match
+        while True:
+            m = match(body, pos, end)
+            if m is None:
+                return None
+            spans.append(m)
+            pos = m.end()
+            if pos == end:
+                break
+            if body[pos] != 0x2C:  # ","
+                return None
+            pos += 1
+        self._check_count(len(spans))
+        envelopes: list[tuple[Envelope, bytes]] = []
+        most = self.limits.max_signatures_per_report
+        for i, m in enumerate(spans):
+            payload_b64, sigs_json = m.group(1, 2)
             try:
-                payload = env.payload_json()
-            except (FormatError, RecursionError):
-                raise _Refused(400, f"{where}: payload is not a JSON object") from None
-            rows.append(_check_payload(payload, who, raw, where))
-        return rows
+                payload = _b64decode_strict(payload_b64)
+            except (binascii.Error, ValueError):
+                raise _Refused(400, f"report {i}: payload is not valid base64") from None
+            try:
+                sigs = tuple(
+                    (kid.decode(), _b64decode_strict(sig))
+                    for kid, sig in _CANONICAL_SIG.findall(sigs_json)
+                )
+            except (binascii.Error, ValueError):
+                raise _Refused(400, f"report {i}: signature is not valid base64") from None
+            env = Envelope(REPORT_TYPE, payload, sigs)
+            if len(sigs) > most:
+                self._check_signature_count(env, f"report {i}")
+            envelopes.append((env, m.group(0)))
+        return envelopes
+
+    def _check_count(self, n: int) -> None:
+        if n > self.limits.max_reports_per_batch:
+            raise _Refused(413, f"at most {self.limits.max_reports_per_batch} reports per batch")
+
+    def _check_signature_count(self, env: Envelope, where: str) -> None:
+        if not env.signatures or len(env.signatures) > self.limits.max_signatures_per_report:
+            raise _Refused(
+                400, f"{where}: needs 1..{self.limits.max_signatures_per_report} signatures"
+            )
+
+    @staticmethod
+    def _authenticate(keys: _Keys, env: Envelope, raw: bytes, i: int) -> _Row | _Refused:
+        """Steps 2 and 3 for one report: the row, or why it is refused (not raised)."""
+        valid = keys.valid_keyids(env)
+        if not valid:
+            if any(kid in keys.keys for kid, _ in env.signatures):
+                return _BadSignature(403, f"report {i}: signature does not verify")
+            return _BadSignature(403, f"report {i}: not signed by any registered subscriber")
+        # Authenticated from here on.
+        if len(valid) == 1:
+            (only,) = valid
+            who = keys.owners[only]
+        else:
+            who = frozenset(sid for k in valid for sid in keys.owners[k])
+        try:
+            payload = env.payload_json()
+        except (FormatError, RecursionError):
+            return _Refused(400, f"report {i}: payload is not a JSON object")
+        try:
+            return _check_payload(payload, who, raw, i)
+        except _Refused as exc:
+            return exc
+
+    def _map_chunks(
+        self, work: Callable[[int, int], list[_Row | _Refused]], n: int
+    ) -> list[_Row | _Refused]:
+        """``work(0, n)``, in chunks shared between the verification threads and this one.
+
+        The pool takes chunks from the front while this thread takes them from the back,
+        so neither waits for the other unless both are busy (a core taken by another
+        process, the pool busy with another batch, or stopped: then this thread does all).
+        """
+        pool = self._pool
+        if pool is None or n < _PARALLEL_MIN:
+            return work(0, n)
+        parts = min(_CHUNKS_PER_WORKER * _POOL_WORKERS, max(2, n // (_PARALLEL_MIN // 2)))
+        bounds = [(n * k // parts, n * (k + 1) // parts) for k in range(parts)]
+        results: list[list[_Row | _Refused] | None] = [None] * parts
+        futures: list[concurrent.futures.Future[list[_Row | _Refused]] | None] = []
+        for lo, hi in bounds:
+            try:
+                futures.append(pool.submit(work, lo, hi))
+            except RuntimeError:  # the pool was shut down meanwhile: do it here
+                futures.append(None)
+        for k in range(parts - 1, -1, -1):
+            future = futures[k]
+            if future is None or future.cancel():  # not started by the pool: take it
+                results[k] = work(*bounds[k])
+        out: list[_Row | _Refused] = []
+        for done, future in zip(results, futures, strict=True):
+            if done is not None:
+                out.extend(done)
+            elif future is not None:  # always: a chunk without a future was done above
+                out.extend(future.result())
+        return out
 
     async def _list_reports(self, request: Request) -> Response:
         q = request.query_params

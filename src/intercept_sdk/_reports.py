@@ -32,12 +32,13 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import math
+import operator
+import os
 import re
-import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -50,7 +51,7 @@ from ._signing import (
     canonical_json,
     load_private_key,
     load_x25519_private,
-    sign_envelope,
+    sign_single,
     verify_single,
     write_private_key,
     write_public_key,
@@ -119,6 +120,8 @@ _FIELDS: Final = (
     "details",
 )
 
+_FIELD_SET: Final = frozenset(_FIELDS)
+
 #: Top-level fields each kind must set (non-null). ``details`` keys required per kind are
 #: in :data:`_REQUIRED_DETAILS`.
 _REQUIRED: Final[Mapping[str, tuple[str, ...]]] = {
@@ -155,12 +158,24 @@ _FULLWIDTH = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)}
 _SEPARATORS = re.compile(r"[\s\-\u2010-\u2014\u2212\u3000]")
 
 
+# A necessary condition for either search below, checked first because nearly every string
+# fails it: each match of _ID_RE is at least 15 consecutive digits (``\d``: any Unicode
+# decimal digit) of the folded text, or of the text with separators removed. Folding maps
+# full-width digits (themselves ``\d``) to ASCII digits and U+FF0D to "-", and changes no
+# other character into a digit or a separator, so the original text must hold 15 digits
+# with at most separators (or U+FF0D) between them. The classes are disjoint: no
+# backtracking blow-up.
+_ID_CANDIDATE = re.compile(r"\d(?:[\s\-\u2010-\u2014\u2212\u3000\uff0d]*\d){14}")
+
+
 def _looks_like_id_number(text: str) -> bool:
     """True if ``text`` contains something shaped like a plaintext resident ID number.
 
     Full-width digits are folded, and the text is also checked with spaces and hyphens
     removed, since clerks paste numbers as ``110101 19900307 1234``.
     """
+    if len(text) < 15 or _ID_CANDIDATE.search(text) is None:
+        return False
     folded = text.translate(_FULLWIDTH)
     if _ID_RE.search(folded):
         return True
@@ -189,11 +204,11 @@ def _plain_json(value: object, where: str, depth: int, reasons: list[str]) -> An
     if depth > _MAX_DEPTH:
         reasons.append(f"{where} is nested deeper than {_MAX_DEPTH} levels")
         return None
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
+    if type(value) is str or isinstance(value, str):  # exact type first: the usual case
         if _looks_like_id_number(value):
             reasons.append(_id_reason(where))
+        return value
+    if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
         if 15 <= len(str(abs(value))) <= 18 and _looks_like_id_number(str(abs(value))):
@@ -203,7 +218,7 @@ def _plain_json(value: object, where: str, depth: int, reasons: list[str]) -> An
         if not math.isfinite(value):
             reasons.append(f"{where} is {value!r}, which JSON cannot carry")
         return float(value)
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for k, v in value.items():
             if not isinstance(k, str):
@@ -224,12 +239,18 @@ def _plain_json(value: object, where: str, depth: int, reasons: list[str]) -> An
     return None
 
 
+_measure_codes_fn: Callable[[], frozenset[str]] | None = None
+
+
 def _measure_codes() -> frozenset[str]:
     # Imported on first use: the catalog pulls in pydantic, which processes that only
     # queue or send reports (the outbox, a sender child) do not otherwise need.
-    from ._catalog import measure_codes
+    global _measure_codes_fn
+    if _measure_codes_fn is None:
+        from ._catalog import measure_codes
 
-    return measure_codes()
+        _measure_codes_fn = measure_codes
+    return _measure_codes_fn()
 
 
 def _check_str(
@@ -253,15 +274,23 @@ def _check_str(
         reasons.append(f"{field} must be 1..{max_len} characters")
 
 
-def _validate(payload: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Check a report payload; return a plain-JSON copy and the list of problems."""
+def _validate(
+    payload: Mapping[str, Any],
+) -> tuple[dict[str, Any], list[str], bytes, _dt.datetime | None]:
+    """Check a report payload.
+
+    Returns a plain-JSON copy, the list of problems, and (only meaningful without
+    problems) the copy's canonical JSON and ``created_at`` parsed.
+    """
     reasons: list[str] = []
-    missing = [f for f in _FIELDS if f not in payload]
-    extra = sorted(str(k) for k in payload if k not in _FIELDS)
-    if missing:
-        reasons.append("missing fields: " + ", ".join(missing))
-    if extra:
-        reasons.append("unknown fields: " + ", ".join(extra))
+    when: _dt.datetime | None = None
+    if payload.keys() != _FIELD_SET:
+        missing = [f for f in _FIELDS if f not in payload]
+        extra = sorted(str(k) for k in payload if k not in _FIELDS)
+        if missing:
+            reasons.append("missing fields: " + ", ".join(missing))
+        if extra:
+            reasons.append("unknown fields: " + ", ".join(extra))
     if payload.get("type") != "report":
         reasons.append('type must be "report"')
     kind = payload.get("kind")
@@ -277,7 +306,7 @@ def _validate(payload: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     try:
         if not isinstance(created, str):
             raise ValueError
-        parse_utc(created)
+        when = parse_utc(created)
     except ValueError:
         reasons.append("created_at must be an ISO 8601 UTC time such as 2026-01-31T08:00:00Z")
     _check_str(payload, "entry_id", _ENTRY_ID_RE, reasons)
@@ -300,7 +329,7 @@ def _validate(payload: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 reasons.append(f"a {kind} report needs {field}")
     details = payload.get("details")
     plain_details: Any = {}
-    if not isinstance(details, Mapping):
+    if type(details) is not dict and not isinstance(details, Mapping):
         reasons.append(f"details must be a JSON object, got {type(details).__name__}")
     else:
         plain_details = _plain_json(details, "details", 1, reasons)
@@ -317,11 +346,12 @@ def _validate(payload: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 reasons.append("details['quarter'] must be 1, 2, 3 or 4")
     out = {f: payload.get(f) for f in _FIELDS}
     out["details"] = plain_details
+    data = b""
     if not reasons:
-        size = len(canonical_json(out))
-        if size > MAX_PAYLOAD_BYTES:
-            reasons.append(f"payload is {size} bytes, more than {MAX_PAYLOAD_BYTES}")
-    return out, reasons
+        data = canonical_json(out)
+        if len(data) > MAX_PAYLOAD_BYTES:
+            reasons.append(f"payload is {len(data)} bytes, more than {MAX_PAYLOAD_BYTES}")
+    return out, reasons, data, when
 
 
 def validate_report(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -333,10 +363,215 @@ def validate_report(payload: Mapping[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(payload, Mapping):
         raise InvalidReport(f"a report payload must be a JSON object, got {type(payload).__name__}")
-    out, reasons = _validate(payload)
+    out, reasons, _, _ = _validate(payload)
     if reasons:
         raise InvalidReport("invalid report: " + "; ".join(reasons))
     return out
+
+
+class _ReportMeta(NamedTuple):
+    """What the outbox records of a validated payload."""
+
+    report_id: str
+    kind: str
+    measure: str | None
+    created_text: str
+    created: _dt.datetime
+
+
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+_is = operator.is_
+
+
+class _ValidatedReport(dict[str, Any]):
+    """A payload :func:`build_report` validated, with the exact canonical bytes it validated.
+
+    :func:`sign_report` signs those bytes without validating again, but only while the
+    payload is unchanged; a payload changed after it was built (a value anywhere, nested
+    ``details`` included) is validated again in full. So what gets signed is always bytes
+    that passed validation, and they are the payload's canonical JSON.
+
+    Unchanged is checked cheaply when the build left plain scalars at the top level: the
+    same keys in the same order, the very same value objects (immutable scalars, and the
+    same ``details`` dict), and ``details`` holding the same entries (flat: the same key
+    and value objects; nested: the same canonical JSON). Otherwise the whole payload's
+    canonical JSON is compared.
+    """
+
+    __slots__ = ("_canonical", "_details_keys", "_details_values", "_meta", "_values")
+    _canonical: bytes
+    _meta: _ReportMeta
+    # The top-level values at build time (None: compare canonical JSON instead), and of
+    # details its keys and, when all are scalars, its values (None: compare its JSON).
+    _values: tuple[Any, ...] | None
+    _details_keys: tuple[str, ...]
+    _details_values: tuple[Any, ...] | bytes
+
+    def _freeze(self, canonical: bytes, meta: _ReportMeta) -> None:
+        self._canonical = canonical
+        self._meta = meta
+        values = tuple(self.values())  # in _FIELDS order: build_report made it so
+        details = values[-1]
+        plain = type(details) is dict and _SCALARS.issuperset(map(type, values[:-1]))
+        self._values = values if plain else None
+        self._details_keys = tuple(details) if plain else ()
+        inner = tuple(details.values()) if plain else ()
+        self._details_values = (
+            inner if _SCALARS.issuperset(map(type, inner)) else canonical_json(details)
+        )
+
+    def _unchanged(self) -> bool:
+        """Whether the payload still serialises to ``_canonical`` (see the class doc)."""
+        values = self._values
+        if (
+            values is not None
+            and len(self) == len(_FIELDS)
+            and tuple(self) == _FIELDS
+            and all(map(_is, self.values(), values))
+        ):
+            details = values[-1]  # the very dict that was validated ("details" is last)
+            expected = self._details_values
+            if tuple(details) != self._details_keys:
+                return False
+            if isinstance(expected, bytes):
+                return canonical_json(details) == expected
+            return all(map(_is, details.values(), expected))
+        try:
+            return canonical_json(self) == self._canonical
+        except (TypeError, ValueError, RecursionError):
+            return False  # changed into something that is not JSON
+
+
+class _SignedReport(bytes):
+    """Envelope bytes made by :func:`sign_report` in this process.
+
+    Carries the metadata of the payload it signed, which had passed validation, so that
+    :meth:`Outbox.enqueue <intercept_sdk._outbox.Outbox.enqueue>` can check its arguments
+    against them instead of parsing the envelope again. Anything else (plain ``bytes``, for
+    instance an envelope read back from disk or received from elsewhere) is parsed and
+    checked in full by the outbox. Immutable: bytes, and attributes that cannot be set.
+    """
+
+    _meta: _ReportMeta
+
+    def __new__(cls, data: bytes, meta: _ReportMeta) -> _SignedReport:
+        self = super().__new__(cls, data)
+        object.__setattr__(self, "_meta", meta)
+        return self
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("signed report envelopes are immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("signed report envelopes are immutable")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A copy that leaves this process is plain bytes (checked in full when enqueued).
+        return (bytes, (bytes(self),))
+
+    def _check_metadata(
+        self, report_id: str, kind: str, measure: str | None, created_at: str | _dt.datetime
+    ) -> str:
+        """``created_at`` as stored, if the arguments agree with the signed payload.
+
+        Raises :class:`InvalidReport` naming what disagrees, like the outbox's full check.
+        """
+        rid, signed_kind, signed_measure, created_text, created_dt = self._meta
+        if kind not in REPORT_KINDS:
+            raise InvalidReport(f"unknown report kind {_shown(kind, 40)}")
+        if not isinstance(report_id, str) or not _REPORT_ID_RE.match(report_id):
+            raise InvalidReport("report_id must be 32 lower-case hex characters")
+        if created_at == created_text or (
+            isinstance(created_at, _dt.datetime)
+            and created_at.tzinfo is not None
+            and created_at == created_dt
+        ):
+            created = created_text
+        else:
+            created = _utc_text_of(created_at)
+        mismatched = [
+            name
+            for name, given, actual in (
+                ("report_id", report_id, rid),
+                ("kind", kind, signed_kind),
+                ("measure", measure, signed_measure),
+                ("created_at", created, created_text),
+            )
+            if given != actual
+        ]
+        if mismatched:
+            raise InvalidReport(
+                "enqueue() arguments disagree with the signed payload: " + ", ".join(mismatched)
+            )
+        return created
+
+
+def _utc_text_of(value: object) -> str:
+    """``YYYY-MM-DDTHH:MM:SSZ`` of an aware datetime or ISO 8601 text; else InvalidReport."""
+    try:
+        when = parse_utc(value) if isinstance(value, str) else value
+    except ValueError:
+        raise InvalidReport(f"created_at {_shown(value)} is not an ISO 8601 UTC time") from None
+    if not isinstance(when, _dt.datetime) or when.tzinfo is None:
+        raise InvalidReport("created_at must be a timezone-aware datetime or ISO 8601 text")
+    return format_utc(when)
+
+
+def _meta_of(plain: Mapping[str, Any], when: _dt.datetime | None) -> _ReportMeta:
+    created = plain["created_at"]
+    return _ReportMeta(
+        plain["report_id"],
+        plain["kind"],
+        plain["measure"],
+        created,
+        parse_utc(created) if when is None else when,
+    )
+
+
+# Fresh report ids, made from os.urandom 64 at a time (one system call instead of one per
+# report). Each is handed out once (list.pop is atomic); a forked child starts afresh, so
+# parent and child never share an id.
+_ID_POOL: list[str] = []
+_ID_BATCH: Final = 64
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ID_POOL.clear)
+
+
+def _new_report_id() -> str:
+    """A fresh ``uuid.uuid4().hex`` (random version 4 UUID from ``os.urandom``)."""
+    while True:
+        try:
+            return _ID_POOL.pop()
+        except IndexError:
+            pass
+        raw = bytearray(os.urandom(16 * _ID_BATCH))
+        ids = []
+        for i in range(0, len(raw), 16):
+            raw[i + 6] = (raw[i + 6] & 0x0F) | 0x40  # version 4
+            raw[i + 8] = (raw[i + 8] & 0x3F) | 0x80  # RFC 4122 variant
+            ids.append(raw[i : i + 16].hex())
+        _ID_POOL.extend(ids)
+
+
+_UTC = _dt.timezone.utc
+# The last created_at text and the UTC second it names: reports come many per second.
+_created_cache: tuple[int, str] = (0, "")
+
+
+def _created_text(when: _dt.datetime) -> str:
+    """:func:`format_utc` of an aware datetime, reused within the same UTC second."""
+    global _created_cache
+    second = math.floor(when.timestamp())
+    cached = _created_cache
+    if cached[0] == second and cached[1]:
+        return cached[1]
+    u = when.astimezone(_UTC)
+    if u.year < 1000:  # strftime does not pad the year; isoformat does
+        return format_utc(when)
+    text = u.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+    _created_cache = (second, text)
+    return text
 
 
 def build_report(
@@ -378,13 +613,13 @@ def build_report(
     else:
         raise InvalidReport("now must be a timezone-aware datetime")
     if report_id is None:
-        report_id = uuid.uuid4().hex
+        report_id = _new_report_id()
     payload: dict[str, Any] = {
         "type": "report",
         "report_id": report_id,
         "subscriber_id": subscriber_id,
         "kind": kind,
-        "created_at": format_utc(when),
+        "created_at": _created_text(when),
         "measure": measure,
         "entry_id": entry_id,
         "case_no": case_no,
@@ -392,19 +627,33 @@ def build_report(
         "outcome": outcome,
         "details": {} if details is None else details,
     }
-    return validate_report(payload)
+    out, reasons, data, parsed = _validate(payload)
+    if reasons:
+        raise InvalidReport("invalid report: " + "; ".join(reasons))
+    # Validated once, here: sign_report signs exactly these bytes unless the payload is
+    # changed in the meantime (see _ValidatedReport).
+    result = _ValidatedReport(out)
+    result._freeze(data, _meta_of(out, parsed))
+    return result
 
 
 def sign_report(payload: Mapping[str, Any], key: Ed25519PrivateKey) -> bytes:
     """Validate ``payload`` and return the signed envelope bytes (type ``REPORT_TYPE``).
 
     The envelope's payload is ``canonical_json(payload)``, so the same report signed twice
-    has the same payload bytes (Ed25519 signatures are deterministic too).
+    has the same payload bytes (Ed25519 signatures are deterministic too). A payload from
+    :func:`build_report` that still serialises to the bytes validated there is not
+    validated a second time; any other payload is.
     """
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigurationError("reports are signed with the subscriber's Ed25519 private key")
-    plain = validate_report(payload)
-    return sign_envelope(REPORT_TYPE, canonical_json(plain), [SigningKey(key)]).to_bytes()
+    data: bytes | None = None
+    if type(payload) is _ValidatedReport and payload._unchanged():
+        data, meta = payload._canonical, payload._meta
+    if data is None:
+        plain = validate_report(payload)
+        data, meta = canonical_json(plain), _meta_of(plain, None)
+    return _SignedReport(sign_single(REPORT_TYPE, data, SigningKey.of(key)), meta)
 
 
 def verify_report(
@@ -467,7 +716,7 @@ class SubscriberKeys:
     @property
     def keyid(self) -> str:
         """Key id of the report key, as it appears in the envelope's signatures."""
-        return SigningKey(self.report).keyid
+        return SigningKey.of(self.report).keyid
 
 
 def subscriber_keygen(out_dir: Path, *, overwrite: bool = False) -> tuple[Path, Path]:
