@@ -52,12 +52,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +87,13 @@ def _chain(prev: str, body: dict[str, Any]) -> str:
     return hashlib.sha256(prev.encode() + _dumps(body)).hexdigest()
 
 
-_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-+")
+_SAFE = re.compile(r"[A-Za-z0-9._:+\-]*").fullmatch
 
 
 def _safe(text: str) -> bool:
-    """True when ``text`` needs no JSON escaping (so it can be written verbatim)."""
-    return _SAFE.issuperset(text)
+    """True when ``text`` needs no JSON escaping (so it can be written verbatim): only
+    ASCII letters, digits and ``._:+-`` (one regex scan in C)."""
+    return _SAFE(text) is not None
 
 
 class _TimeFormat:
@@ -111,22 +114,80 @@ class _TimeFormat:
         return f"{self.prefix}.{t.microsecond:06d}+00:00"
 
 
-def _record_line(prev: str, seq: int, item: _Item, fmt: _TimeFormat) -> tuple[bytes, str]:
-    """The line of one decision, byte-identical to ``_dumps`` of the same body.
+class _LineFormat:
+    """Formats the lines of decision records, byte-identical to ``_dumps`` of each body.
 
-    Written by hand because this runs for every check (in the flush thread, but under
+    Written by hand because this runs for every decision (in the flush thread, but under
     the GIL): string formatting is several times cheaper than ``json.dumps`` with sorted
-    keys. Values that might need escaping go through ``json.dumps``; the equivalence
-    with :func:`_dumps` is what :func:`verify_audit` checks and the tests pin.
+    keys. Each part that consecutive records usually share (the action and entries, the
+    measure, the version, the time: a screened batch has one of each) is formatted once
+    and reused while the next record carries the very same object. Values that might
+    need escaping go through ``json.dumps`` (:func:`_line`); the equivalence with
+    :func:`_dumps` is what :func:`verify_audit` checks and the tests pin.
     """
-    t, measure, key, action, entries, version = item
-    ents = ",".join(f'"{e}"' for e in entries) if all(map(_safe, entries)) else None
-    if ents is None or not (_safe(measure) and _safe(action)) or type(version) is not int:
+
+    __slots__ = (
+        "_action",
+        "_entries",
+        "_head",
+        "_measure",
+        "_mid",
+        "_t",
+        "_time",
+        "_version",
+        "_version_tail",
+        "fmt",
+    )
+
+    def __init__(self, fmt: _TimeFormat | None = None) -> None:
+        self.fmt = fmt if fmt is not None else _TimeFormat()
+        self._action: str | None = None
+        self._entries: Sequence[str] | None = None
+        self._measure: str | None = None
+        self._version: int | None = None
+        self._t: _dt.datetime | None = None
+        self._head = self._mid = self._version_tail = self._time = ""
+
+    def __call__(self, prev: str, seq: int, item: _Item) -> tuple[bytes, str]:
+        """The line of one record and its chain hash ``h`` (see :func:`_line`)."""
+        t, measure, key, action, entries, version = item
+        if action is not self._action or entries is not self._entries:
+            self._action = self._entries = None
+            if not (_safe(action) and all(map(_safe, entries))):
+                return self._slow(prev, seq, item)
+            ents = ",".join(f'"{e}"' for e in entries)
+            self._head = f'{{"action":"{action}","entries":[{ents}],"key":"'
+            self._action, self._entries = action, entries
+        if measure is not self._measure:
+            self._measure = None
+            if not _safe(measure):
+                return self._slow(prev, seq, item)
+            self._mid = f'","measure":"{measure}","prev":"'
+            self._measure = measure
+        if version is not self._version:
+            self._version = None
+            if type(version) is not int:
+                return self._slow(prev, seq, item)
+            self._version_tail = f',"version":{version}'
+            self._version = version
+        if t is not self._t:
+            self._time = self.fmt(t)
+            self._t = t
+        # The canonical body (keys sorted), then "h" appended as _line does.
+        body = (
+            f'{self._head}{key.hex()}{self._mid}{prev}","seq":{seq},"t":"{self._time}"'
+            f"{self._version_tail}"
+        )
+        h = hashlib.sha256(f"{prev}{body}}}".encode()).hexdigest()
+        return f'{body},"h":"{h}"}}\n'.encode(), h
+
+    def _slow(self, prev: str, seq: int, item: _Item) -> tuple[bytes, str]:
+        t, measure, key, action, entries, version = item
         return _line(
             prev,
             {
                 "seq": seq,
-                "t": fmt(t),
+                "t": self.fmt(t),
                 "measure": measure,
                 "key": key.hex(),
                 "action": action,
@@ -135,13 +196,12 @@ def _record_line(prev: str, seq: int, item: _Item, fmt: _TimeFormat) -> tuple[by
                 "prev": prev,
             },
         )
-    raw = (
-        f'{{"action":"{action}","entries":[{ents}],"key":"{key.hex()}",'
-        f'"measure":"{measure}","prev":"{prev}","seq":{seq},"t":"{fmt(t)}",'
-        f'"version":{version}}}'
-    ).encode()
-    h = hashlib.sha256(prev.encode() + raw).hexdigest()
-    return raw[:-1] + b',"h":"' + h.encode() + b'"}\n', h
+
+
+def _record_line(prev: str, seq: int, item: _Item, fmt: _TimeFormat) -> tuple[bytes, str]:
+    """The line of one decision, byte-identical to ``_dumps`` of the same body (one-off
+    use of :class:`_LineFormat`, which a flush keeps for the whole batch)."""
+    return _LineFormat(fmt)(prev, seq, item)
 
 
 def _line(prev: str, body: dict[str, Any]) -> tuple[bytes, str]:
@@ -209,6 +269,50 @@ class AuditLog:
         if self._thread is None:
             self._start()
 
+    def record_many(  # noqa: PLR0917 - positional like record()
+        self,
+        measure: str,
+        keys: Sequence[bytes],
+        actions: Sequence[str],
+        entries: Sequence[Sequence[str]],
+        version: int,
+        t: _dt.datetime,
+    ) -> None:
+        """Queue one decision per key (``keys[i]``, ``actions[i]``, ``entries[i]``), all
+        of ``measure``, list ``version`` and time ``t``: a screened batch in one call.
+
+        Exactly what ``record()`` for each in turn would queue (the same records in the
+        same order, so the same lines and chain), and the same when the buffer is full:
+        the records that do not fit are dropped and counted for the ``gap`` line. One
+        deque ``extend`` of C iterators instead of a Python call per decision.
+        """
+        n = len(keys)
+        if len(actions) != n or len(entries) != n:
+            raise ValueError("record_many needs as many actions and entries as keys")
+        if self._closed or n == 0:
+            return
+        buf = self._buf
+        room = self.max_buffer - len(buf)
+        if room < n:
+            room = max(room, 0)
+            self._dropped += n - room
+            n = room
+            if n == 0:
+                return
+        buf.extend(
+            zip(
+                repeat(t, n),
+                repeat(measure, n),
+                keys,
+                actions,
+                entries,
+                repeat(version, n),
+                strict=False,
+            )
+        )
+        if self._thread is None:
+            self._start()
+
     def _start(self) -> None:
         with self._start_lock:
             if self._thread is not None or self._closed:
@@ -258,10 +362,10 @@ class AuditLog:
                     },
                 )
                 lines.append(line)
-            fmt = _TimeFormat()
+            fmt = _LineFormat()
             for n, item in enumerate(items, 1):
                 seq += 1
-                line, prev = _record_line(prev, seq, item, fmt)
+                line, prev = fmt(prev, seq, item)
                 lines.append(line)
                 if n % _YIELD_EVERY == 0:
                     # Let a waiting check() thread run now rather than after the

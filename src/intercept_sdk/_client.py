@@ -53,10 +53,12 @@ from ._decisions import (
     KeyMaker,
     Match,
     Person,
+    Probe,
     Subject,
     allow_decision,
     decide,
     notice_text,
+    own_probe,
     probes_for,
 )
 from ._exceptions import (
@@ -93,6 +95,10 @@ _NEVER_SYNCED = (
     "no verified list version in the cache yet: call sync() first "
     "(the SDK never answers 'allow' without a verified list)"
 )
+
+
+_HW_PERSIST_EVERY = _dt.timedelta(seconds=60)
+"""How often ``_Core._now`` persists the clock's high-water mark (at most)."""
 
 
 @dataclass(frozen=True)
@@ -322,6 +328,7 @@ class _Core:
         self._last_success_read = 0.0
         self._high_water = self._read_high_water()
         self._hw_persisted = self._high_water
+        self._hw_persist_due = self._hw_persisted + _HW_PERSIST_EVERY
         self._validated_state: StoreState | None = None
         self._expiry_cache: dict[int, _dt.datetime] = {}
         self._fresh: tuple[int, _dt.datetime, _dt.datetime, float] | None = None
@@ -352,11 +359,13 @@ class _Core:
         if now <= hw:
             return hw
         self._high_water = now
-        if (now - self._hw_persisted).total_seconds() > 60.0:
+        if now > self._hw_persist_due:
             # A clock that jumps forward and back must not make an expired list fresh
             # again, here or after a restart: remember the latest time seen (cheaply: at
-            # most one small non-fsync'd write a minute on the check path).
+            # most one small non-fsync'd write a minute on the check path; the deadline is
+            # kept as a datetime so the check path only compares).
             self._hw_persisted = now
+            self._hw_persist_due = now + _HW_PERSIST_EVERY
             with contextlib.suppress(OSError):
                 atomic_write(
                     self.cache_dir / "clock", format_utc(now).encode(), mode=0o600, durable=False
@@ -504,14 +513,23 @@ class _Core:
             km = self._km = KeyMaker(state.hash_key)
         return km
 
-    def _lookup(self, subject: Subject) -> tuple[KeyMaker, list[bytes], StoreState, list[Hit]]:
-        """Keys of ``subject`` under the current hash key, and their hits in one read."""
+    def _lookup(
+        self, subject: Subject
+    ) -> tuple[list[Probe] | None, list[bytes], StoreState, list[Hit]]:
+        """Keys of ``subject`` under the current hash key, and their hits in one read.
+
+        Returns ``(probes, keys, state, hits)``; ``probes`` is ``None`` for a Person (its
+        one probe is built only if its key hits, see :func:`own_probe`).
+        """
         km = self._km or self._keymaker()
         for _ in range(3):
+            probes: list[Probe] | None
             if type(subject) is Person:
+                probes = None
                 keys = [km.person(subject.id_number)]
             else:
-                keys = [p.key for p in probes_for(subject, km.person, km.org)]
+                probes = probes_for(subject, km.person, km.org)
+                keys = [p.key for p in probes]
             try:
                 state, hits = self.store.lookup(keys)
             except NeverSynced:
@@ -519,7 +537,7 @@ class _Core:
             if state is not self._validated_state:
                 self._validate_state(state)
             if state.hash_key == km.hash_key:
-                return km, keys, state, hits
+                return probes, keys, state, hits
             # A version with a new hash key was applied meanwhile: re-key and look again.
             km = self._km = KeyMaker(state.hash_key)
         raise StoreError("the list's hash key keeps changing; cannot answer")  # pragma: no cover
@@ -528,8 +546,9 @@ class _Core:
         """The decision for ``subject`` under ``measure``, from the local list only.
 
         The hot path, profiled: one memoised HMAC, one prepared SQLite statement, no
-        record parsing unless an identifier hits, cached staleness deadlines, and a deque
-        append for the audit log (formatted and hashed later, in the flush thread).
+        record parsing unless an identifier hits (then one parse of the hit record),
+        cached staleness deadlines, and a deque append for the audit log (formatted and
+        hashed later, in the flush thread).
         """
         if self._closed:
             raise ClientClosed("the client is closed")
@@ -539,7 +558,7 @@ class _Core:
             m = self._measure(measure)
         if type(subject) is not Person and not isinstance(subject, (Person, Entity)):
             raise InvalidInput("subject must be a Person or an Entity")
-        km, keys, state, hits = self._lookup(subject)
+        probes, keys, state, hits = self._lookup(subject)
         now = self._now()
         stale = self.is_stale(state, now)
         if not hits:
@@ -547,8 +566,8 @@ class _Core:
         else:
             decision = decide(
                 m,
-                probes_for(subject, km.person, km.org),
-                [(h.key, h.relation, h.record) for h in hits],
+                probes if probes is not None else [own_probe(subject, keys[0])],
+                hits,
                 list_version=state.version,
                 stale=stale,
                 stale_action=self.stale_action,
@@ -645,14 +664,28 @@ class _Core:
     def _screen_batch(
         self, subjects: Sequence[Subject], m: Measure, audit: bool = True
     ) -> list[Decision]:
+        """Decisions for one batch, equal to :meth:`check` of each subject in turn.
+
+        Per subject, only its key is derived (:meth:`KeyMaker.own_keys`: no Probe, no
+        memo) and looked up with the whole batch in one read transaction; only subjects
+        whose keys hit (and entities with declared officers) go through :func:`decide`.
+        The others, the vast majority, all get the batch's one allow Decision: the same
+        immutable object, with the fields each would have had on its own (same measure,
+        version, staleness and ``checked_at``, which is one instant for the batch). The
+        batch is audited with one :meth:`AuditLog.record_many` call: one record per
+        subject, in input order, exactly what :meth:`check` records.
+        """
         for s in subjects:
             if not isinstance(s, (Person, Entity)):
                 raise InvalidInput("subjects must be Person or Entity objects")
         km = self._keymaker()
         for _ in range(3):
-            all_probes = [probes_for(s, km.person, km.org) for s in subjects]
+            keys, several = km.own_keys(subjects)
+            wanted = keys
+            if several:  # entities with officers: their officers' keys too
+                wanted = keys + [p.key for ps in several.values() for p in ps[1:]]
             try:
-                state, by_key = self.store.lookup_batch([p.key for ps in all_probes for p in ps])
+                state, by_key = self.store.lookup_batch(wanted)
             except NeverSynced:
                 raise NeverSynced(_NEVER_SYNCED) from None
             if state is not self._validated_state:
@@ -664,34 +697,41 @@ class _Core:
             raise StoreError("the list's hash key keeps changing; cannot answer")
         now = self._now()
         stale = self.is_stale(state, now)
-        out: list[Decision] = []
-        for probes in all_probes:
-            if len(probes) == 1:
-                found = by_key.get(probes[0].key)
-                hits = [(h.key, h.relation, h.record) for h in found] if found else None
+        allow = allow_decision(m, list_version=state.version, stale=stale, now=now)
+        out = [allow] * len(subjects)
+        # Indices to decide, in input order: own key hit, or several probes to look at.
+        todo = [i for i, k in enumerate(keys) if k in by_key] if by_key else []
+        if several:
+            todo = sorted(set(todo).union(several))
+        for i in todo:
+            probes = several.get(i)
+            if probes is None:
+                probes = [own_probe(subjects[i], keys[i])]
+                hits = by_key[keys[i]]
             else:
-                hits = [
-                    (h.key, h.relation, h.record)
-                    for k in dict.fromkeys(p.key for p in probes)
-                    for h in by_key.get(k, ())
-                ]
-            if not hits:
-                d = allow_decision(m, list_version=state.version, stale=stale, now=now)
-            else:
-                d = decide(
-                    m,
-                    probes,
-                    hits,
-                    list_version=state.version,
-                    stale=stale,
-                    stale_action=self.stale_action,
-                    now=now,
-                )
-            if audit:
-                self._after_decision(probes[0].key, d)
-            elif d.data_errors:
-                self._report_data_errors(d)
-            out.append(d)
+                hits = [h for k in dict.fromkeys(p.key for p in probes) for h in by_key.get(k, ())]
+                if not hits:
+                    continue
+            out[i] = decide(
+                m,
+                probes,
+                hits,
+                list_version=state.version,
+                stale=stale,
+                stale_action=self.stale_action,
+                now=now,
+            )
+        log_ = self.audit if audit else None
+        if log_ is not None:
+            actions = [allow.action] * len(out)
+            entries: list[Sequence[str]] = [allow.entry_ids] * len(out)
+            for i in todo:
+                actions[i] = out[i].action
+                entries[i] = out[i].entry_ids
+            log_.record_many(m.code, keys, actions, entries, state.version, now)
+        for i in todo:
+            if out[i].data_errors:
+                self._report_data_errors(out[i])
         return out
 
     def notice(self, decision: Decision) -> str:
@@ -1124,7 +1164,10 @@ class Client:
 
         ``subjects`` is consumed ``batch`` at a time (any iterable, e.g. a CSV reader),
         each batch answered from one read transaction. The measure is validated now;
-        decisions are computed as the iterator is consumed.
+        decisions are computed as the iterator is consumed. Each decision is what
+        :meth:`check` would answer for that subject at the batch's instant, and is
+        audited alike; the subjects of a batch that no identifier hits share one
+        (immutable) allow Decision object.
         """
         return self._core.screen(subjects, measure, batch)
 

@@ -41,7 +41,7 @@ import hashlib
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, Protocol
 
 import pydantic_core
 
@@ -312,9 +312,12 @@ class Decision:
     @property
     def entry_ids(self) -> tuple[str, ...]:
         """Entry ids of the counted matches, without repeats (what the audit log records)."""
-        if not self.matches:
+        matches = self.matches
+        if not matches:
             return ()
-        return tuple(dict.fromkeys(m.entry_id for m in self.matches))
+        if len(matches) == 1:
+            return (matches[0].entry_id,)
+        return tuple(dict.fromkeys(m.entry_id for m in matches))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``checked_at`` in ISO 8601). Never a plaintext ID number."""
@@ -404,7 +407,7 @@ class KeyMaker:
     the client replaces whenever the list's hash key changes.
     """
 
-    __slots__ = ("_inner", "_memo", "_outer", "hash_key")
+    __slots__ = ("_inner", "_inner_id", "_inner_org", "_memo", "_outer", "hash_key")
     MEMO_SIZE: Final = 4096
 
     def __init__(self, hash_key: bytes) -> None:
@@ -413,6 +416,11 @@ class KeyMaker:
         key = key.ljust(64, b"\0")
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+        # the inner state after the tag, for bulk keys (own_keys)
+        self._inner_id = self._inner.copy()
+        self._inner_id.update(b"id:")
+        self._inner_org = self._inner.copy()
+        self._inner_org.update(b"org:")
         self._memo: dict[str, bytes] = {}
 
     def _key(self, tagged: str) -> bytes:
@@ -437,6 +445,48 @@ class KeyMaker:
         """Key of a normalised 9-character organisation code."""
         return self._key("org:" + org_code)
 
+    def own_keys(self, subjects: Sequence[Subject]) -> tuple[list[bytes], dict[int, list[Probe]]]:
+        """Each subject's own key, in order, for screening many subjects at once.
+
+        Returns ``(keys, probes)``: ``keys[i]`` is the key :func:`probes_for` puts first
+        for ``subjects[i]`` (what the audit log records), and ``probes`` maps the index
+        of every subject not handled inline (an Entity with declared officers, whose
+        officers' keys are looked up too, or an instance of a subclass of Person or
+        Entity) to its full :func:`probes_for` list. For every other subject the only
+        probe is :func:`own_probe` of its key, which the caller builds only when that
+        key hits.
+
+        The keys are the same HMACs as :meth:`person`/:meth:`org` (the tests compare
+        them), computed in one loop without the memo: a customer base is mostly distinct
+        identifiers, which would only evict the recent ones the desk checks again.
+        Raises :class:`InvalidInput` for anything but a Person or an Entity.
+        """
+        person = self._inner_id.copy
+        org_ = self._inner_org.copy
+        outer = self._outer.copy
+        keys: list[bytes] = []
+        append = keys.append
+        extra: dict[int, list[Probe]] = {}
+        i = -1
+        for s in subjects:
+            i += 1
+            if type(s) is Person:
+                h = person()
+                h.update(s.id_number.encode())
+            elif type(s) is Entity and not s.officers:
+                org = s.org_code
+                h = org_()
+                h.update((org if org is not None else s.effective_org_code).encode())
+            else:
+                probes = probes_for(s, self.person, self.org)
+                extra[i] = probes
+                append(probes[0].key)
+                continue
+            o = outer()
+            o.update(h.digest())
+            append(o.digest()[:16])
+        return keys, extra
+
 
 class Probe(NamedTuple):
     """One identifier key to look up, and what a hit on it means for the subject.
@@ -449,6 +499,14 @@ class Probe(NamedTuple):
     person: Person | None
     officer_role: str | None
     name: str | None
+
+
+def own_probe(subject: Subject, key: bytes) -> Probe:
+    """The probe of a Person, or of an Entity without officers, whose own key is ``key``:
+    the one :func:`probes_for` returns for it."""
+    if isinstance(subject, Person):
+        return Probe(key, subject, None, subject.name)
+    return Probe(key, None, None, subject.name)
 
 
 def probes_for(
@@ -472,6 +530,21 @@ def probes_for(
 # -- the rules ----------------------------------------------------------------------------------
 
 
+class HitLike(Protocol):
+    """One store hit as :func:`decide` reads it (``_store.Hit`` is one): the record
+    ``entry_id`` is stored under, how ``key`` appears in it (``relation``: ``self`` or a
+    role), the key, and the exact signed record bytes."""
+
+    @property
+    def entry_id(self) -> str: ...
+    @property
+    def relation(self) -> str: ...
+    @property
+    def key(self) -> bytes: ...
+    @property
+    def record(self) -> bytes: ...
+
+
 class _Record:
     """What the rules need from one signed record, parsed once and cached by its bytes."""
 
@@ -480,6 +553,7 @@ class _Record:
         "measures",
         "published",
         "published_compact",
+        "raw",
         "rec",
         "related",
         "status",
@@ -487,6 +561,7 @@ class _Record:
     )
 
     def __init__(self, record: bytes) -> None:
+        self.raw = record
         try:
             rec = pydantic_core.from_json(record)
         except ValueError:
@@ -494,40 +569,49 @@ class _Record:
         if not isinstance(rec, dict):
             raise FormatError("a stored record is not a JSON object")
         self.rec: dict[str, Any] = rec
-        self.entry_id = str(rec.get("entry_id"))
-        self.status = rec.get("status", "active")
-        measures = rec.get("measures")
-        self.measures = frozenset(measures) if isinstance(measures, list) else frozenset()
-        valid_until = rec.get("valid_until")
+        get = rec.get
+        self.entry_id = str(get("entry_id"))
+        self.status = get("status", "active")
+        measures = get("measures")
+        # a list of one to three codes: membership in it is cheaper than a set's creation
+        self.measures: Sequence[object] = measures if isinstance(measures, list) else ()
+        valid_until = get("valid_until")
         self.valid_until = valid_until if isinstance(valid_until, str) else None
-        published = rec.get("published_at")
+        published = get("published_at")
         self.published = published if isinstance(published, str) else ""
         self.published_compact = self.published.replace("-", "")
-        items = rec.get("related")
+        items = get("related")
         self.related = (
             tuple(
-                RelatedPerson(str(r.get("role", "")), str(r.get("name", "")), r.get("id_masked"))
-                for r in items
-                if isinstance(r, dict)
+                [
+                    RelatedPerson(
+                        str(r.get("role", "")), str(r.get("name", "")), r.get("id_masked")
+                    )
+                    for r in items
+                    if isinstance(r, dict)
+                ]
             )
-            if isinstance(items, list)
+            if items and isinstance(items, list)
             else ()
         )
 
 
-_RECORDS: dict[bytes, _Record] = {}
+_RECORDS: dict[str, _Record] = {}
 _RECORDS_MAX = 2048
 
 
-def _record(record: bytes) -> _Record:
+def _record(entry_id: str, record: bytes) -> _Record:
     # Records are immutable signed bytes: equal bytes parse alike, whatever version they
     # came from, so a bounded memo is always correct (listed people are checked often).
-    r = _RECORDS.get(record)
-    if r is None:
+    # It is found by entry id and used only when its bytes are equal to ``record`` (a
+    # memcmp, cheaper than hashing the whole record as a dict key); a record that
+    # changed in a new version (revoked ...) is parsed again and replaces it.
+    r = _RECORDS.get(entry_id)
+    if r is None or r.raw != record:
         r = _Record(record)
         if len(_RECORDS) >= _RECORDS_MAX:
             _RECORDS.clear()
-        _RECORDS[record] = r
+        _RECORDS[entry_id] = r
     return r
 
 
@@ -553,47 +637,60 @@ def _was_minor(id_number: str, published_compact: str) -> bool:
     """
     if len(published_compact) != 8:
         return False
-    return published_compact < f"{int(id_number[6:10]) + 18:04d}{id_number[10:14]}"
+    # birth years of valid ID numbers have four digits, and so has the year + 18
+    return published_compact < str(int(id_number[6:10]) + 18) + id_number[10:14]
 
 
 def decide(
     measure: Measure,
     probes: Sequence[Probe],
-    hits: Iterable[tuple[bytes, str, bytes]],
+    hits: Sequence[HitLike],
     *,
     list_version: int,
     stale: bool,
     stale_action: Literal["review", "block"],
     now: _dt.datetime,
 ) -> Decision:
-    """Apply the rules to the ``hits`` of ``probes``: each hit is ``(key, relation,
-    record)`` where ``relation`` is how the key appears in the record (``self`` or a role)
-    and ``record`` the exact signed record bytes.
+    """Apply the rules to the ``hits`` of ``probes`` (see :class:`HitLike`: the store's
+    hits as they are).
 
     ``now`` must be timezone-aware; expiry is judged on its date in China.
     """
-    by_key: dict[bytes, list[Probe]] = {}
-    for p in probes:
-        by_key.setdefault(p.key, []).append(p)
-    today = china_date(now)
+    if len(probes) == 1 and len(hits) == 1:
+        return _decide_one(measure, probes[0], hits[0], list_version, stale, stale_action, now)
+    by_key: dict[bytes, list[Probe]] | None = None
+    only = probes[0].key if len(probes) == 1 else None
+    if only is None:  # several probes (an entity's officers): which probes each key is
+        by_key = {}
+        for p in probes:
+            by_key.setdefault(p.key, []).append(p)
     matches: list[Match] = []
     ignored: list[Ignored] = []
     data_errors: list[str] = []
     reasons: set[str] = set()
     seen: set[tuple[str, str]] = set()
-    for key, stored_relation, record in hits:
-        for probe in by_key.get(key, ()):
+    for hit in hits:
+        key = hit.key
+        if by_key is None:
+            if key != only:
+                continue
+            candidates: Sequence[Probe] = probes
+        else:
+            candidates = by_key.get(key, ())
+        stored_relation = hit.relation
+        for probe in candidates:
             if probe.officer_role is not None:
                 if stored_relation != "self":
                     continue  # the officer is only *related* to another listed entity
                 relation = "officer:" + probe.officer_role
             else:
                 relation = stored_relation
-            r = _record(record)
-            if (r.entry_id, relation) in seen:
+            r = _record(hit.entry_id, hit.record)
+            seen_as = (r.entry_id, relation)
+            if seen_as in seen:
                 continue
-            seen.add((r.entry_id, relation))
-            why = _not_counted(measure, r, relation, stored_relation, probe, today)
+            seen.add(seen_as)
+            why = _not_counted(measure, r, relation, stored_relation, probe, now)
             if why is not None:
                 ignored.append(Ignored(r.entry_id, relation, why))
                 reasons.add(why)
@@ -620,13 +717,69 @@ def decide(
         action,
         measure,
         tuple(matches),
-        tuple(r for r in REASONS if r in reasons),
+        # in the order of REASONS (a sort of one or two items, cheaper than a scan of all)
+        tuple(sorted(reasons, key=_REASON_ORDER.__getitem__)) if len(reasons) > 1 else (*reasons,),
         stale,
         list_version,
         now,
         tuple(dict.fromkeys(data_errors)) if data_errors else (),
-        tuple(ignored),
+        tuple(ignored) if ignored else (),
     )
+
+
+def _decide_one(  # noqa: PLR0917 - internal, positional on the hot path
+    measure: Measure,
+    probe: Probe,
+    hit: HitLike,
+    list_version: int,
+    stale: bool,
+    stale_action: Literal["review", "block"],
+    now: _dt.datetime,
+) -> Decision:
+    """:func:`decide` for one probe and one hit (a check() that hits): the same rules,
+    without the bookkeeping several hits need (which probes a key is, repeats, sorting)."""
+    key = hit.key
+    stored_relation = hit.relation
+    if key != probe.key or (probe.officer_role is not None and stored_relation != "self"):
+        reasons: tuple[str, ...] = _STALE_ONLY if stale else _NO_REASONS
+        return _make_decision("allow", measure, (), reasons, stale, list_version, now)
+    relation = stored_relation if probe.officer_role is None else "officer:" + probe.officer_role
+    r = _record(hit.entry_id, hit.record)
+    why = _not_counted(measure, r, relation, stored_relation, probe, now)
+    if why is not None:
+        return _make_decision(
+            "allow",
+            measure,
+            (),
+            (why, STALE) if stale else (why,),
+            stale,
+            list_version,
+            now,
+            (r.entry_id,) if why == MINOR_NOT_ENFORCED else (),
+            (Ignored(r.entry_id, relation, why),),
+        )
+    match = _match(r, relation, stored_relation, probe, key)
+    action: Action = measure.action
+    if stale and action == "block" and stale_action == "review":
+        action = "review"
+    return _make_decision(
+        action,
+        measure,
+        (match,),
+        _LISTED_REASONS[match.name_mismatch, stale],
+        stale,
+        list_version,
+        now,
+    )
+
+
+#: The reasons of one counted match, by (name mismatch, stale), in the order of REASONS.
+_LISTED_REASONS: Final = {
+    (False, False): (LISTED,),
+    (True, False): (LISTED, NAME_MISMATCH),
+    (False, True): (LISTED, STALE),
+    (True, True): (LISTED, NAME_MISMATCH, STALE),
+}
 
 
 _EPOCH: Final = _dt.date(1970, 1, 1)
@@ -661,9 +814,10 @@ def _not_counted(  # noqa: PLR0917 - internal helper of decide()
     relation: str,
     stored_relation: str,
     probe: Probe,
-    today: str,
+    now: _dt.datetime,
 ) -> str | None:
-    """Why this hit does not count, or ``None`` when it does."""
+    """Why this hit does not count, or ``None`` when it does (the date in China at
+    ``now`` is only computed for an entry with a ``valid_until``)."""
     if r.status != "active":
         return REVOKED if r.status == "revoked" else DELETED
     person = probe.person
@@ -675,7 +829,7 @@ def _not_counted(  # noqa: PLR0917 - internal helper of decide()
         return MINOR_NOT_ENFORCED
     if measure.code not in r.measures and "*" not in r.measures:
         return MEASURE_NOT_COVERED
-    if r.valid_until is not None and r.valid_until < today:
+    if r.valid_until is not None and r.valid_until < china_date(now):
         return EXPIRED
     if not measure.applies_to(relation):
         return RELATION_NOT_COVERED
@@ -719,7 +873,7 @@ def _match(
         subject_type=str(rec.get("subject_type", "")),
         valid_until=r.valid_until,
         matched_person=matched_person,
-        name_mismatch=_names_differ(probe.name, compare_with),
+        name_mismatch=_names_differ(probe.name, compare_with) if probe.name else False,
         related=r.related,
     )
     return m

@@ -1,0 +1,155 @@
+"""AuditLog.record_many (a screened batch in one call) writes exactly what record() one by
+one writes, and the line formatter's reuse of shared parts never changes a byte."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from intercept_sdk._audit import (
+    AuditLog,
+    _dumps,
+    _LineFormat,
+    _record_line,
+    _TimeFormat,
+    verify_audit,
+)
+
+NOW = _dt.datetime(2026, 1, 31, 8, 0, 0, 123456, tzinfo=_dt.timezone.utc)
+MEASURE = "travel.flight"
+
+
+def _batch(n: int, seed: int = 1) -> tuple[list[bytes], list[str], list[Sequence[str]]]:
+    rng = random.Random(seed)
+    keys = [rng.randbytes(16) for _ in range(n)]
+    actions = ["allow"] * n
+    none: tuple[str, ...] = ()
+    entries: list[Sequence[str]] = [none] * n
+    for i in rng.sample(range(n), n // 5):
+        actions[i] = rng.choice(("block", "review", "monitor"))
+        entries[i] = tuple(f"E{rng.randrange(10**6):06d}" for _ in range(1 + i % 2))
+    return keys, actions, entries
+
+
+def _one_by_one(
+    log: AuditLog,
+    keys: list[bytes],
+    actions: list[str],
+    entries: list[Sequence[str]],
+    version: int,
+    t: _dt.datetime,
+) -> None:
+    for k, a, e in zip(keys, actions, entries, strict=True):
+        log.record(MEASURE, k, a, e, version, t)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_record_many_writes_exactly_what_record_writes(tmp_path: Path, signed: bool) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate() if signed else None
+    single = AuditLog(tmp_path / "single", signing_key=key, flush_interval=3600)
+    many = AuditLog(tmp_path / "many", signing_key=key, flush_interval=3600)
+    for round_, n in enumerate((1, 300, 0, 2000)):
+        keys, actions, entries = _batch(n, seed=round_)
+        t = NOW + _dt.timedelta(seconds=round_, microseconds=round_ * 7)
+        _one_by_one(single, keys, actions, entries, 42, t)
+        many.record_many(MEASURE, keys, actions, entries, 42, t)
+        assert single.pending() == many.pending()
+        if round_ == 1:  # flushes in between and at the end
+            single.flush()
+            many.flush()
+    # an ordinary check between batches
+    single.record(MEASURE, b"k" * 16, "block", ("E1",), 42, NOW)
+    many.record(MEASURE, b"k" * 16, "block", ("E1",), 42, NOW)
+    single.close()
+    many.close()
+    assert single.path.read_bytes() == many.path.read_bytes()
+    report = verify_audit(tmp_path / "many", public_key=key.public_key() if key else None)
+    assert report.ok and report.records == 1 + 300 + 2000 + 1
+    lines = [json.loads(x) for x in many.path.read_bytes().splitlines()]
+    records = [x for x in lines if "checkpoint" not in x]
+    assert [r["key"] for r in records[1:301]] == [k.hex() for k in _batch(300, seed=1)[0]]
+
+
+def test_record_many_overflow_drops_like_record(tmp_path: Path) -> None:
+    single = AuditLog(tmp_path / "single", flush_interval=3600, max_buffer=7)
+    many = AuditLog(tmp_path / "many", flush_interval=3600, max_buffer=7)
+    keys, actions, entries = _batch(5)
+    for log in (single, many):
+        log.record(MEASURE, b"x" * 16, "allow", (), 1, NOW)
+    _one_by_one(single, keys, actions, entries, 1, NOW)
+    many.record_many(MEASURE, keys, actions, entries, 1, NOW)  # 1 + 5 of 7: all fit
+    _one_by_one(single, keys, actions, entries, 1, NOW)
+    many.record_many(MEASURE, keys, actions, entries, 1, NOW)  # 1 fits, 4 dropped
+    _one_by_one(single, keys, actions, entries, 1, NOW)
+    many.record_many(MEASURE, keys, actions, entries, 1, NOW)  # full: 5 dropped
+    assert single.pending() == many.pending() == 7
+    assert single._dropped == many._dropped == 9
+    single.close()
+    many.close()
+
+    def content(log: AuditLog) -> list[dict[str, object]]:
+        # the gap line carries the time of the flush: the rest is compared as is
+        lines = [json.loads(x) for x in log.path.read_bytes().splitlines()]
+        return [
+            {k: v for k, v in x.items() if k not in ("h", "prev") and ("gap" not in x or k != "t")}
+            for x in lines
+        ]
+
+    assert content(single) == content(many)
+    report = verify_audit(tmp_path / "many")
+    assert report.ok and report.records == 7
+    assert "9 records dropped" in report.warnings[0]
+
+
+def test_record_many_checks_lengths_and_ignores_after_close(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path, flush_interval=3600)
+    keys, actions, entries = _batch(3)
+    with pytest.raises(ValueError, match="as many"):
+        log.record_many(MEASURE, keys, actions[:2], entries, 1, NOW)
+    with pytest.raises(ValueError, match="as many"):
+        log.record_many(MEASURE, keys, actions, entries[:2], 1, NOW)
+    assert log.pending() == 0
+    log.close()
+    log.record_many(MEASURE, keys, actions, entries, 1, NOW)
+    assert log.pending() == 0 and not log.path.exists()
+
+
+def test_line_format_reusing_shared_parts_is_the_canonical_json() -> None:
+    """Runs of records sharing (or not) each part, in every order, with values that need
+    escaping in between: every line is byte for byte what _dumps gives."""
+    rng = random.Random(8)
+    measures = [MEASURE, "consumption.star_hotel", "m\u00e9sure"]  # the last needs escaping
+    actions = ["allow", "block", 'bl"ock']
+    entries_pool: list[Sequence[str]] = [(), ("E1",), ["E2", "E3"], ("条目",), ('E"4',)]
+    versions: list[object] = [7, 8, True, 2**70]
+    times = [NOW + _dt.timedelta(microseconds=i * 999_999) for i in range(4)]
+    times.append(times[0].astimezone(_dt.timezone(_dt.timedelta(hours=8))))
+    fmt = _LineFormat()
+    prev = "0" * 64
+    for seq in range(1, 3000):
+        item = (
+            rng.choice(times),
+            rng.choice(measures) if seq % 3 else measures[0],
+            rng.randbytes(16),
+            rng.choice(actions) if seq % 4 == 0 else "allow",
+            rng.choice(entries_pool) if seq % 5 == 0 else (),
+            rng.choice(versions) if seq % 11 == 0 else 7,
+        )
+        line, h = fmt(prev, seq, item)  # type: ignore[arg-type]
+        again, h2 = _record_line(prev, seq, item, _TimeFormat())  # type: ignore[arg-type]
+        assert (line, h) == (again, h2)
+        body = json.loads(line)
+        assert body.pop("h") == h
+        assert _dumps(body) == line[: line.rindex(b',"h":')] + b"}"
+        assert h == hashlib.sha256(prev.encode() + _dumps(body)).hexdigest()
+        assert body["seq"] == seq and body["version"] == item[5]
+        assert _dt.datetime.fromisoformat(str(body["t"])) == item[0]
+        prev = h
