@@ -216,7 +216,6 @@ _ZSTD_OPTIONS = {
 _MARKUP_RE = re.compile(rb'"(id_key|org_key)":"([0-9a-f]{32})"')
 _MARKER = {b"id_key": b"\x01", b"org_key": b"\x02"}
 _MARKER_RE = re.compile(rb"[\x01-\x03]")
-_STRIP_BINARY_RE = re.compile(rb"([\x01\x02]).{16}", re.DOTALL)
 
 
 def _markup(match: re.Match[bytes]) -> bytes:
