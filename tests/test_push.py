@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import itertools
-from collections.abc import AsyncIterator
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from intercept_sdk import AsyncClient, Person
 from intercept_sdk._exceptions import TooLarge
 from intercept_sdk._push import MAX_LINE, alines, lines
+from intercept_sdk.testing import TestPlatform
 
 STREAM = b'event: version\r\ndata: {"version": 7}\n\n: keep-alive\rdata: \xe4\xbd\xa0\xff\nlast'
 EXPECTED = ["event: version", 'data: {"version": 7}', "", ": keep-alive", "data: 你\ufffd", "last"]
@@ -50,3 +58,114 @@ def test_async_lines_match_and_cap() -> None:
     assert asyncio.run(collect(STREAM, 3)) == EXPECTED
     with pytest.raises(TooLarge):
         asyncio.run(collect(b"z" * 100, 7, cap=50))
+
+
+# -- the client's listeners on a real loopback server -------------------------------------
+
+
+class _EndlessLineHandler(http.server.BaseHTTPRequestHandler):
+    """Serves the site's files; ``/events`` streams one line that never ends."""
+
+    site: Path
+    sent: list[int]
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep the test output quiet
+        pass
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        if path == "/events":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            sent = 0
+            chunk = b"data: " + b"x" * 65536
+            try:
+                while sent < _ENDLESS_LIMIT:
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+                    sent += len(chunk)
+            except OSError:
+                pass  # the client hung up: what the cap is for
+            self.sent.append(sent)
+            self.close_connection = True
+            return
+        file = self.site / path.lstrip("/")
+        if ".." in path or not file.is_file():
+            self.send_error(404)
+            return
+        body = file.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+_ENDLESS_LIMIT = 512 * 1024 * 1024
+
+
+@pytest.fixture
+def endless_server(tmp_path: Path) -> Iterator[tuple[TestPlatform, str, list[int]]]:
+    platform = TestPlatform(tmp_path)
+    platform.add_person()
+    handler = type("Handler", (_EndlessLineHandler,), {"site": platform.site_dir, "sent": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield platform, f"http://127.0.0.1:{server.server_address[1]}/", handler.sent
+    finally:
+        server.shutdown()
+        server.server_close()
+        platform.close()
+
+
+def test_client_drops_a_push_line_past_the_cap_and_keeps_polling(
+    endless_server: tuple[TestPlatform, str, list[int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    platform, url, sent = endless_server
+    with caplog.at_level(logging.INFO, "intercept_sdk"):
+        client = platform.client(platform=url, background=True, poll_interval=0.5)
+        deadline = time.monotonic() + 20
+        while not sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # The client hung up after at most MAX_LINE bytes of the line (plus what the
+        # socket buffers held): nowhere near the stream's 512 MiB.
+        assert sent, "the client never opened the push channel"
+        assert sent[0] < 32 * 1024 * 1024
+        assert "longer than" in caplog.text
+        # ... and the background thread lives on: a new version arrives by polling.
+        listed = platform.add_person()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if client.check(Person(listed["id_number"]), "consumption.star_hotel").blocked:
+                break
+            time.sleep(0.1)
+        assert client.check(Person(listed["id_number"]), "consumption.star_hotel").blocked
+        client.close()
+
+
+def test_async_client_drops_a_push_line_past_the_cap(
+    endless_server: tuple[TestPlatform, str, list[int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    platform, url, sent = endless_server
+    platform.publish()
+
+    async def run() -> None:
+        client = AsyncClient(
+            url,
+            platform.trust_root,
+            platform.directory / "async-cache",
+            platform.subscriber_id,
+            subscriber_key=platform.subscriber_key_dir,
+            poll_interval=0.5,
+        )
+        await client.sync()
+        with caplog.at_level(logging.INFO, "intercept_sdk"):
+            await asyncio.wait_for(client._listen(url.rstrip("/") + "/events"), 30)
+        await client.aclose()
+
+    asyncio.run(run())
+    assert sent and sent[0] < 32 * 1024 * 1024
+    assert "longer than" in caplog.text

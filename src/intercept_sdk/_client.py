@@ -71,10 +71,13 @@ from ._exceptions import (
     NeverSynced,
     StoreCorrupted,
     StoreError,
+    TooLarge,
     TrustRootError,
 )
 from ._fetch import HttpFetcher, RetryPolicy, _ca_context, make_fetcher
 from ._outbox import Outbox, Sender
+from ._push import alines as push_alines
+from ._push import lines as push_lines
 from ._reports import (
     SubscriberKeys,
     build_report,
@@ -981,7 +984,7 @@ class _Core:
                         )
                     self._push_connected = True
                     event = None
-                    for line in resp.iter_lines():
+                    for line in push_lines(resp.iter_bytes()):
                         if self._bg_stop.is_set() or self._bg_wake.is_set():
                             self._bg_wake.clear()
                             return
@@ -996,7 +999,9 @@ class _Core:
                                 return
                         if time.monotonic() >= deadline:
                             return
-        except (httpx.HTTPError, HTTPStatusError, OSError) as exc:
+        except (httpx.HTTPError, HTTPStatusError, OSError, TooLarge) as exc:
+            # TooLarge: a line past push_lines' cap (a broken or hostile channel); the
+            # connection is dropped and the client polls, as for any channel failure.
             log.info("push channel unavailable (%s); polling every %.0fs", exc, self.poll_interval)
         finally:
             self._push_connected = False
@@ -1298,7 +1303,7 @@ class AsyncClient:
                     )
                 core._push_connected = True
                 event = None
-                async for line in resp.aiter_lines():
+                async for line in push_alines(resp.aiter_bytes()):
                     if line.startswith("event:"):
                         event = line[6:].strip()
                     elif line.startswith("data:") and event == "version":
@@ -1307,7 +1312,7 @@ class AsyncClient:
                                 return
                     if time.monotonic() >= deadline:
                         return
-        except (httpx.HTTPError, HTTPStatusError, OSError) as exc:
+        except (httpx.HTTPError, HTTPStatusError, OSError, TooLarge) as exc:
             log.info("push channel unavailable (%s); polling", exc)
             await asyncio.sleep(max(0.0, deadline - time.monotonic()))
         finally:
