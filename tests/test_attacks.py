@@ -68,7 +68,7 @@ from intercept_sdk._signing import MANIFEST_TYPE, Envelope, SigningKey, canonica
 from intercept_sdk._site import publish
 from intercept_sdk._store import Store
 from intercept_sdk._util import atomic_write, format_utc, utcnow
-from intercept_sdk.testing import make_id_number
+from intercept_sdk.testing import entry_fields, make_id_number
 
 MEASURE = "consumption.star_hotel"
 PEOPLE = {
@@ -99,31 +99,15 @@ def cli(*args: str) -> str:
 def entry(n: int, person: str, **over: Any) -> dict[str, Any]:
     """A valid source entry (what the platform publishes from) for one person."""
     info = id_number_info(PEOPLE[person])
-    e: dict[str, Any] = {
+    fields: dict[str, Any] = {
         "entry_id": f"E{n}",
-        "case_no": f"(2024)冀0203执{n}号",
         "subject_type": "person",
         "name": f"测试{person}",
         "id_number": info.id_number,
         "gender": info.sex,
         "age": info.age_on(dt.date(2024, 5, 1)),
-        "court": "唐山市路北区人民法院",
-        "basis_doc_no": f"(2023)冀0203民初{n}号",
-        "basis_issuer": "唐山市路北区人民法院",
-        "obligation": "被执行人应于判决生效后十日内支付货款人民币100000元",
-        "performance": "全部未履行",
-        "situation": 1,
-        "published_at": "2024-05-01",
-        "filed_at": "2024-01-10",
-        "performed_amount": "0",
-        "unperformed_amount": "100000.00",
-        "severity": 2,
-        "status": "active",
-        "visibility": "public",
-        "measures": ["*"],
     }
-    e.update(over)
-    return e
+    return entry_fields(n, **{**fields, **over})
 
 
 def write_source(path: Path, entries: list[dict[str, Any]]) -> Path:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from intercept_sdk._synth import generate_entries, write_jsonl
-from intercept_sdk.testing import make_id_number, make_uscc
+from intercept_sdk.testing import entry_fields, make_id_number, make_uscc
 
 EXE = Path(sys.executable).with_name("intercept-sdk")
 
@@ -40,53 +40,34 @@ COMPANY = make_uscc()
 
 
 def _entries() -> list[dict[str, object]]:
-    base = {
-        "court": "唐山市路北区人民法院",
-        "basis_doc_no": "(2023)冀0203民初1号",
-        "basis_issuer": "唐山市路北区人民法院",
-        "obligation": "支付货款人民币100000元",
-        "performance": "全部未履行",
-        "situation": 1,
-        "published_at": "2024-05-01",
-        "filed_at": "2024-01-10",
-        "performed_amount": "0",
-        "unperformed_amount": "100000.00",
-        "severity": 2,
-        "status": "active",
-        "visibility": "public",
-        "measures": ["*"],
-    }
     return [
-        {
-            **base,
-            "entry_id": "C1",
-            "case_no": "(2024)冀0203执1号",
-            "subject_type": "person",
-            "name": "王五",
-            "id_number": GUEST,
-            "gender": "男",
-            "age": 43,
-        },
-        {
-            **base,
-            "entry_id": "C2",
-            "case_no": "(2024)冀0203执2号",
-            "subject_type": "entity",
-            "name": "唐山某建材有限公司",
-            "uscc": COMPANY,
-            "legal_rep_name": "赵六",
-            "related": [{"role": "legal_rep", "name": "赵六", "id_number": REP}],
-        },
-        {
-            **base,
-            "entry_id": "C3",
-            "case_no": "(2024)冀0203执3号",
-            "subject_type": "person",
-            "name": "小明",
-            "id_number": make_id_number("2012-01-01"),
-            "gender": "男",
-            "age": 12,
-        },
+        entry_fields(
+            1,
+            entry_id="C1",
+            subject_type="person",
+            name="王五",
+            id_number=GUEST,
+            gender="男",
+            age=43,
+        ),
+        entry_fields(
+            2,
+            entry_id="C2",
+            subject_type="entity",
+            name="唐山某建材有限公司",
+            uscc=COMPANY,
+            legal_rep_name="赵六",
+            related=[{"role": "legal_rep", "name": "赵六", "id_number": REP}],
+        ),
+        entry_fields(
+            3,
+            entry_id="C3",
+            subject_type="person",
+            name="小明",
+            id_number=make_id_number("2012-01-01"),
+            gender="男",
+            age=12,
+        ),
         *generate_entries(200, seed=3),
     ]
 

@@ -37,7 +37,7 @@ from ._reports import subscriber_keygen
 from ._site import PublishResult, publish
 from ._synth import valid_id_number, valid_uscc
 
-__all__ = ["TestPlatform", "make_id_number", "make_uscc"]
+__all__ = ["TestPlatform", "entry_fields", "make_id_number", "make_uscc"]
 
 _RNG = random.Random(20261122)
 _SEQ = itertools.count(_RNG.randrange(0, 500))
@@ -66,6 +66,39 @@ def make_id_number(
 def make_uscc(rng: random.Random | None = None) -> str:
     """A valid unified social credit code (with a valid embedded organisation code)."""
     return valid_uscc(rng or _RNG)
+
+
+def entry_fields(n: int, **overrides: Any) -> dict[str, Any]:
+    """The fields every list entry carries, with valid test values for case number ``n``
+    (entry id ``T{n:07d}``, case and basis numbers ending in ``n``), then ``overrides``.
+
+    Add the subject's fields (``subject_type``, ``name``, ``id_number`` ... or ``uscc``)
+    for a complete entry, or use :meth:`TestPlatform.person_entry` /
+    :meth:`TestPlatform.entity_entry`, which do. A ``filed_at`` after an overridden
+    ``published_at`` is moved back to it (a filing never follows publication).
+    """
+    entry: dict[str, Any] = {
+        "entry_id": f"T{n:07d}",
+        "case_no": f"(2024)冀0203执{n}号",
+        "court": "唐山市路北区人民法院",
+        "basis_doc_no": f"(2023)冀0203民初{n}号",
+        "basis_issuer": "唐山市路北区人民法院",
+        "obligation": "被执行人应于判决生效后十日内支付申请执行人货款人民币100000元",
+        "performance": "全部未履行",
+        "situation": 1,
+        "published_at": "2024-05-01",
+        "filed_at": "2024-01-10",
+        "performed_amount": "0",
+        "unperformed_amount": "100000.00",
+        "severity": 2,
+        "status": "active",
+        "visibility": "public",
+        "measures": ["*"],
+    }
+    entry.update(overrides)
+    if "filed_at" not in overrides and entry["filed_at"] > entry["published_at"]:
+        entry["filed_at"] = entry["published_at"]
+    return entry
 
 
 class TestPlatform:
@@ -110,29 +143,7 @@ class TestPlatform:
         return f"T{next(self._ids):07d}"
 
     def _base(self, **overrides: Any) -> dict[str, Any]:
-        n = next(self._ids)
-        entry: dict[str, Any] = {
-            "entry_id": f"T{n:07d}",
-            "case_no": f"(2024)冀0203执{n}号",
-            "court": "唐山市路北区人民法院",
-            "basis_doc_no": f"(2023)冀0203民初{n}号",
-            "basis_issuer": "唐山市路北区人民法院",
-            "obligation": "被执行人应于判决生效后十日内支付申请执行人货款人民币100000元",
-            "performance": "全部未履行",
-            "situation": 1,
-            "published_at": "2024-05-01",
-            "filed_at": "2024-01-10",
-            "performed_amount": "0",
-            "unperformed_amount": "100000.00",
-            "severity": 2,
-            "status": "active",
-            "visibility": "public",
-            "measures": ["*"],
-        }
-        entry.update(overrides)
-        if "filed_at" not in overrides and entry["filed_at"] > entry["published_at"]:
-            entry["filed_at"] = entry["published_at"]  # a filing never follows publication
-        return entry
+        return entry_fields(next(self._ids), **overrides)
 
     def person_entry(self, id_number: str | None = None, **overrides: Any) -> dict[str, Any]:
         """A valid person entry (not yet added), defaults for every field."""

@@ -29,7 +29,7 @@ import pytest
 
 from intercept_sdk import Client, Person
 from intercept_sdk._keys import rotate_root
-from intercept_sdk.testing import TestPlatform, make_id_number
+from intercept_sdk.testing import TestPlatform, entry_fields, make_id_number
 
 from .known_bugs import Known
 
@@ -464,32 +464,15 @@ def plain_person_entry(id_number: str, entry_id: str, **over: Any) -> dict[str, 
     from intercept_sdk._identifiers import id_number_info
 
     info = id_number_info(id_number)
-    n = int(entry_id[1:])
-    e: dict[str, Any] = {
+    fields: dict[str, Any] = {
         "entry_id": entry_id,
-        "case_no": f"(2024)冀0203执{n + 1}号",
         "subject_type": "person",
         "name": "张三",
         "id_number": info.id_number,
         "gender": info.sex,
         "age": info.age_on(dt.date(2024, 5, 1)),
-        "court": "唐山市路北区人民法院",
-        "basis_doc_no": f"(2023)冀0203民初{n + 1}号",
-        "basis_issuer": "唐山市路北区人民法院",
-        "obligation": "被执行人应于判决生效后十日内支付申请执行人货款人民币100000元",
-        "performance": "全部未履行",
-        "situation": 1,
-        "published_at": "2024-05-01",
-        "filed_at": "2024-01-10",
-        "performed_amount": "0",
-        "unperformed_amount": "100000.00",
-        "severity": 2,
-        "status": "active",
-        "visibility": "public",
-        "measures": ["*"],
     }
-    e.update(over)
-    return e
+    return entry_fields(int(entry_id[1:]) + 1, **{**fields, **over})
 
 
 def concurrency_state(i: int, version: int) -> str:
