@@ -332,7 +332,7 @@ def test_files_of_the_deflate_codec_still_work(
     assert store.verify().version == 3
 
 
-def test_build_writer_error_leaves_the_old_version(
+def test_build_insert_error_leaves_the_old_version(
     cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = Store(cache)
@@ -340,20 +340,20 @@ def test_build_writer_error_leaves_the_old_version(
     snapshot(store, 1, v1)
     calls = []
 
-    def failing_flush(*args: object) -> None:
+    def failing_insert(*args: object) -> None:
         calls.append(threading.current_thread().name)
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(intercept_sdk._store, "_flush_build", failing_flush)
+    monkeypatch.setattr(intercept_sdk._store, "_insert_flat", failing_insert)
     with pytest.raises(StoreError, match="disk I/O error"):
         snapshot(store, 2, base_records(12))
-    assert calls == ["intercept-sdk-build"]  # the insert ran on the writer thread
-    assert not [t for t in threading.enumerate() if t.name == "intercept-sdk-build"]
+    assert calls == [threading.current_thread().name]  # the build runs on the caller's thread
     assert store.state() is not None and store.state().version == 1  # type: ignore[union-attr]
     assert not [f for f in os.listdir(cache) if f.startswith(".build-")]
+    assert store.verify().version == 1
 
 
-def test_build_stops_its_writer_on_a_bad_record_mid_stream(
+def test_build_stops_on_a_bad_record_mid_stream(
     cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(intercept_sdk._store, "_BATCH_ROWS", 7)
@@ -369,17 +369,150 @@ def test_build_stops_its_writer_on_a_bad_record_mid_stream(
             expected_sha256="0" * 64,
             expected_sum="0" * 64,
         )
-    assert not [t for t in threading.enumerate() if t.name == "intercept-sdk-build"]
     assert store.state() is None
+    assert not [f for f in os.listdir(cache) if f.startswith(".build-")]
     good = base_records(40)
-    snapshot(store, 1, good)  # many batches through the writer, in order
+    snapshot(store, 1, good)  # many batches, in order
     assert store.verify().entries == 40
     assert store.lookup([key("id", id_number(39))])[1][0].record == good[39]
 
 
-# ---------------------------------------------------------------------------------------
-# reading and writing
-# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("batch", "record_rows", "key_rows"), [(7, 3, 2), (5, 5, 4), (50, 7, 300)])
+def test_build_multi_row_inserts_store_every_row(
+    cache: Path, monkeypatch: pytest.MonkeyPatch, batch: int, record_rows: int, key_rows: int
+) -> None:
+    """Rows go in by multi-row INSERTs; the rest of each batch waits for the next one."""
+    monkeypatch.setattr(intercept_sdk._store, "_BATCH_ROWS", batch)
+    monkeypatch.setattr(intercept_sdk._store, "_BUILD_RECORD_ROWS", record_rows)
+    monkeypatch.setattr(intercept_sdk._store, "_BUILD_KEY_ROWS", key_rows)
+    people = base_records(23)
+    firms = [
+        entity(
+            f"F{i:04d}",
+            f"ORG{i:05d}",
+            [("legal_rep", "王五", id_number(100 + i)), ("director", "赵六", id_number(200 + i))]
+            + [("supervisor", "钱七", id_number(300 + i))] * (i % 3),  # duplicates collapse
+        )
+        for i in range(17)
+    ]
+    store = Store(cache)
+    progress: list[int] = []
+    records = sorted(people + firms, key=eid_of)
+    sha, total, n = digests(records)
+    store.write_snapshot(
+        1,
+        iter(records),
+        manifest=manifest(1, records),
+        hash_key=HASH_KEY,
+        expected_sha256=sha,
+        expected_sum=total,
+        progress=progress.append,
+    )
+    assert progress[-1] == n == 40 and progress == sorted(progress)
+    st = store.verify()  # recomputes the digests and the key index from every record
+    assert (st.entries, st.state_sha256, st.state_sum) == (n, sha, total)
+    conn = sqlite3.connect(db_path(cache))
+    rids = [r for (r,) in conn.execute("SELECT rid FROM records ORDER BY entry_id")]
+    n_keys = conn.execute("SELECT count(*) FROM keys").fetchone()[0]
+    conn.close()
+    assert rids == list(range(1, n + 1))
+    assert n_keys == 23 + 17 * 3 + sum(1 for i in range(17) if i % 3)
+    _, hits = store.lookup([key("id", id_number(300 + 2)), key("org", "ORG00016")])
+    assert sorted((h.entry_id, h.relation) for h in hits) == [
+        ("F0002", "supervisor"),
+        ("F0016", "self"),
+    ]
+    for i in (0, 22):
+        assert store.lookup([key("id", id_number(i))])[1][0].record == people[i]
+
+
+def test_build_stream_digest_covers_every_line(cache: Path) -> None:
+    """state.sha256 is hashed a batch at a time; any change in any record must show."""
+    records = sorted(base_records(12), key=eid_of)
+    sha, total, _ = digests(records)
+    tampered = [*records[:-1], records[-1].replace(b"50000", b"50001")]
+    store = Store(cache)
+    with pytest.raises(DigestMismatch):
+        store.write_snapshot(
+            1, tampered, manifest=b"m", hash_key=HASH_KEY, expected_sha256=sha, expected_sum=total
+        )
+    assert store.state() is None
+
+
+_PARSE_CASES = [
+    b'{"entry_id":"E1"}',
+    b'{"entry_id":"E1","id_key":null,"org_key":null,"related":null}',
+    b'{"entry_id":"E1","visibility":"restricted"}',
+    b'{"entry_id":"E1","visibility":null}',
+    b'{"entry_id":"E1","visibility":"secret"}',
+    b'{"entry_id":"E1","id_key":"' + b"a" * 32 + b'","org_key":"' + b"b" * 32 + b'"}',
+    b'{"entry_id":"E1","id_key":"' + b"A" * 32 + b'"}',
+    b'{"entry_id":"E1","id_key":"' + b"a" * 31 + b'"}',
+    b'{"entry_id":"E1","id_key":1}',
+    b'{"entry_id":"E1","id_number":"130203198001010010"}',
+    b'{"entry_id":"E1","related":[{"role":"director","id_number":"1"}]}',
+    b'{"entry_id":"E1","related":[{"role":"director","id_key":null}]}',
+    b'{"entry_id":"E1","related":[{"role":"self","id_key":"' + b"c" * 32 + b'"}]}',
+    b'{"entry_id":"E1","related":[{"role":"boss"}]}',
+    b'{"entry_id":"E1","related":[{"name":"x"}]}',
+    b'{"entry_id":"E1","related":[1]}',
+    b'{"entry_id":"E1","related":{}}',
+    b'{"entry_id":"E1","id_key":"'
+    + b"d" * 32
+    + b'","related":[{"role":"director","id_key":"'
+    + b"d" * 32
+    + b'"},{"role":"director","id_key":"'
+    + b"d" * 32
+    + b'"},{"role":"supervisor","id_key":"'
+    + b"d" * 32
+    + b'"}]}',
+    b'{"entry_id":"E\\u0031"}',
+    b'{"entry_id":"E1","entry_id":"E2"}',
+    b'{"entry_id":"E1\\n"}',
+    b'{"entry_id":"-E1"}',
+    b'{"entry_id":"' + b"E" * 65 + b'"}',
+    b'{"entry_id":1}',
+    b"[]",
+    b'{"entry_id":"E1","x":"\\u0003"}',
+    b'{"entry_id":"E1","x":"\x03"}',
+    b'{"entry_id":"E1","x":"\xff"}',
+    b'{"entry_id":"E1"} x',
+]
+
+
+@pytest.mark.parametrize("record", _PARSE_CASES)
+def test_parse_fast_path_agrees_with_the_full_parse(record: bytes) -> None:
+    """The pydantic-core view accepts a subset of what the full parse accepts, alike."""
+    from intercept_sdk._store import _parse_record, _parse_record_slow
+
+    try:
+        want: object = _parse_record_slow(record)
+    except FormatError:
+        want = FormatError
+    try:
+        got: object = _parse_record(record)
+    except FormatError:
+        got = FormatError
+    assert got == want
+
+
+def test_parsed_records_never_hold_a_marker_byte() -> None:
+    """encode_parsed skips the marker check: JSON has no raw control characters."""
+    from intercept_sdk._store import _parse_record
+
+    for marker in (b"\x01", b"\x02", b"\x03"):
+        for record in (
+            b'{"entry_id":"E1","x":"a' + marker + b'"}',
+            b'{"entry_id":"E1",' + marker + b'"x":1}',
+        ):
+            with pytest.raises(FormatError):
+                _parse_record(record)
+    record = person("E00001", id_number(1))
+    codec = _Codec.train([record] * 10)
+    assert codec.encode_parsed(record, "E00001") == codec.encode(record, "E00001")
+    assert codec.decode(codec.encode_parsed(record, "E00001"), "E00001") == record
+
+
 def test_never_synced(cache: Path) -> None:
     store = Store(cache)
     assert store.state() is None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import sqlite3
 import subprocess
 import sys
@@ -712,3 +713,138 @@ def test_line_reader_refuses_bad_framing(monkeypatch: pytest.MonkeyPatch) -> Non
         _lines(b"abc\ndef\n", 7)
     with pytest.raises(DigestMismatch, match="decompressed to 4 bytes"):
         _lines(b"abc\n", 5)
+
+
+# ---------------------------------------------------------------------------------------
+# iter_records: gunzip on a reader thread (_Prefetch)
+# ---------------------------------------------------------------------------------------
+def _gunzip_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "intercept-sdk-gunzip"]
+
+
+def _wait_no_gunzip_thread() -> None:
+    deadline = time.monotonic() + 5
+    while _gunzip_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _gunzip_threads()
+
+
+def test_iter_records_reads_ahead_on_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gzip as _gzip
+
+    import intercept_sdk._sync as sync_mod
+
+    monkeypatch.setattr(sync_mod, "_CHUNK", 100)  # many chunks, lines across them
+    lines = [b'{"entry_id":"E%05d","pad":"%s"}' % (i, b"x" * (i % 37)) for i in range(500)]
+    data = b"".join(line + b"\n" for line in lines)
+    path = tmp_path / "s.ndjson.gz"
+    # two members and zero padding between them, as gzip.open reads them
+    path.write_bytes(_gzip.compress(data[:7001]) + b"\0\0" + _gzip.compress(data[7001:]))
+    seen: list[str] = []
+    for op, rec in sync_mod.iter_records(path, len(data)):
+        seen.append(threading.current_thread().name)
+        assert op == "P" and rec == lines[len(seen) - 1]
+    assert len(seen) == 500
+    _wait_no_gunzip_thread()
+    # delta framing through the same path
+    dpath = tmp_path / "d.gz"
+    dpath.write_bytes(_gzip.compress(b"P\tabc\nD\tE1\n"))
+    assert list(sync_mod.iter_records(dpath, 11, delta=True)) == [("P", b"abc"), ("D", b"E1")]
+
+
+def test_iter_records_errors_come_from_the_reader_thread(tmp_path: Path) -> None:
+    import gzip as _gzip
+
+    from intercept_sdk._sync import iter_records
+
+    data = b"".join(b"line %d\n" % i for i in range(20000))
+    good = _gzip.compress(data)
+    cases = {
+        "truncated": good[: len(good) // 2],
+        "not gzip": b"plain text\n" * 10,
+        "bad crc": good[:-8] + bytes(8),
+        "garbage after": good + b"garbage",
+    }
+    for name, blob in cases.items():
+        path = tmp_path / f"{name}.gz"
+        path.write_bytes(blob)
+        with pytest.raises(FormatError, match="not valid gzip"):
+            list(iter_records(path, len(data)))
+        _wait_no_gunzip_thread()
+    path = tmp_path / "ok.gz"
+    path.write_bytes(good)
+    with pytest.raises(TooLarge, match="past its limit"):
+        list(iter_records(path, len(data) - 1))
+    with pytest.raises(DigestMismatch, match="decompressed to"):
+        list(iter_records(path, len(data) + 1))
+    _wait_no_gunzip_thread()
+
+
+def test_prefetch_never_reads_past_the_limit_and_stops_when_closed() -> None:
+    from intercept_sdk._sync import _CHUNK, _Prefetch
+
+    class Endless:
+        def __init__(self) -> None:
+            self.served = 0
+
+        def read(self, size: int = -1, /) -> bytes:
+            self.served += size
+            return b"x" * size
+
+    source = Endless()
+    ahead = _Prefetch(source, 5 * _CHUNK // 2)  # a bomb: the thread stops at limit + 1
+    total = 0
+    while chunk := ahead.read(_CHUNK):
+        total += len(chunk)
+    ahead.close()
+    assert total == source.served == 5 * _CHUNK // 2 + 1
+    endless = Endless()
+    ahead = _Prefetch(endless, None)
+    assert len(ahead.read(10)) == 10 and len(ahead.read(_CHUNK)) == _CHUNK - 10
+    ahead.close()  # the thread is blocked on a full queue: close must still stop it
+    _wait_no_gunzip_thread()
+    assert endless.served <= (4 + 3) * _CHUNK
+
+
+def test_failed_snapshot_stops_the_reader_thread(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store raises after a few records: the sync closes the record stream at once,
+    even while the exception (and so the generator's frame) is still referenced."""
+    import intercept_sdk._sync as sync_mod
+    from intercept_sdk._store import Store
+
+    monkeypatch.setattr(sync_mod, "_CHUNK", 64)  # the reader blocks on a full queue
+    for _ in range(30):
+        env.platform.add_person()
+    seen: list[bytes] = []
+
+    def failing_snapshot(self: Store, version: int, records: Any, **kw: Any) -> Any:
+        seen.extend(itertools.islice(records, 2))
+        assert _gunzip_threads()
+        raise FormatError("refused by the test")
+
+    monkeypatch.setattr(Store, "write_snapshot", failing_snapshot)
+    client = env.client()
+    try:
+        with pytest.raises(FormatError, match="refused by the test") as caught:
+            client.sync()
+        assert len(seen) == 2 and caught.value.__traceback__ is not None
+        _wait_no_gunzip_thread()
+    finally:
+        client.close()
+
+
+def test_iter_records_abandoned_midway_stops_its_thread(tmp_path: Path) -> None:
+    import gzip as _gzip
+
+    from intercept_sdk._sync import iter_records
+
+    data = b"".join(b"line %d\n" % i for i in range(300000))
+    path = tmp_path / "big.gz"
+    path.write_bytes(_gzip.compress(data, 1))
+    it = iter_records(path, len(data))
+    assert next(it) == ("P", b"line 0")
+    assert _gunzip_threads()
+    it.close()  # e.g. the store raised on a bad record
+    _wait_no_gunzip_thread()
