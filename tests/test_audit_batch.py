@@ -9,6 +9,7 @@ import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,3 +154,39 @@ def test_line_format_reusing_shared_parts_is_the_canonical_json() -> None:
         assert body["seq"] == seq and body["version"] == item[5]
         assert _dt.datetime.fromisoformat(str(body["t"])) == item[0]
         prev = h
+
+
+def test_line_format_many_equals_one_call_per_record() -> None:
+    """The batch formatter of a flush: the same lines and chain as calling the formatter
+    on each record in turn, over runs sharing every part, some parts, or none, and
+    records that need escaping."""
+    rng = random.Random(9)
+    measures = [MEASURE, "consumption.star_hotel", "m\u00e9sure"]
+    actions = ["allow", "block", 'bl"ock']
+    entries_pool: list[Sequence[str]] = [(), ("E1",), ["E2", "E3"], ("条目",)]
+    times = [NOW + _dt.timedelta(microseconds=i * 999_999) for i in range(3)]
+    shared = (times[0], MEASURE, b"", "allow", entries_pool[0], 7)
+    items: list[Any] = []
+    for i in range(3000):
+        if i % 100 < 60:  # a screened run: every part the very same object
+            items.append((shared[0], shared[1], rng.randbytes(16), *shared[3:]))
+        else:
+            items.append(
+                (
+                    rng.choice(times),
+                    rng.choice(measures) if i % 3 else MEASURE,
+                    rng.randbytes(16),
+                    rng.choice(actions) if i % 4 == 0 else "allow",
+                    rng.choice(entries_pool) if i % 5 == 0 else (),
+                    rng.choice([7, 8, True]) if i % 11 == 0 else 7,
+                )
+            )
+    one = _LineFormat()
+    prev, lines = "f" * 64, []
+    for seq, item in enumerate(items, 41):
+        line, prev = one(prev, seq, item)
+        lines.append(line)
+    data, last, seq = _LineFormat().many("f" * 64, 40, items)
+    assert data == b"".join(lines)
+    assert (last, seq) == (prev, 40 + len(items))
+    assert _LineFormat().many(prev, seq, []) == (b"", prev, seq)

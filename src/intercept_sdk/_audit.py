@@ -75,6 +75,7 @@ log = logging.getLogger("intercept_sdk.audit")
 _ZERO = "0" * 64
 _GLOB = "audit-*.jsonl"
 _YIELD_EVERY = 256  # records formatted between two voluntary GIL releases in a flush
+_UNSET = object()
 
 _Item = tuple[_dt.datetime, str, bytes, str, Sequence[str], int]
 
@@ -180,6 +181,49 @@ class _LineFormat:
         )
         h = hashlib.sha256(f"{prev}{body}}}".encode()).hexdigest()
         return f'{body},"h":"{h}"}}\n'.encode(), h
+
+    def many(self, prev: str, seq: int, items: Sequence[_Item]) -> tuple[bytes, str, int]:
+        """The lines of ``items``, numbered from ``seq + 1`` and chained from ``prev``:
+        exactly the lines of calling this formatter on each in turn (the tests compare),
+        with the last hash and number. A record sharing every part with the one before
+        (a screened batch) is formatted inline; any other goes through ``__call__``,
+        which refreshes the shared parts. Other threads get the GIL every
+        ``_YIELD_EVERY`` records (see :meth:`AuditLog.flush`)."""
+        out: list[str] = []
+        append = out.append
+        sha = hashlib.sha256
+        action: object = _UNSET  # no record matches until __call__ has run
+        entries: object = _UNSET
+        measure: object = _UNSET
+        version: object = _UNSET
+        t: object = _UNSET
+        head = mid = time_ = vtail = ""
+        yield_at = _YIELD_EVERY
+        for n, item in enumerate(items, 1):
+            seq += 1
+            if (
+                item[3] is action
+                and item[4] is entries
+                and item[1] is measure
+                and item[5] is version
+                and item[0] is t
+            ):
+                body = f'{head}{item[2].hex()}{mid}{prev}","seq":{seq},"t":"{time_}"{vtail}'
+                prev = sha(f"{prev}{body}}}".encode()).hexdigest()
+                append(f'{body},"h":"{prev}"}}\n')
+            else:
+                line, prev = self(prev, seq, item)
+                append(line.decode())
+                # the parts __call__ now holds (None after a record that needed escaping)
+                action, entries, measure = self._action, self._entries, self._measure
+                version, t = self._version, self._t
+                head, mid, time_, vtail = self._head, self._mid, self._time, self._version_tail
+            if n == yield_at:
+                yield_at += _YIELD_EVERY
+                # Let a waiting check() thread run now rather than after the interpreter's
+                # 5 ms switch interval: bounds the latency a big flush adds to checks.
+                time.sleep(0)
+        return "".join(out).encode(), prev, seq
 
     def _slow(self, prev: str, seq: int, item: _Item) -> tuple[bytes, str]:
         t, measure, key, action, entries, version = item
@@ -362,16 +406,8 @@ class AuditLog:
                     },
                 )
                 lines.append(line)
-            fmt = _LineFormat()
-            for n, item in enumerate(items, 1):
-                seq += 1
-                line, prev = fmt(prev, seq, item)
-                lines.append(line)
-                if n % _YIELD_EVERY == 0:
-                    # Let a waiting check() thread run now rather than after the
-                    # interpreter's 5 ms switch interval: bounds the latency a big flush
-                    # adds to concurrent checks.
-                    time.sleep(0)
+            chunk, prev, seq = _LineFormat().many(prev, seq, items)
+            lines.append(chunk)
             if self.signing_key is not None:
                 seq += 1
                 body = {
