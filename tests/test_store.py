@@ -694,6 +694,43 @@ def test_delta_put_change_delete(cache: Path) -> None:
     assert store.verify().version == 5
 
 
+def test_delta_rewrites_only_the_key_rows_that_differ(cache: Path) -> None:
+    """A revocation keeps every key; an entity whose officers change keeps the unchanged
+    ones. Either way the index afterwards is exactly the records' keys (verify() re-derives
+    it) and lookups see the new state."""
+    store = Store(cache)
+    a, b, c, d = (id_number(400 + i) for i in range(4))
+    ent = entity("E00100", "222222222", [("legal_rep", "钱七", a), ("principal", "孙八", b)])
+    v1 = [*base_records(4), ent]
+    snapshot(store, 1, v1)
+    revoked = person("E00002", id_number(2)).replace(b'"status":"active"', b'"status":"revoked"')
+    assert revoked != person("E00002", id_number(2))
+    ent2 = entity(
+        "E00100",
+        "222222222",
+        [("legal_rep", "钱七", a), ("principal", "周九", c), ("actual_controller", "吴十", d)],
+    )
+    v2 = [r for r in v1 if eid_of(r) not in ("E00002", "E00100")] + [revoked, ent2]
+    changes = delta(store, v1, v2, 1, 2)
+    assert changes.changed == frozenset({"E00002", "E00100"})
+    assert store.verify().version == 2
+    hits = store.lookup([key("id", id_number(2))])[1]
+    assert [h.record for h in hits] == [revoked]
+    assert [(h.entry_id, h.relation) for h in store.lookup([key("id", a)])[1]] == [
+        ("E00100", "legal_rep")
+    ]
+    assert store.lookup([key("id", b)])[1] == []
+    assert [h.relation for h in store.lookup([key("id", c)])[1]] == ["principal"]
+    assert [h.relation for h in store.lookup([key("id", d)])[1]] == ["actual_controller"]
+    # and back: a key that moves from one role to another is a different index row
+    ent3 = entity("E00100", "222222222", [("principal", "钱七", a)])
+    v3 = [r for r in v2 if eid_of(r) != "E00100"] + [ent3]
+    delta(store, v2, v3, 2, 3)
+    assert store.verify().version == 3
+    assert [h.relation for h in store.lookup([key("id", a)])[1]] == ["principal"]
+    assert store.lookup([key("id", c)])[1] == [] and store.lookup([key("id", d)])[1] == []
+
+
 def test_delta_wrong_base(cache: Path) -> None:
     store = Store(cache)
     with pytest.raises(BaseVersionMismatch):
