@@ -61,7 +61,13 @@ from urllib.parse import urlsplit
 import httpx
 
 from ._exceptions import ConfigurationError, InvalidReport, OutboxFull, ReportError
-from ._reports import MAX_ENVELOPE_BYTES, REPORT_KINDS, _shown, _SignedReport
+from ._reports import (
+    MAX_ENVELOPE_BYTES,
+    _check_agreement,
+    _check_kind_and_id,
+    _shown,
+    _SignedReport,
+)
 from ._signing import REPORT_TYPE
 from ._util import format_utc, fsync_dir, parse_utc, utcnow
 
@@ -174,7 +180,6 @@ _CANONICAL_ENVELOPE: Final = re.compile(
 )  # fmt: skip
 _ENVELOPE_KEYS: Final = frozenset({"payload", "payload_type", "signatures"})
 _UTC_TEXT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
-_REPORT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 # The last text _now_text made and the second it names (several reports per second).
@@ -515,29 +520,16 @@ class Outbox:
         signed_created = payload.get("created_at")
         if payload.get("type") != "report" or not isinstance(signed_created, str):
             raise InvalidReport("envelope payload is not a report")
-        if kind not in REPORT_KINDS:
-            raise InvalidReport(f"unknown report kind {_shown(kind, 40)}")
-        if not isinstance(report_id, str) or not _REPORT_ID_RE.match(report_id):
-            raise InvalidReport("report_id must be 32 lower-case hex characters")
+        _check_kind_and_id(kind, report_id)
         # Fast path: the caller passed the payload's own text (the usual case).
         signed = signed_created if _UTC_TEXT_RE.match(signed_created) else None
         if signed is None:
             signed = _utc_text(signed_created)
         created = signed if created_at == signed else _utc_text(created_at)
-        mismatched = [
-            name
-            for name, given, actual in (
-                ("report_id", report_id, payload.get("report_id")),
-                ("kind", kind, payload.get("kind")),
-                ("measure", measure, payload.get("measure")),
-                ("created_at", created, signed),
-            )
-            if given != actual
-        ]
-        if mismatched:
-            raise InvalidReport(
-                "enqueue() arguments disagree with the signed payload: " + ", ".join(mismatched)
-            )
+        _check_agreement(
+            (report_id, kind, measure, created),
+            (payload.get("report_id"), payload.get("kind"), payload.get("measure"), signed),
+        )
         return created
 
     def batch(self, limit: int) -> list[tuple[str, bytes]]:

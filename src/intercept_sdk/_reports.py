@@ -477,10 +477,7 @@ class _SignedReport(bytes):
         Raises :class:`InvalidReport` naming what disagrees, like the outbox's full check.
         """
         rid, signed_kind, signed_measure, created_text, created_dt = self._meta
-        if kind not in REPORT_KINDS:
-            raise InvalidReport(f"unknown report kind {_shown(kind, 40)}")
-        if not isinstance(report_id, str) or not _REPORT_ID_RE.match(report_id):
-            raise InvalidReport("report_id must be 32 lower-case hex characters")
+        _check_kind_and_id(kind, report_id)
         if created_at == created_text or (
             isinstance(created_at, _dt.datetime)
             and created_at.tzinfo is not None
@@ -489,21 +486,31 @@ class _SignedReport(bytes):
             created = created_text
         else:
             created = _utc_text_of(created_at)
-        mismatched = [
-            name
-            for name, given, actual in (
-                ("report_id", report_id, rid),
-                ("kind", kind, signed_kind),
-                ("measure", measure, signed_measure),
-                ("created_at", created, created_text),
-            )
-            if given != actual
-        ]
-        if mismatched:
-            raise InvalidReport(
-                "enqueue() arguments disagree with the signed payload: " + ", ".join(mismatched)
-            )
+        _check_agreement(
+            (report_id, kind, measure, created), (rid, signed_kind, signed_measure, created_text)
+        )
         return created
+
+
+def _check_kind_and_id(kind: object, report_id: object) -> None:
+    """The enqueue arguments' own checks (a known kind, a well-formed report_id)."""
+    if kind not in REPORT_KINDS:
+        raise InvalidReport(f"unknown report kind {_shown(kind, 40)}")
+    if not isinstance(report_id, str) or not _REPORT_ID_RE.match(report_id):
+        raise InvalidReport("report_id must be 32 lower-case hex characters")
+
+
+_AGREED: Final = ("report_id", "kind", "measure", "created_at")
+
+
+def _check_agreement(given: tuple[object, ...], signed: tuple[object, ...]) -> None:
+    """:class:`InvalidReport` naming each of ``report_id, kind, measure, created_at``
+    where the enqueue arguments (``given``) differ from the signed payload's."""
+    if given != signed:
+        mismatched = [name for name, g, a in zip(_AGREED, given, signed, strict=True) if g != a]
+        raise InvalidReport(
+            "enqueue() arguments disagree with the signed payload: " + ", ".join(mismatched)
+        )
 
 
 def _utc_text_of(value: object) -> str:
