@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from intercept_sdk import _models
 from intercept_sdk._signing import (
     MANIFEST_TYPE,
     REPORT_TYPE,
@@ -31,6 +34,7 @@ from intercept_sdk._signing import (
     write_public_key,
 )
 from intercept_sdk._util import atomic_write, format_utc, utcnow
+from intercept_sdk.testing import TestPlatform
 
 __all__ = [
     "FakeSite",
@@ -38,6 +42,7 @@ __all__ = [
     "make_report",
     "nginx_binary",
     "nginx_serving",
+    "publish_letting_minors_through",
     "register_subscriber",
     "write_manifest",
 ]
@@ -243,3 +248,17 @@ def _nginx_error(proc: subprocess.Popen[bytes], tmp: str) -> str:
     with contextlib.suppress(OSError):
         err += Path(tmp, "error.log").read_text(errors="replace")
     return err.strip()[-2000:]
+
+
+def publish_letting_minors_through(p: TestPlatform, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the publisher quarantines minors; simulate an entry that reached
+    the site anyway by dropping only that rule, for this one publish."""
+    original = _models._semantic_reasons
+
+    def without_minor_rule(e: _models.Entry, known: frozenset[str] | None) -> list[str]:
+        return [r for r in original(e, known) if not r.startswith("minor:")]
+
+    with monkeypatch.context() as mp:
+        mp.setattr(_models, "_semantic_reasons", without_minor_rule)
+        result = p.publish()
+    assert not result.quarantined

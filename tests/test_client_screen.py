@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from intercept_sdk import Client, Decision, Entity, InvalidInput, Officer, Person, _models
+from _servers import publish_letting_minors_through
+from intercept_sdk import Client, Decision, Entity, InvalidInput, Officer, Person
 from intercept_sdk._audit import verify_audit
 from intercept_sdk._decisions import KeyMaker, own_probe, probes_for
 from intercept_sdk._signing import Envelope
@@ -40,18 +41,6 @@ class Clock:
 
 class PersonSubclass(Person):
     """An application's own Person type: must be treated like a Person."""
-
-
-def _publish_letting_minors_through(p: TestPlatform, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = _models._semantic_reasons
-
-    def without_minor_rule(e: _models.Entry, known: frozenset[str] | None) -> list[str]:
-        return [r for r in original(e, known) if not r.startswith("minor:")]
-
-    with monkeypatch.context() as mp:
-        mp.setattr(_models, "_semantic_reasons", without_minor_rule)
-        result = p.publish()
-    assert not result.quarantined
 
 
 class Mixed:
@@ -92,7 +81,7 @@ class Mixed:
         p.add_entity(org_code=self.org_only_uscc[8:17], name="某某贸易公司", publish=False)
         self.uscc_only_org = make_uscc(rng)
         p.add_entity(self.uscc_only_org, publish=False)
-        _publish_letting_minors_through(p, monkeypatch)
+        publish_letting_minors_through(p, monkeypatch)
         self.ids = ids
         officer = Person(ids["listed"])
         self.subjects: list[Person | Entity] = [

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from _servers import publish_letting_minors_through
 from intercept_sdk import (
     Client,
     Decision,
@@ -28,7 +29,6 @@ from intercept_sdk import (
     Officer,
     Person,
     UnknownMeasure,
-    _models,
     get_measure,
 )
 from intercept_sdk._decisions import (
@@ -518,20 +518,6 @@ def test_never_synced_raises_instead_of_allowing(tmp_path: Path) -> None:
 # -- minors ----------------------------------------------------------------------------------
 
 
-def _publish_letting_minors_through(p: TestPlatform, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fault injection: the publisher quarantines minors; simulate an entry that reached
-    the site anyway by dropping only that rule, for this one publish."""
-    original = _models._semantic_reasons
-
-    def without_minor_rule(e: _models.Entry, known: frozenset[str] | None) -> list[str]:
-        return [r for r in original(e, known) if not r.startswith("minor:")]
-
-    with monkeypatch.context() as mp:
-        mp.setattr(_models, "_semantic_reasons", without_minor_rule)
-        result = p.publish()
-    assert not result.quarantined
-
-
 def test_minor_listing_is_never_enforced_and_is_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -540,7 +526,7 @@ def test_minor_listing_is_never_enforced_and_is_reported(
         # exactly 18 on the published date: enforced; one day younger: not
         adult18 = p.add_person(make_id_number("2006-05-01"), publish=False)
         day_short = p.add_person(make_id_number("2006-05-02"), publish=False)
-        _publish_letting_minors_through(p, monkeypatch)
+        publish_letting_minors_through(p, monkeypatch)
         c = p.client()
         d = c.check(Person(minor["id_number"]), "consumption.star_hotel")
         assert d.action == "allow" and d.matches == ()
