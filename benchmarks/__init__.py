@@ -10,7 +10,7 @@ Run from the repository root::
 Every figure is measured in one run, on the same machine, next to its baseline (a raw
 ``sqlite3`` statement, a Python ``dict``, the poll interval...), so ratios stay meaningful
 on a noisy machine even when absolute timings do not. Synthetic data comes from
-:func:`intercept_sdk._synth.generate_entries`, the generator the demo uses. The run
+:func:`intercept_sdk.testing.synth.generate_entries`, the generator the demo uses. The run
 writes a JSON file (``benchmarks/results/``, git-ignored) and a Markdown table
 (``docs/benchmarks.md``) with the machine details.
 

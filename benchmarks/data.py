@@ -1,6 +1,6 @@
 """Synthetic data for the benchmarks: cached lists, subjects, baseline rows, the 10M site.
 
-All lists come from :func:`intercept_sdk._synth.generate_entries` (the demo's generator:
+All lists come from :func:`intercept_sdk.testing.synth.generate_entries` (the demo's generator:
 valid ID numbers and credit codes, realistic field sizes, 30 % entities, each with a
 legal representative and some with more related persons). Generating a million entries
 takes a minute or two and ten million much longer, so the source files (and the published
@@ -35,11 +35,16 @@ from typing import Any
 from pydantic_core import to_json
 
 from intercept_sdk import Entity, Person
-from intercept_sdk._keys import KeyDir, add_subscriber, keygen
-from intercept_sdk._reports import subscriber_keygen
-from intercept_sdk._site import PublishResult, identifier_key, publish
-from intercept_sdk._synth import REFERENCE_TODAY, generate_entries, valid_id_number, valid_uscc
-from intercept_sdk._synth import __file__ as _synth_file
+from intercept_sdk._client.keys import subscriber_keygen
+from intercept_sdk._platform.keys import KeyDir, add_subscriber, keygen
+from intercept_sdk._platform.publish import PublishResult, identifier_key, publish
+from intercept_sdk.testing.synth import (
+    REFERENCE_TODAY,
+    generate_entries,
+    valid_id_number,
+    valid_uscc,
+)
+from intercept_sdk.testing.synth import __file__ as _synth_file
 
 from . import REPO_ROOT
 from .harness import Context, log, rm, worker_env
@@ -86,7 +91,7 @@ def hash_key(keys: Path) -> bytes:
 
 def list_v1(ctx: Context, n: int) -> Path:
     """The cached JSON Lines source of ``n`` entries (seed :data:`SEED`)."""
-    from intercept_sdk._synth import write_jsonl
+    from intercept_sdk.testing.synth import write_jsonl
 
     path = ctx.data_dir / f"list-{n}-s{SEED}-{fingerprint()}.jsonl"
     if not path.exists():

@@ -382,7 +382,7 @@ def rm(path: Path) -> None:
 @contextlib.contextmanager
 def server_process(site: Path, *, subscribers: Path | None, state: Path) -> Iterator[Any]:
     """The reference platform as a separate process (``run_server_process``)."""
-    from intercept_sdk._platform import run_server_process
+    from intercept_sdk._platform.server import run_server_process
 
     proc = run_server_process(
         site, subscribers_dir=subscribers, state_dir=state, log_level="warning", timeout=30.0

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from intercept_sdk import Client, Person
-from intercept_sdk._site import publish
-from intercept_sdk._synth import generate_entries, write_jsonl
+from intercept_sdk._platform.publish import publish
+from intercept_sdk.testing.synth import generate_entries, write_jsonl
 
 from . import data
 from .harness import MEASURE, Context, log, server_process

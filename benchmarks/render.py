@@ -17,7 +17,7 @@ METHOD = """\
   figures on a busy machine. Where it helps to tell work from waiting, CPU time is
   reported next to wall time (notes).
 * Units: MB = 10^6 bytes (peak RSS too, converted from the kernel's KiB), kB = 10^3.
-* Data: `intercept_sdk._synth.generate_entries` (the demo's generator): valid ID numbers
+* Data: `intercept_sdk.testing.synth.generate_entries` (the demo's generator): valid ID numbers
   and credit codes, realistic field sizes, 30 % entities, each with its legal
   representative and some with further related persons. Source lists and the 10M site
   are cached in `benchmarks/results/data` and reused.

@@ -29,11 +29,12 @@ from typing import Any
 import httpx
 
 from intercept_sdk import Client, Person
-from intercept_sdk._client import _Core
-from intercept_sdk._outbox import Outbox, Sender
-from intercept_sdk._reports import build_report, load_subscriber_key, sign_report
-from intercept_sdk._site import publish
-from intercept_sdk._synth import generate_entries
+from intercept_sdk._client.client import _Core
+from intercept_sdk._client.keys import load_subscriber_key
+from intercept_sdk._client.outbox import Outbox, Sender
+from intercept_sdk._platform.publish import publish
+from intercept_sdk._protocol.reports import build_report, sign_report
+from intercept_sdk.testing.synth import generate_entries
 
 from . import data
 from .harness import MEASURE, Context, log, server_process
@@ -75,7 +76,7 @@ def _fill(path: Path, reports: list[tuple[str, bytes]]) -> Outbox:
 
 
 def _created(env: bytes) -> str:
-    from intercept_sdk._signing import Envelope
+    from intercept_sdk._protocol.signing import Envelope
 
     created: str = Envelope.from_bytes(env).payload_json()["created_at"]
     return created

@@ -403,7 +403,7 @@ def calibration() -> dict[str, float]:
 def bench_sqlite_store(
     records: list[bytes], workdir: Path, hits: list[bytes], misses: list[bytes]
 ) -> dict[str, object]:
-    from intercept_sdk._store import Store
+    from intercept_sdk._client.store import Store
 
     cache = workdir / "sqlite-store"
     shutil.rmtree(cache, ignore_errors=True)

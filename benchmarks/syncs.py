@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from intercept_sdk._site import publish
-from intercept_sdk._synth import valid_id_number
+from intercept_sdk._platform.publish import publish
+from intercept_sdk.testing.synth import valid_id_number
 
 from . import data
 from .harness import Context, dir_bytes, fmt_num, log, rm, run_worker, server_process

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from intercept_sdk import _models
-from intercept_sdk._signing import (
+from intercept_sdk._protocol import models as _models
+from intercept_sdk._protocol.signing import (
     MANIFEST_TYPE,
     REPORT_TYPE,
     SigningKey,

@@ -1,7 +1,7 @@
 """Every attack on list distribution, end to end, against a real site on a real server.
 
 The site is built with the real command line (``intercept-sdk keygen`` / ``publish`` run as
-``python -m intercept_sdk._cli``), served over HTTP on loopback by the reference platform
+``python -m intercept_sdk._cli.main``), served over HTTP on loopback by the reference platform
 (:class:`PlatformServer`), and synced by a real :class:`Client` (real Ed25519, real
 SQLite). Each test syncs a client to version 1, lets an attacker rewrite the served site,
 and shows that the sync raises the attack's own exception while version 1 stays in force:
@@ -43,8 +43,11 @@ from typing import Any
 import httpx
 import pytest
 
-from intercept_sdk._client import Client
-from intercept_sdk._decisions import Decision, Person
+from intercept_sdk._client.client import Client
+from intercept_sdk._client.decisions import Decision, Person
+from intercept_sdk._client.fetch import RetryPolicy
+from intercept_sdk._client.keys import subscriber_keygen
+from intercept_sdk._client.store import Store
 from intercept_sdk._exceptions import (
     BaseVersionMismatch,
     DigestMismatch,
@@ -59,14 +62,11 @@ from intercept_sdk._exceptions import (
     TrustRootError,
     VerificationError,
 )
-from intercept_sdk._fetch import RetryPolicy
-from intercept_sdk._identifiers import id_number_info
-from intercept_sdk._keys import KeyDir, build_root_payload, keygen, rotate_root, sign_root
-from intercept_sdk._platform import Limits, PlatformServer
-from intercept_sdk._reports import subscriber_keygen
-from intercept_sdk._signing import MANIFEST_TYPE, Envelope, SigningKey, canonical_json
-from intercept_sdk._site import publish
-from intercept_sdk._store import Store
+from intercept_sdk._platform.keys import KeyDir, build_root_payload, keygen, rotate_root, sign_root
+from intercept_sdk._platform.publish import publish
+from intercept_sdk._platform.server import Limits, PlatformServer
+from intercept_sdk._protocol.identifiers import id_number_info
+from intercept_sdk._protocol.signing import MANIFEST_TYPE, Envelope, SigningKey, canonical_json
 from intercept_sdk._util import atomic_write, format_utc, utcnow
 from intercept_sdk.testing import entry_fields, make_id_number
 
@@ -132,7 +132,7 @@ def source(version: int) -> list[dict[str, Any]]:
 
 def make_subscriber(keys: Path, directory: Path, subscriber_id: str) -> Path:
     report_pub, box_pub = subscriber_keygen(directory)
-    from intercept_sdk._keys import add_subscriber
+    from intercept_sdk._platform.keys import add_subscriber
 
     add_subscriber(keys, subscriber_id, report_pub.read_bytes(), box_pub.read_bytes())
     return directory
@@ -216,7 +216,7 @@ class Attacker:
         return Envelope.from_bytes(self.read("manifest.json")).payload_json()
 
     def sign_manifest(self, payload: dict[str, Any], signers: list[SigningKey]) -> bytes:
-        from intercept_sdk._signing import sign_envelope
+        from intercept_sdk._protocol.signing import sign_envelope
 
         data = sign_envelope(MANIFEST_TYPE, canonical_json(payload), signers).to_bytes()
         self.write("manifest.json", data)

@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from intercept_sdk import Entity, Officer, Person, StoreCorrupted
-from intercept_sdk._audit import AuditLog, _dumps, _record_line, _TimeFormat, verify_audit
+from intercept_sdk._client.audit import AuditLog, _dumps, _record_line, _TimeFormat, verify_audit
 from intercept_sdk.testing import TestPlatform, make_id_number, make_uscc
 
 NOW = _dt.datetime(2026, 1, 31, 8, 0, 0, 123456, tzinfo=_dt.timezone.utc)
@@ -244,7 +244,7 @@ def test_torn_tail_is_a_warning_and_the_next_writer_starts_a_new_file(written: P
         [
             sys.executable,
             "-m",
-            "intercept_sdk._cli",
+            "intercept_sdk._cli.main",
             "audit",
             "verify",
             "--dir",
@@ -305,7 +305,7 @@ _WRITER = textwrap.dedent(
     """
     import datetime, sys
     from pathlib import Path
-    from intercept_sdk._audit import AuditLog
+    from intercept_sdk._client.audit import AuditLog
     log = AuditLog(Path(sys.argv[1]), flush_interval=0.002)
     now = datetime.datetime.now(datetime.timezone.utc)
     log.record("travel.flight", bytes(16), "allow", ("E1",), 1, now)

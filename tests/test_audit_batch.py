@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from intercept_sdk._audit import (
+from intercept_sdk._client.audit import (
     AuditLog,
     _dumps,
     _LineFormat,

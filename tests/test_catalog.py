@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from intercept_sdk import InterceptError, InvalidInput, UnknownMeasure
-from intercept_sdk._catalog import (
+from intercept_sdk._protocol.catalog import (
     ACTIONS,
     RELATIONS,
     ROLES,
@@ -143,7 +143,7 @@ def test_actions_relations_roles_valid() -> None:
 
 
 def test_roles_match_entry_model() -> None:
-    models = pytest.importorskip("intercept_sdk._models")
+    models = pytest.importorskip("intercept_sdk._protocol.models")
     assert tuple(ROLES) == tuple(models.ROLES)
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from intercept_sdk._synth import generate_entries, write_jsonl
 from intercept_sdk.testing import entry_fields, make_id_number, make_uscc
+from intercept_sdk.testing.synth import generate_entries, write_jsonl
 
 EXE = Path(sys.executable).with_name("intercept-sdk")
 

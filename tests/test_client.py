@@ -30,9 +30,9 @@ from intercept_sdk import (
     Person,
     WatchChange,
 )
-from intercept_sdk._signing import Envelope
-from intercept_sdk._synth import valid_id_number
+from intercept_sdk._protocol.signing import Envelope
 from intercept_sdk.testing import TestPlatform, make_id_number, make_uscc
+from intercept_sdk.testing.synth import valid_id_number
 
 
 def _queued(client: Client) -> list[dict[str, Any]]:

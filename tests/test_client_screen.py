@@ -16,11 +16,11 @@ import pytest
 
 from _servers import publish_letting_minors_through
 from intercept_sdk import Client, Decision, Entity, InvalidInput, Officer, Person
-from intercept_sdk._audit import verify_audit
-from intercept_sdk._decisions import KeyMaker, own_probe, probes_for
-from intercept_sdk._signing import Envelope
-from intercept_sdk._synth import valid_id_number
+from intercept_sdk._client.audit import verify_audit
+from intercept_sdk._client.decisions import KeyMaker, own_probe, probes_for
+from intercept_sdk._protocol.signing import Envelope
 from intercept_sdk.testing import TestPlatform, make_id_number, make_uscc
+from intercept_sdk.testing.synth import valid_id_number
 
 MEASURES = (
     "consumption.star_hotel",  # block; reaches legal_rep, principal ... not officers

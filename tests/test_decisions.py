@@ -31,15 +31,15 @@ from intercept_sdk import (
     UnknownMeasure,
     get_measure,
 )
-from intercept_sdk._decisions import (
+from intercept_sdk._client.decisions import (
     REASONS,
     KeyMaker,
     _was_minor,
     notice_text,
     strongest,
 )
-from intercept_sdk._signing import Envelope
-from intercept_sdk._site import identifier_key
+from intercept_sdk._platform.publish import identifier_key
+from intercept_sdk._protocol.signing import Envelope
 from intercept_sdk.testing import TestPlatform, make_id_number, make_uscc
 
 CHINA = _dt.timezone(_dt.timedelta(hours=8))
@@ -674,7 +674,7 @@ def test_closed_client_refuses(tmp_path: Path) -> None:
 
 
 def test_china_date_is_the_calendar_date_in_china() -> None:
-    from intercept_sdk._decisions import CHINA_TZ, china_date
+    from intercept_sdk._client.decisions import CHINA_TZ, china_date
 
     rng = random.Random(6)
     start = _dt.datetime(2016, 1, 1, tzinfo=_dt.timezone.utc)

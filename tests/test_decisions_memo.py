@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 
 from intercept_sdk import Person, get_measure
-from intercept_sdk import _decisions as D
+from intercept_sdk._client import decisions as D
 from intercept_sdk.testing import make_id_number
 
 NOW = _dt.datetime(2026, 3, 10, 3, 0, tzinfo=_dt.timezone.utc)

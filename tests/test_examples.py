@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from intercept_sdk import Client
-from intercept_sdk._signing import Envelope
+from intercept_sdk._protocol.signing import Envelope
 from intercept_sdk.testing import TestPlatform, make_id_number, make_uscc
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -1,4 +1,4 @@
-"""Fetching site files (:mod:`intercept_sdk._fetch`): real servers on loopback.
+"""Fetching site files (:mod:`intercept_sdk._client.fetch`): real servers on loopback.
 
 The site is a real published one (:class:`TestPlatform`) served by the reference platform
 (:class:`PlatformServer`, with :class:`Faults` to inject 401/403/429/503 and count
@@ -33,6 +33,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from intercept_sdk._client.fetch import (
+    FileFetcher,
+    HttpFetcher,
+    RetryPolicy,
+    make_fetcher,
+    parse_retry_after,
+)
+from intercept_sdk._client.trust import Artefact
 from intercept_sdk._exceptions import (
     ConfigurationError,
     DigestMismatch,
@@ -41,16 +49,8 @@ from intercept_sdk._exceptions import (
     SyncError,
     TooLarge,
 )
-from intercept_sdk._fetch import (
-    FileFetcher,
-    HttpFetcher,
-    RetryPolicy,
-    make_fetcher,
-    parse_retry_after,
-)
-from intercept_sdk._platform import Faults, PlatformServer
-from intercept_sdk._signing import Envelope
-from intercept_sdk._trust import Artefact
+from intercept_sdk._platform.server import Faults, PlatformServer
+from intercept_sdk._protocol.signing import Envelope
 from intercept_sdk.testing import TestPlatform
 
 # =========================================================================== fixtures

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from intercept_sdk import InterceptError, InvalidInput
 from intercept_sdk._exceptions import InvalidIdentifier
-from intercept_sdk._identifiers import (
+from intercept_sdk._protocol.identifiers import (
     USCC_ALPHABET,
     id_check,
     id_number_info,

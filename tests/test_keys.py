@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from intercept_sdk._exceptions import ConfigurationError, FormatError
-from intercept_sdk._keys import (
+from intercept_sdk._platform.keys import (
     KeyDir,
     add_subscriber,
     build_root_payload,
@@ -24,7 +24,7 @@ from intercept_sdk._keys import (
     rotate_root,
     sign_root,
 )
-from intercept_sdk._signing import ROOT_TYPE, Envelope, SigningKey
+from intercept_sdk._protocol.signing import ROOT_TYPE, Envelope, SigningKey
 
 NOW = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
 

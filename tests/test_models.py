@@ -18,8 +18,8 @@ from pydantic import ValidationError
 
 from intercept_sdk import InterceptError, InvalidInput
 from intercept_sdk._exceptions import InvalidEntry
-from intercept_sdk._identifiers import id_check, uscc_check
-from intercept_sdk._models import ROLES, Entry, Related, parse_entry, validate_entry
+from intercept_sdk._protocol.identifiers import id_check, uscc_check
+from intercept_sdk._protocol.models import ROLES, Entry, Related, parse_entry, validate_entry
 
 PERSON: dict[str, Any] = {
     "entry_id": "E00000001",
@@ -201,7 +201,7 @@ def test_measures_check_can_be_skipped() -> None:
 
 
 def test_roles_are_the_catalog_roles() -> None:
-    from intercept_sdk._catalog import ROLES as CATALOG_ROLES
+    from intercept_sdk._protocol.catalog import ROLES as CATALOG_ROLES
 
     assert tuple(ROLES) == tuple(CATALOG_ROLES)
     for role in ROLES:

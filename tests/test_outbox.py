@@ -35,15 +35,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from intercept_sdk import ConfigurationError, InvalidReport, OutboxFull, ReportError
-from intercept_sdk._outbox import (
+from intercept_sdk._client.outbox import (
     DeadLetter,
     Outbox,
     RetryPolicy,
     Sender,
     reports_url,
 )
-from intercept_sdk._reports import build_report, sign_report, verify_report
-from intercept_sdk._signing import canonical_json, write_private_key
+from intercept_sdk._protocol.reports import build_report, sign_report, verify_report
+from intercept_sdk._protocol.signing import canonical_json, write_private_key
 
 SUB = "hotel-001"
 CASE = "(2019)冀0203执123号"
@@ -241,7 +241,7 @@ def test_enqueue_metadata_must_agree_on_both_paths(
 def test_enqueue_refuses_external_envelopes_with_bad_content(
     box: Outbox, key: Ed25519PrivateKey
 ) -> None:
-    from intercept_sdk._signing import (
+    from intercept_sdk._protocol.signing import (
         MANIFEST_TYPE,
         REPORT_TYPE,
         Envelope,
@@ -1091,9 +1091,9 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
 
 ENQUEUER = r"""
 import sys
-from intercept_sdk._outbox import Outbox
-from intercept_sdk._reports import build_report, sign_report
-from intercept_sdk._signing import load_private_key
+from intercept_sdk._client.outbox import Outbox
+from intercept_sdk._protocol.reports import build_report, sign_report
+from intercept_sdk._protocol.signing import load_private_key
 path, keyfile, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 key = load_private_key(keyfile)
 box = Outbox(path)
@@ -1111,7 +1111,7 @@ box.close()
 
 SENDER = r"""
 import sys
-from intercept_sdk._outbox import Outbox, RetryPolicy, Sender
+from intercept_sdk._client.outbox import Outbox, RetryPolicy, Sender
 path, url, rate, batch = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 box = Outbox(path)
 sender = Sender(box, url, batch_size=batch, max_rate=rate, interval=0.2,

@@ -28,7 +28,7 @@ from _servers import (
     write_manifest,
 )
 from intercept_sdk._exceptions import ConfigurationError
-from intercept_sdk._platform import (
+from intercept_sdk._platform.server import (
     VERIFY_BACKEND,
     Faults,
     Limits,
@@ -37,7 +37,7 @@ from intercept_sdk._platform import (
     create_app,
     run_server_process,
 )
-from intercept_sdk._signing import (
+from intercept_sdk._protocol.signing import (
     REPORT_TYPE,
     Envelope,
     SigningKey,
@@ -399,7 +399,7 @@ def platform(site: FakeSite, subs: Path, tmp_path: Path) -> Iterator[Any]:
 def test_sdk_bodies_are_read_without_json_and_give_the_same_rows(
     platform: Any, hotel: SigningKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import intercept_sdk._platform as platform_mod
+    import intercept_sdk._platform.server as platform_mod
 
     reports = [make_report(hotel, "hotel-001", details={"i": i}) for i in range(60)]
     general = platform._verify_batch(json.dumps({"reports": reports}).encode())
@@ -430,7 +430,7 @@ def test_pooled_batch_names_the_first_failure_of_the_earliest_step(
     platform: Any, hotel: SigningKey, canonical: bool
 ) -> None:
     """Signatures are checked before payloads, whichever report comes first in the batch."""
-    import intercept_sdk._platform as platform_mod
+    import intercept_sdk._platform.server as platform_mod
 
     def body(reports: list[dict[str, Any]]) -> bytes:
         return _sdk_body(reports) if canonical else json.dumps({"reports": reports}).encode()
@@ -462,7 +462,7 @@ def test_pooled_batch_names_the_first_failure_of_the_earliest_step(
 def test_batches_are_verified_on_several_threads(
     platform: Any, hotel: SigningKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import intercept_sdk._platform as platform_mod
+    import intercept_sdk._platform.server as platform_mod
 
     if platform_mod._POOL_WORKERS < 2:
         pytest.skip("one usable core: batches are verified inline")
@@ -487,7 +487,7 @@ def test_batches_are_verified_on_several_threads(
 def test_verification_pool_stops_quickly_and_batches_still_complete(
     platform: Any, hotel: SigningKey
 ) -> None:
-    import intercept_sdk._platform as platform_mod
+    import intercept_sdk._platform.server as platform_mod
 
     if platform_mod._POOL_WORKERS < 2:
         pytest.skip("one usable core: no verification threads")
@@ -560,7 +560,7 @@ def test_server_stop_ends_the_verification_threads(
 def test_bad_base64_is_named_the_same_on_both_paths(
     platform: Any, hotel: SigningKey, canonical: bool
 ) -> None:
-    import intercept_sdk._platform as platform_mod
+    import intercept_sdk._platform.server as platform_mod
 
     for field, message in (("payload", "payload"), ("sig", "signature")):
         reports = [make_report(hotel, "hotel-001") for _ in range(3)]
@@ -749,7 +749,7 @@ def test_reports_persist_across_restarts(site: FakeSite, subs: Path, hotel: Sign
 @pytest.mark.parametrize("backend", ["cryptography", "libsodium"])
 def test_verification_backends_agree(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both verifiers accept exactly the good signature by a registered key."""
-    import intercept_sdk._platform as platform_mod
+    import intercept_sdk._platform.server as platform_mod
 
     if backend == "cryptography":
         monkeypatch.setattr(platform_mod, "_sodium_open", None)

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from intercept_sdk import AsyncClient, Person
+from intercept_sdk._client.push import MAX_LINE, alines, lines
 from intercept_sdk._exceptions import TooLarge
-from intercept_sdk._push import MAX_LINE, alines, lines
 from intercept_sdk.testing import TestPlatform
 
 STREAM = b'event: version\r\ndata: {"version": 7}\n\n: keep-alive\rdata: \xe4\xbd\xa0\xff\nlast'

@@ -18,22 +18,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from intercept_sdk import ConfigurationError, InvalidInput, InvalidReport, SignatureError
-from intercept_sdk._identifiers import id_check
-from intercept_sdk._outbox import Outbox
-from intercept_sdk._reports import (
+from intercept_sdk._client.keys import SubscriberKeys, load_subscriber_key, subscriber_keygen
+from intercept_sdk._client.outbox import Outbox
+from intercept_sdk._client.summary import summarize
+from intercept_sdk._protocol.identifiers import id_check
+from intercept_sdk._protocol.reports import (
     MAX_ENVELOPE_BYTES,
     REPORT_KINDS,
-    SubscriberKeys,
     build_report,
-    load_subscriber_key,
     quarterly_window,
     sign_report,
-    subscriber_keygen,
-    summarize,
     validate_report,
     verify_report,
 )
-from intercept_sdk._signing import (
+from intercept_sdk._protocol.signing import (
     MANIFEST_TYPE,
     REPORT_TYPE,
     Envelope,
@@ -465,7 +463,7 @@ def test_keygen_writes_four_files_with_modes(tmp_path: Path) -> None:
     keys = load_subscriber_key(out)
     assert isinstance(keys, SubscriberKeys)
     assert keys.restricted is not None
-    from intercept_sdk._signing import load_public_key
+    from intercept_sdk._protocol.signing import load_public_key
 
     assert load_public_key(report_pub).public_bytes_raw() == keys.report_public.public_bytes_raw()
     assert len(keys.keyid) == 64
@@ -603,7 +601,7 @@ _SEPARATORS_REF = __import__("re").compile(r"[\s\-\u2010-\u2014\u2212\u3000]")
 
 def _looks_like_id_number_reference(text: str) -> bool:
     """The scan as it was before the pre-filter (kept here as the oracle)."""
-    from intercept_sdk._reports import _FULLWIDTH, _ID_RE
+    from intercept_sdk._protocol.reports import _FULLWIDTH, _ID_RE
 
     folded = text.translate(_FULLWIDTH)
     if _ID_RE.search(folded):
@@ -644,13 +642,13 @@ def _id_like_text(draw: st.DrawFn) -> str:
 @settings(max_examples=3000, deadline=None)
 @given(text=st.text(alphabet=_ID_ALPHABET, max_size=40) | _id_like_text())
 def test_id_scan_prefilter_refuses_exactly_what_the_full_scan_refuses(text: str) -> None:
-    from intercept_sdk._reports import _looks_like_id_number
+    from intercept_sdk._protocol.reports import _looks_like_id_number
 
     assert _looks_like_id_number(text) == _looks_like_id_number_reference(text)
 
 
 def test_id_scan_prefilter_on_known_shapes() -> None:
-    from intercept_sdk._reports import _looks_like_id_number
+    from intercept_sdk._protocol.reports import _looks_like_id_number
 
     for text in (
         valid_id18(),
@@ -669,7 +667,7 @@ def test_id_scan_prefilter_on_known_shapes() -> None:
 def test_built_payload_is_signed_without_a_second_validation(
     key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import intercept_sdk._reports as reports_mod
+    import intercept_sdk._protocol.reports as reports_mod
 
     p = report()
     calls: list[int] = []
@@ -743,7 +741,7 @@ def test_payload_tampered_after_build_is_validated_again(
 
 
 def test_unchanged_payload_check_on_each_path(key: Ed25519PrivateKey) -> None:
-    from intercept_sdk._reports import _ValidatedReport
+    from intercept_sdk._protocol.reports import _ValidatedReport
 
     for details in ({"a": "1", "b": 2}, {"a": ["1"], "b": {"c": None}}, {}):
         p = report(details=details)
@@ -762,7 +760,7 @@ def test_unchanged_payload_check_on_each_path(key: Ed25519PrivateKey) -> None:
         env = sign_report(r, key)
         assert verify_report(env, {SUB: key.public_key()})["details"]["z"] == "new"
     # A top-level value that is not a plain scalar object disables the shortcut.
-    from intercept_sdk._reports import build_report as build
+    from intercept_sdk._protocol.reports import build_report as build
 
     class Text(str):
         pass
@@ -806,7 +804,7 @@ def test_signed_envelope_marker_is_immutable_and_leaves_the_process_as_bytes(
 
 
 def test_sign_single_is_the_canonical_envelope(key: Ed25519PrivateKey) -> None:
-    from intercept_sdk._signing import sign_single
+    from intercept_sdk._protocol.signing import sign_single
 
     sk = SigningKey(key)
     for ptype, payload in (
@@ -818,7 +816,7 @@ def test_sign_single_is_the_canonical_envelope(key: Ed25519PrivateKey) -> None:
 
 
 def test_signing_key_id_is_derived_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    import intercept_sdk._signing as signing_mod
+    import intercept_sdk._protocol.signing as signing_mod
 
     calls: list[int] = []
     real = signing_mod.keyid_of
@@ -877,14 +875,14 @@ def test_canonical_json_errors_are_json_dumps_errors() -> None:
     )
 )
 def test_created_at_text_is_format_utc(when: dt.datetime) -> None:
-    from intercept_sdk._reports import _created_text
+    from intercept_sdk._protocol.reports import _created_text
     from intercept_sdk._util import format_utc
 
     assert _created_text(when) == format_utc(when)
 
 
 def test_generated_report_ids_are_uuid4() -> None:
-    from intercept_sdk._reports import _new_report_id
+    from intercept_sdk._protocol.reports import _new_report_id
 
     ids = {_new_report_id() for _ in range(2000)}
     assert len(ids) == 2000
@@ -932,7 +930,7 @@ def test_payload_json_decodes_like_json_loads(data: bytes) -> None:
 
 
 def test_report_ids_are_not_shared_with_a_forked_child() -> None:
-    from intercept_sdk import _reports as reports_mod
+    from intercept_sdk._protocol import reports as reports_mod
 
     reports_mod._new_report_id()  # the pool now holds ids made in this process
     remaining = set(reports_mod._ID_POOL)
@@ -954,7 +952,7 @@ def test_report_ids_are_not_shared_with_a_forked_child() -> None:
 
 
 def test_created_at_text_is_cached_per_second_only() -> None:
-    from intercept_sdk._reports import _created_text
+    from intercept_sdk._protocol.reports import _created_text
 
     base = dt.datetime(2026, 3, 4, 5, 6, 7, 100, tzinfo=dt.timezone.utc)
     assert _created_text(base) == "2026-03-04T05:06:07Z"
@@ -985,7 +983,7 @@ def test_signing_backends_make_the_same_signature(seed: bytes, message: bytes) -
 
 
 def test_signing_falls_back_to_cryptography(monkeypatch: pytest.MonkeyPatch) -> None:
-    from intercept_sdk import _signing
+    from intercept_sdk._protocol import signing as _signing
 
     monkeypatch.setattr(_signing, "_nacl_sign", None)
     private = Ed25519PrivateKey.generate()

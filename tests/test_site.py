@@ -18,19 +18,19 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from intercept_sdk import _site
 from intercept_sdk._exceptions import ConfigurationError, VerificationError
-from intercept_sdk._identifiers import id_check
-from intercept_sdk._keys import KeyDir, add_subscriber, keygen, rotate_root
-from intercept_sdk._models import parse_entry
-from intercept_sdk._signing import MANIFEST_TYPE, Envelope, open_box
-from intercept_sdk._site import (
+from intercept_sdk._platform import publish as _site
+from intercept_sdk._platform.keys import KeyDir, add_subscriber, keygen, rotate_root
+from intercept_sdk._platform.publish import (
     identifier_key,
     public_record,
     publish,
     record_sum,
     sum_hex,
 )
+from intercept_sdk._protocol.identifiers import id_check
+from intercept_sdk._protocol.models import parse_entry
+from intercept_sdk._protocol.signing import MANIFEST_TYPE, Envelope, open_box
 
 NOW = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
 ID_A = "360426199101010071"
@@ -418,7 +418,7 @@ def test_restricted_boxes(keys: Path, tmp_path: Path, caplog: pytest.LogCaptureF
         person("R2", ID_C, visibility="restricted", audience=["alice", "bob"]),
         entity("R3", visibility="restricted", audience=["bob"]),
     ]
-    with caplog.at_level(logging.WARNING, logger="intercept_sdk._site"):
+    with caplog.at_level(logging.WARNING, logger="intercept_sdk._platform.publish"):
         r = publish(src, keys, site, now=NOW)
     assert "carol" in caplog.text
     assert r.entries == 1

@@ -1,7 +1,7 @@
 """The publisher's fast path and worker processes give exactly what the full model gives.
 
 Why: publishing validates millions of entries, so the publisher first tries a hand-written
-check of the common entry shape (:func:`intercept_sdk._models.fast_entry_dict`) and a
+check of the common entry shape (:func:`intercept_sdk._protocol.models.fast_entry_dict`) and a
 direct record builder, and can spread that work over worker processes. Both are only
 allowed if nothing observable changes: an entry the fast path accepts must be one the
 pydantic model accepts, with the very same normalised fields and public record bytes;
@@ -28,16 +28,16 @@ from typing import Any
 
 import pytest
 
-from intercept_sdk import _site
-from intercept_sdk._catalog import measure_codes
+from intercept_sdk._client.keys import subscriber_keygen
 from intercept_sdk._exceptions import ConfigurationError, InvalidEntry
-from intercept_sdk._identifiers import id_check
-from intercept_sdk._keys import add_subscriber, keygen
-from intercept_sdk._models import fast_entry_dict, parse_entry
-from intercept_sdk._reports import subscriber_keygen
-from intercept_sdk._signing import Envelope
-from intercept_sdk._site import PublishResult, publish
-from intercept_sdk._synth import generate_entries
+from intercept_sdk._platform import publish as _site
+from intercept_sdk._platform.keys import add_subscriber, keygen
+from intercept_sdk._platform.publish import PublishResult, publish
+from intercept_sdk._protocol.catalog import measure_codes
+from intercept_sdk._protocol.identifiers import id_check
+from intercept_sdk._protocol.models import fast_entry_dict, parse_entry
+from intercept_sdk._protocol.signing import Envelope
+from intercept_sdk.testing.synth import generate_entries
 
 NOW = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
 HASH_KEY = bytes(range(32))

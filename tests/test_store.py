@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-import intercept_sdk._store
+import intercept_sdk._client.store
+from intercept_sdk._client.store import RELATIONS, ChangeSet, Store, _Codec
 from intercept_sdk._exceptions import (
     BaseVersionMismatch,
     DigestMismatch,
@@ -33,11 +34,10 @@ from intercept_sdk._exceptions import (
     StoreCorrupted,
     StoreError,
 )
-from intercept_sdk._store import RELATIONS, ChangeSet, Store, _Codec
 
 HASH_KEY = bytes(range(32))
 TESTS = Path(__file__).resolve().parent
-PACKAGE = Path(intercept_sdk._store.__file__).resolve().parent
+PACKAGE = Path(intercept_sdk._client.store.__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------
@@ -344,7 +344,7 @@ def test_build_insert_error_leaves_the_old_version(
         calls.append(threading.current_thread().name)
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(intercept_sdk._store, "_insert_flat", failing_insert)
+    monkeypatch.setattr(intercept_sdk._client.store, "_insert_flat", failing_insert)
     with pytest.raises(StoreError, match="disk I/O error"):
         snapshot(store, 2, base_records(12))
     assert calls == [threading.current_thread().name]  # the build runs on the caller's thread
@@ -356,7 +356,7 @@ def test_build_insert_error_leaves_the_old_version(
 def test_build_stops_on_a_bad_record_mid_stream(
     cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(intercept_sdk._store, "_BATCH_ROWS", 7)
+    monkeypatch.setattr(intercept_sdk._client.store, "_BATCH_ROWS", 7)
     store = Store(cache)
     records = sorted(base_records(40), key=eid_of)
     records[30] = b'{"entry_id":"E00030","related":"x"}'
@@ -382,9 +382,9 @@ def test_build_multi_row_inserts_store_every_row(
     cache: Path, monkeypatch: pytest.MonkeyPatch, batch: int, record_rows: int, key_rows: int
 ) -> None:
     """Rows go in by multi-row INSERTs; the rest of each batch waits for the next one."""
-    monkeypatch.setattr(intercept_sdk._store, "_BATCH_ROWS", batch)
-    monkeypatch.setattr(intercept_sdk._store, "_BUILD_RECORD_ROWS", record_rows)
-    monkeypatch.setattr(intercept_sdk._store, "_BUILD_KEY_ROWS", key_rows)
+    monkeypatch.setattr(intercept_sdk._client.store, "_BATCH_ROWS", batch)
+    monkeypatch.setattr(intercept_sdk._client.store, "_BUILD_RECORD_ROWS", record_rows)
+    monkeypatch.setattr(intercept_sdk._client.store, "_BUILD_KEY_ROWS", key_rows)
     people = base_records(23)
     firms = [
         entity(
@@ -483,7 +483,7 @@ _PARSE_CASES = [
 @pytest.mark.parametrize("record", _PARSE_CASES)
 def test_parse_fast_path_agrees_with_the_full_parse(record: bytes) -> None:
     """The pydantic-core view accepts a subset of what the full parse accepts, alike."""
-    from intercept_sdk._store import _parse_record, _parse_record_slow
+    from intercept_sdk._client.store import _parse_record, _parse_record_slow
 
     try:
         want: object = _parse_record_slow(record)
@@ -498,7 +498,7 @@ def test_parse_fast_path_agrees_with_the_full_parse(record: bytes) -> None:
 
 def test_parsed_records_never_hold_a_marker_byte() -> None:
     """encode_parsed skips the marker check: JSON has no raw control characters."""
-    from intercept_sdk._store import _parse_record
+    from intercept_sdk._client.store import _parse_record
 
     for marker in (b"\x01", b"\x02", b"\x03"):
         for record in (
@@ -921,7 +921,7 @@ def test_lookup_redone_when_a_write_lands_between_its_reads(
     v1 = base_records(6)
     snapshot(writer, 1, v1)
     v2 = [person("E00000", id_number(0), marker="@v2@"), *v1[1:]]
-    real = intercept_sdk._store._read_state
+    real = intercept_sdk._client.store._read_state
     fired: list[int] = []
 
     def racing(conn: sqlite3.Connection) -> object:
@@ -930,7 +930,7 @@ def test_lookup_redone_when_a_write_lands_between_its_reads(
             delta(writer, v1, v2, 1, 2)
         return real(conn)
 
-    monkeypatch.setattr(intercept_sdk._store, "_read_state", racing)
+    monkeypatch.setattr(intercept_sdk._client.store, "_read_state", racing)
     st, hits = reader.lookup([key("id", id_number(0))])
     assert fired and st.version == 2 and [h.record for h in hits] == [v2[0]]
 

@@ -10,9 +10,9 @@ import threading
 
 import pytest
 
-import intercept_sdk._store as S
+import intercept_sdk._client.store as S
+from intercept_sdk._client.store import _Codec
 from intercept_sdk._exceptions import StoreCorrupted
-from intercept_sdk._store import _Codec
 
 try:  # Python 3.14+
     from compression import zstd  # type: ignore[import-not-found,unused-ignore]

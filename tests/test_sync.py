@@ -1,4 +1,4 @@
-"""The sync engine (:mod:`intercept_sdk._sync`) through the real client, end to end.
+"""The sync engine (:mod:`intercept_sdk._client.sync`) through the real client, end to end.
 
 Real site (:class:`TestPlatform`: real keys, real publisher), real servers on loopback
 (the reference platform, with :class:`Faults` for 401/403/429 and request counts), real
@@ -28,8 +28,9 @@ from typing import Any
 import httpx
 import pytest
 
-from intercept_sdk._client import AsyncClient, Client, WatchChange
-from intercept_sdk._decisions import Person
+from intercept_sdk._client.client import AsyncClient, Client, WatchChange
+from intercept_sdk._client.decisions import Person
+from intercept_sdk._client.fetch import RetryPolicy
 from intercept_sdk._exceptions import (
     DigestMismatch,
     FormatError,
@@ -40,10 +41,9 @@ from intercept_sdk._exceptions import (
     TooLarge,
     VerificationError,
 )
-from intercept_sdk._fetch import RetryPolicy
-from intercept_sdk._keys import rotate_root
-from intercept_sdk._platform import Faults, Limits, PlatformServer
-from intercept_sdk._signing import Envelope
+from intercept_sdk._platform.keys import rotate_root
+from intercept_sdk._platform.server import Faults, Limits, PlatformServer
+from intercept_sdk._protocol.signing import Envelope
 from intercept_sdk._util import utcnow
 from intercept_sdk.testing import TestPlatform
 
@@ -214,7 +214,7 @@ def test_cache_that_failed_verify_is_replaced_at_the_same_version(env: Env) -> N
     """Tampering that leaves the version alone (a record re-encoded as revoked): verify()
     detects it, and the next sync replaces the file by the snapshot although the
     platform has published nothing new (no 304, no 'none')."""
-    from intercept_sdk._store import _Codec
+    from intercept_sdk._client.store import _Codec
 
     p = env.platform
     a = p.add_person()
@@ -681,14 +681,14 @@ def _lines(data: bytes, raw_limit: int | None, *, delta: bool = False) -> list[t
     import gzip as _gzip
     import io as _io
 
-    from intercept_sdk._sync import _iter_lines
+    from intercept_sdk._client.sync import _iter_lines
 
     stream = _gzip.GzipFile(fileobj=_io.BytesIO(_gzip.compress(data)))
     return list(_iter_lines(stream, raw_limit, delta=delta, name="t", exact=True))
 
 
 def test_line_reader_splits_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import intercept_sdk._sync as sync_mod
+    import intercept_sdk._client.sync as sync_mod
 
     monkeypatch.setattr(sync_mod, "_CHUNK", 7)  # lines straddle every chunk boundary
     data = b"".join(b'{"entry_id":"E%d"}\n' % i for i in range(50))
@@ -698,7 +698,7 @@ def test_line_reader_splits_across_chunks(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_line_reader_refuses_bad_framing(monkeypatch: pytest.MonkeyPatch) -> None:
-    import intercept_sdk._sync as sync_mod
+    import intercept_sdk._client.sync as sync_mod
 
     monkeypatch.setattr(sync_mod, "MAX_RECORD", 10)
     monkeypatch.setattr(sync_mod, "_CHUNK", 4)
@@ -734,7 +734,7 @@ def test_iter_records_reads_ahead_on_a_thread(
 ) -> None:
     import gzip as _gzip
 
-    import intercept_sdk._sync as sync_mod
+    import intercept_sdk._client.sync as sync_mod
 
     monkeypatch.setattr(sync_mod, "_CHUNK", 100)  # many chunks, lines across them
     lines = [b'{"entry_id":"E%05d","pad":"%s"}' % (i, b"x" * (i % 37)) for i in range(500)]
@@ -757,7 +757,7 @@ def test_iter_records_reads_ahead_on_a_thread(
 def test_iter_records_errors_come_from_the_reader_thread(tmp_path: Path) -> None:
     import gzip as _gzip
 
-    from intercept_sdk._sync import iter_records
+    from intercept_sdk._client.sync import iter_records
 
     data = b"".join(b"line %d\n" % i for i in range(20000))
     good = _gzip.compress(data)
@@ -783,7 +783,7 @@ def test_iter_records_errors_come_from_the_reader_thread(tmp_path: Path) -> None
 
 
 def test_prefetch_never_reads_past_the_limit_and_stops_when_closed() -> None:
-    from intercept_sdk._sync import _CHUNK, _Prefetch
+    from intercept_sdk._client.sync import _CHUNK, _Prefetch
 
     class Endless:
         def __init__(self) -> None:
@@ -811,8 +811,8 @@ def test_prefetch_never_reads_past_the_limit_and_stops_when_closed() -> None:
 def test_failed_snapshot_stops_the_reader_thread(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """The store raises after a few records: the sync closes the record stream at once,
     even while the exception (and so the generator's frame) is still referenced."""
-    import intercept_sdk._sync as sync_mod
-    from intercept_sdk._store import Store
+    import intercept_sdk._client.sync as sync_mod
+    from intercept_sdk._client.store import Store
 
     monkeypatch.setattr(sync_mod, "_CHUNK", 64)  # the reader blocks on a full queue
     for _ in range(30):
@@ -838,7 +838,7 @@ def test_failed_snapshot_stops_the_reader_thread(env: Env, monkeypatch: pytest.M
 def test_iter_records_abandoned_midway_stops_its_thread(tmp_path: Path) -> None:
     import gzip as _gzip
 
-    from intercept_sdk._sync import iter_records
+    from intercept_sdk._client.sync import iter_records
 
     data = b"".join(b"line %d\n" % i for i in range(300000))
     path = tmp_path / "big.gz"

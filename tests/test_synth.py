@@ -23,9 +23,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from intercept_sdk._catalog import measure_codes
 from intercept_sdk._exceptions import InvalidEntry
-from intercept_sdk._identifiers import (
+from intercept_sdk._protocol.catalog import measure_codes
+from intercept_sdk._protocol.identifiers import (
     USCC_ALPHABET,
     id_check,
     id_number_info,
@@ -35,8 +35,8 @@ from intercept_sdk._identifiers import (
     org_code_check,
     uscc_check,
 )
-from intercept_sdk._models import parse_entry
-from intercept_sdk._synth import (
+from intercept_sdk._protocol.models import parse_entry
+from intercept_sdk.testing.synth import (
     COURTS,
     MEASURE_CODES,
     REFERENCE_TODAY,
@@ -215,7 +215,7 @@ def test_minors_fail_as_minors_only(sample: list[dict[str, Any]]) -> None:
 
 
 def test_field_names_are_those_of_the_model(sample: list[dict[str, Any]]) -> None:
-    from intercept_sdk._models import Entry
+    from intercept_sdk._protocol.models import Entry
 
     fields = set(Entry.model_fields)
     for d in sample:

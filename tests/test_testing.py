@@ -19,7 +19,7 @@ from intercept_sdk import (
     normalize_uscc,
     parse_entry,
 )
-from intercept_sdk._signing import Envelope
+from intercept_sdk._protocol.signing import Envelope
 from intercept_sdk.testing import TestPlatform, make_id_number, make_uscc
 
 

@@ -1,4 +1,4 @@
-"""The pure verifier (:mod:`intercept_sdk._trust`): one test per attack, real Ed25519.
+"""The pure verifier (:mod:`intercept_sdk._client.trust`): one test per attack, real Ed25519.
 
 Every test builds real signed roots and manifests in memory, offers the attack to a
 :class:`TrustedState` that already trusts something, and asserts both the specific
@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from intercept_sdk._client.trust import Artefact, ArtefactCheck, TrustedState
 from intercept_sdk._exceptions import (
     BaseVersionMismatch,
     DigestMismatch,
@@ -29,8 +30,8 @@ from intercept_sdk._exceptions import (
     TooLarge,
     TrustRootError,
 )
-from intercept_sdk._keys import build_root_payload, sign_root
-from intercept_sdk._signing import (
+from intercept_sdk._platform.keys import build_root_payload, sign_root
+from intercept_sdk._protocol.signing import (
     MANIFEST_TYPE,
     ROOT_TYPE,
     Envelope,
@@ -38,7 +39,6 @@ from intercept_sdk._signing import (
     canonical_json,
     sign_envelope,
 )
-from intercept_sdk._trust import Artefact, ArtefactCheck, TrustedState
 from intercept_sdk._util import format_utc
 
 NOW = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; at run time names load lazily
-    from ._catalog import Measure, get_measure, measures
-    from ._client import AsyncClient, Client, LastError, Status, Watch, WatchChange
-    from ._decisions import Decision, Entity, Match, Officer, Person
+    from ._client.client import AsyncClient, Client, LastError, Status, Watch, WatchChange
+    from ._client.decisions import Decision, Entity, Match, Officer, Person
+    from ._client.fetch import RetryPolicy
+    from ._client.keys import SubscriberKeys, load_subscriber_key
+    from ._client.sync import SyncResult
     from ._exceptions import (
         BaseVersionMismatch,
         ClientClosed,
@@ -42,74 +44,72 @@ if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; at run time
         UnknownMeasure,
         VerificationError,
     )
-    from ._fetch import RetryPolicy
-    from ._identifiers import (
+    from ._protocol.catalog import Measure, get_measure, measures
+    from ._protocol.identifiers import (
         IdNumberInfo,
         id_number_info,
         normalize_id_number,
         normalize_org_code,
         normalize_uscc,
     )
-    from ._models import Entry, Related, parse_entry
-    from ._reports import SubscriberKeys, load_subscriber_key
-    from ._sync import SyncResult
+    from ._protocol.models import Entry, Related, parse_entry
 
 # Names load lazily (PEP 562) so that `import intercept_sdk` and the CLI start fast, and a
 # process that only needs the store (a worker checking) does not import the server stack.
 _LAZY: dict[str, str] = {
-    "AsyncClient": "._client",
+    "AsyncClient": "._client.client",
     "BaseVersionMismatch": "._exceptions",
-    "Client": "._client",
+    "Client": "._client.client",
     "ClientClosed": "._exceptions",
     "ConfigurationError": "._exceptions",
-    "Decision": "._decisions",
+    "Decision": "._client.decisions",
     "DigestMismatch": "._exceptions",
-    "Entity": "._decisions",
-    "Entry": "._models",
+    "Entity": "._client.decisions",
+    "Entry": "._protocol.models",
     "ExpiredError": "._exceptions",
     "FormatError": "._exceptions",
     "HTTPStatusError": "._exceptions",
-    "IdNumberInfo": "._identifiers",
+    "IdNumberInfo": "._protocol.identifiers",
     "InterceptError": "._exceptions",
     "Intercepted": "._exceptions",
     "InvalidEntry": "._exceptions",
     "InvalidIdentifier": "._exceptions",
     "InvalidInput": "._exceptions",
     "InvalidReport": "._exceptions",
-    "LastError": "._client",
-    "Match": "._decisions",
-    "Measure": "._catalog",
+    "LastError": "._client.client",
+    "Match": "._client.decisions",
+    "Measure": "._protocol.catalog",
     "NetworkError": "._exceptions",
     "NeverSynced": "._exceptions",
-    "Officer": "._decisions",
+    "Officer": "._client.decisions",
     "OutboxFull": "._exceptions",
-    "Person": "._decisions",
-    "Related": "._models",
+    "Person": "._client.decisions",
+    "Related": "._protocol.models",
     "ReportError": "._exceptions",
-    "RetryPolicy": "._fetch",
+    "RetryPolicy": "._client.fetch",
     "RollbackError": "._exceptions",
     "RootRotationError": "._exceptions",
     "SignatureError": "._exceptions",
-    "Status": "._client",
+    "Status": "._client.client",
     "StoreCorrupted": "._exceptions",
     "StoreError": "._exceptions",
-    "SubscriberKeys": "._reports",
+    "SubscriberKeys": "._client.keys",
     "SyncError": "._exceptions",
-    "SyncResult": "._sync",
+    "SyncResult": "._client.sync",
     "TooLarge": "._exceptions",
     "TrustRootError": "._exceptions",
     "UnknownMeasure": "._exceptions",
     "VerificationError": "._exceptions",
-    "Watch": "._client",
-    "WatchChange": "._client",
-    "get_measure": "._catalog",
-    "id_number_info": "._identifiers",
-    "load_subscriber_key": "._reports",
-    "measures": "._catalog",
-    "normalize_id_number": "._identifiers",
-    "normalize_org_code": "._identifiers",
-    "normalize_uscc": "._identifiers",
-    "parse_entry": "._models",
+    "Watch": "._client.client",
+    "WatchChange": "._client.client",
+    "get_measure": "._protocol.catalog",
+    "id_number_info": "._protocol.identifiers",
+    "load_subscriber_key": "._client.keys",
+    "measures": "._protocol.catalog",
+    "normalize_id_number": "._protocol.identifiers",
+    "normalize_org_code": "._protocol.identifiers",
+    "normalize_uscc": "._protocol.identifiers",
+    "parse_entry": "._protocol.models",
 }
 
 

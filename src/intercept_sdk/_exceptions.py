@@ -45,7 +45,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._decisions import Decision
+    from ._client.decisions import Decision
 
 __all__ = [
     "BaseVersionMismatch",

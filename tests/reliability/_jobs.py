@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from intercept_sdk import Client, Entity, Intercepted, Officer, Person
-from intercept_sdk._site import publish
+from intercept_sdk._platform.publish import publish
 
 MEASURE = "consumption.star_hotel"
 SUBSCRIBER = "test-unit"

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from intercept_sdk import Client, Person
-from intercept_sdk._keys import rotate_root
+from intercept_sdk._platform.keys import rotate_root
 from intercept_sdk.testing import TestPlatform, entry_fields, make_id_number
 
 from .known_bugs import Known
@@ -138,7 +138,7 @@ def mp() -> Any:
             [
                 "intercept_sdk",
                 "intercept_sdk.testing",
-                "intercept_sdk._platform",
+                "intercept_sdk._platform.server",
                 "reliability._jobs",
             ]
         )
@@ -461,7 +461,7 @@ def fmt_counts(items: Iterable[tuple[str, int]]) -> str:
 def plain_person_entry(id_number: str, entry_id: str, **over: Any) -> dict[str, Any]:
     """A valid source entry for one person (what TestPlatform.person_entry makes),
     without needing a TestPlatform (workers publish with the key directory only)."""
-    from intercept_sdk._identifiers import id_number_info
+    from intercept_sdk._protocol.identifiers import id_number_info
 
     info = id_number_info(id_number)
     fields: dict[str, Any] = {

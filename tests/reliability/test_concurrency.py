@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from intercept_sdk import Client, Person
-from intercept_sdk._audit import verify_audit
-from intercept_sdk._platform import Limits, PlatformServer
-from intercept_sdk._site import publish
+from intercept_sdk._client.audit import verify_audit
+from intercept_sdk._platform.publish import publish
+from intercept_sdk._platform.server import Limits, PlatformServer
 from intercept_sdk.testing import TestPlatform, make_uscc
 
 from . import _jobs

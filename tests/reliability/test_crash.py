@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from intercept_sdk._audit import verify_audit
-from intercept_sdk._platform import Faults, Limits, PlatformServer
-from intercept_sdk._signing import Envelope
+from intercept_sdk._client.audit import verify_audit
+from intercept_sdk._platform.server import Faults, Limits, PlatformServer
+from intercept_sdk._protocol.signing import Envelope
 from intercept_sdk.testing import TestPlatform
 
 from . import _jobs

@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 
 from intercept_sdk import Client
+from intercept_sdk._client.fetch import RetryPolicy
+from intercept_sdk._client.outbox import RetryPolicy as SendRetryPolicy
 from intercept_sdk._exceptions import (
     DigestMismatch,
     FormatError,
@@ -29,9 +31,7 @@ from intercept_sdk._exceptions import (
     RollbackError,
     TooLarge,
 )
-from intercept_sdk._fetch import RetryPolicy
-from intercept_sdk._outbox import RetryPolicy as SendRetryPolicy
-from intercept_sdk._platform import Faults, Limits, PlatformServer
+from intercept_sdk._platform.server import Faults, Limits, PlatformServer
 from intercept_sdk.testing import TestPlatform
 
 from ._faulty import FaultyServer, RespxSite, etag_of

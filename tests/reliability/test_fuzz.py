@@ -28,19 +28,23 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from intercept_sdk import Entity, Person
+from intercept_sdk._client.store import Store, _parse_record
+from intercept_sdk._client.sync import _iter_lines
+from intercept_sdk._client.trust import TrustedState
 from intercept_sdk._exceptions import (
     InvalidEntry,
     InvalidIdentifier,
     InvalidInput,
     VerificationError,
 )
-from intercept_sdk._identifiers import normalize_id_number, normalize_org_code, normalize_uscc
-from intercept_sdk._keys import KeyDir
-from intercept_sdk._models import parse_entry
-from intercept_sdk._signing import MANIFEST_TYPE, ROOT_TYPE, canonical_json, sign_envelope
-from intercept_sdk._store import Store, _parse_record
-from intercept_sdk._sync import _iter_lines
-from intercept_sdk._trust import TrustedState
+from intercept_sdk._platform.keys import KeyDir
+from intercept_sdk._protocol.identifiers import (
+    normalize_id_number,
+    normalize_org_code,
+    normalize_uscc,
+)
+from intercept_sdk._protocol.models import parse_entry
+from intercept_sdk._protocol.signing import MANIFEST_TYPE, ROOT_TYPE, canonical_json, sign_envelope
 from intercept_sdk.testing import TestPlatform, make_uscc
 
 from ._support import FULL, Tally, person_ids, plain_person_entry, size

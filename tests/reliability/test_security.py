@@ -34,8 +34,11 @@ import httpx
 import pytest
 
 from intercept_sdk import Client, Person
-from intercept_sdk._audit import _line as _audit_line
-from intercept_sdk._audit import verify_audit
+from intercept_sdk._client.audit import _line as _audit_line
+from intercept_sdk._client.audit import verify_audit
+from intercept_sdk._client.fetch import RetryPolicy
+from intercept_sdk._client.keys import load_subscriber_key, subscriber_keygen
+from intercept_sdk._client.store import _Codec
 from intercept_sdk._exceptions import (
     BaseVersionMismatch,
     DigestMismatch,
@@ -49,11 +52,16 @@ from intercept_sdk._exceptions import (
     TooLarge,
     VerificationError,
 )
-from intercept_sdk._fetch import RetryPolicy
-from intercept_sdk._keys import KeyDir, add_subscriber, build_root_payload, keygen, sign_root
-from intercept_sdk._platform import Limits, PlatformServer
-from intercept_sdk._reports import load_subscriber_key, subscriber_keygen
-from intercept_sdk._signing import (
+from intercept_sdk._platform.keys import (
+    KeyDir,
+    add_subscriber,
+    build_root_payload,
+    keygen,
+    sign_root,
+)
+from intercept_sdk._platform.publish import publish
+from intercept_sdk._platform.server import Limits, PlatformServer
+from intercept_sdk._protocol.signing import (
     MANIFEST_TYPE,
     REPORT_TYPE,
     Envelope,
@@ -61,8 +69,6 @@ from intercept_sdk._signing import (
     canonical_json,
     sign_envelope,
 )
-from intercept_sdk._site import publish
-from intercept_sdk._store import _Codec
 from intercept_sdk._util import atomic_write, format_utc, utcnow
 from intercept_sdk.testing import TestPlatform
 
@@ -457,7 +463,7 @@ def _box_swap(which: str) -> Attack:
 
 
 def _sealed_for_other(s: Site) -> bytes:
-    from intercept_sdk._signing import load_x25519_public, seal_box
+    from intercept_sdk._protocol.signing import load_x25519_public, seal_box
 
     pub = load_x25519_public((s.subs[OTHER] / "restricted.x25519.pub.pem").read_bytes())
     return seal_box(pub, gzip.compress(b""), f"{SUBSCRIBER}|2".encode())

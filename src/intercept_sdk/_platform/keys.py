@@ -18,7 +18,7 @@ Layout::
       staged/                       new keys of an unfinished rotation (see below)
       subscribers/<id>.ed25519.pem  subscriber report-signing keys (public)
       subscribers/<id>.x25519.pem   subscriber restricted-box keys (public)
-      state/                        publisher state (see :mod:`intercept_sdk._site`)
+      state/                        publisher state (see :mod:`intercept_sdk._platform.publish`)
 
 Guarantees:
 
@@ -46,8 +46,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from ._exceptions import ConfigurationError, FormatError, RootRotationError, VerificationError
-from ._signing import (
+from .._exceptions import ConfigurationError, FormatError, RootRotationError, VerificationError
+from .._protocol.signing import (
     ROOT_TYPE,
     Envelope,
     SigningKey,
@@ -60,7 +60,7 @@ from ._signing import (
     write_private_key,
     write_public_key,
 )
-from ._util import atomic_write, ensure_private_dir, format_utc, fsync_dir, parse_utc, utcnow
+from .._util import atomic_write, ensure_private_dir, format_utc, fsync_dir, parse_utc, utcnow
 
 __all__ = [
     "HASH_KEY_FILE",
@@ -76,7 +76,7 @@ __all__ = [
     "validate_subscriber_id",
 ]
 
-log = logging.getLogger("intercept_sdk._keys")
+log = logging.getLogger("intercept_sdk._platform.keys")
 
 ROOT_FILE = "root.json"
 HASH_KEY_FILE = "hash_key.bin"

@@ -67,9 +67,16 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ._exceptions import ConfigurationError, FormatError
-from ._signing import REPORT_TYPE, Envelope, canonical_json, keyid_of, load_public_key, pae
-from ._util import format_utc, parse_utc, utcnow
+from .._exceptions import ConfigurationError, FormatError
+from .._protocol.signing import (
+    REPORT_TYPE,
+    Envelope,
+    canonical_json,
+    keyid_of,
+    load_public_key,
+    pae,
+)
+from .._util import format_utc, parse_utc, utcnow
 
 # Optional accelerator: when PyNaCl is installed, libsodium verifies Ed25519 signatures
 # (about 2-3x faster than cryptography's OpenSSL build, measured on the project machine).
@@ -1691,7 +1698,7 @@ class PlatformServer:
 
 
 class ServerProcess(subprocess.Popen[bytes]):
-    """``python -m intercept_sdk._platform`` as a separate process (a real Popen).
+    """``python -m intercept_sdk._platform.server`` as a separate process (a real Popen).
 
     Adds ``url``/``port`` (known once it printed its ``listening on`` line) and a bounded
     ``stop()``; using it as a context manager stops it on exit.
@@ -1736,7 +1743,7 @@ def run_server_process(
     The child binds the port itself (``port=0`` picks a free one) and reports it, so
     there is no race. Its stderr is inherited; its stdout carries only that one line.
     """
-    cmd = [sys.executable, "-m", "intercept_sdk._platform", "--site", str(site_dir)]
+    cmd = [sys.executable, "-m", "intercept_sdk._platform.server", "--site", str(site_dir)]
     cmd += ["--host", host, "--port", str(port), "--log-level", log_level]
     if subscribers_dir is not None:
         cmd += ["--subscribers", str(subscribers_dir)]
@@ -1774,9 +1781,9 @@ def run_server_process(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m intercept_sdk._platform``: serve a site until SIGINT/SIGTERM."""
+    """``python -m intercept_sdk._platform.server``: serve a site until SIGINT/SIGTERM."""
     parser = argparse.ArgumentParser(
-        prog="python -m intercept_sdk._platform", description="Reference platform server."
+        prog="python -m intercept_sdk._platform.server", description="Reference platform server."
     )
     parser.add_argument("--site", type=Path, required=True, help="published site directory")
     parser.add_argument("--subscribers", type=Path, help="dir of <id>.ed25519.pem keys")

@@ -4,7 +4,7 @@ Modelled on python-tuf's ``TrustedMetadataSet``: this module never touches the n
 the disk. It holds what is currently trusted and offers one method per kind of incoming
 data; each method either accepts the data (and only then changes the trusted state) or
 raises a specific :class:`~intercept_sdk.VerificationError` subclass and leaves the state
-exactly as it was. The updater (:mod:`intercept_sdk._sync`) does the I/O and decides which
+exactly as it was. The updater (:mod:`intercept_sdk._client.sync`) does the I/O and decides which
 failures are normal.
 
 Attacks and the exception each one raises:
@@ -46,7 +46,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ._exceptions import (
+from .._exceptions import (
     BaseVersionMismatch,
     DigestMismatch,
     ExpiredError,
@@ -58,8 +58,8 @@ from ._exceptions import (
     TrustRootError,
     VerificationError,
 )
-from ._signing import MANIFEST_TYPE, ROOT_TYPE, Envelope, keyid_of
-from ._util import parse_utc, utcnow
+from .._protocol.signing import MANIFEST_TYPE, ROOT_TYPE, Envelope, keyid_of
+from .._util import parse_utc, utcnow
 
 __all__ = [
     "Artefact",

@@ -1,4 +1,4 @@
-"""The updater: does the I/O around :class:`~intercept_sdk._trust.TrustedState`.
+"""The updater: does the I/O around :class:`~intercept_sdk._client.trust.TrustedState`.
 
 One :meth:`Updater.sync` call:
 
@@ -57,7 +57,7 @@ from typing import Literal, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from ._exceptions import (
+from .._exceptions import (
     BaseVersionMismatch,
     DigestMismatch,
     FormatError,
@@ -67,11 +67,11 @@ from ._exceptions import (
     TrustRootError,
     VerificationError,
 )
-from ._fetch import Fetcher
-from ._signing import open_box
-from ._store import ChangeSet, Store, StoreState
-from ._trust import Artefact, Manifest, TrustedState
-from ._util import atomic_write, ensure_private_dir, utcnow
+from .._protocol.signing import open_box
+from .._util import atomic_write, ensure_private_dir, utcnow
+from .fetch import Fetcher
+from .store import ChangeSet, Store, StoreState
+from .trust import Artefact, Manifest, TrustedState
 
 __all__ = ["SyncResult", "Updater", "iter_records"]
 

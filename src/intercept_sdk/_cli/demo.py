@@ -20,13 +20,13 @@ from typing import Any
 
 import httpx
 
-from ._client import Client, WatchChange
-from ._decisions import Entity, Officer, Person
-from ._exceptions import Intercepted
-from ._keys import add_subscriber, keygen
-from ._reports import subscriber_keygen
-from ._site import publish
-from ._synth import generate_entries, valid_id_number, valid_uscc, write_jsonl
+from .._client.client import Client, WatchChange
+from .._client.decisions import Entity, Officer, Person
+from .._client.keys import subscriber_keygen
+from .._exceptions import Intercepted
+from .._platform.keys import add_subscriber, keygen
+from .._platform.publish import publish
+from ..testing.synth import generate_entries, valid_id_number, valid_uscc, write_jsonl
 
 SUBSCRIBER = "hotel-tangshan-001"
 N_ENTRIES = 20_000
@@ -47,7 +47,7 @@ class _Out:
 
 
 def _person_entry(entry_id: str, id_number: str, name: str, **kw: Any) -> dict[str, Any]:
-    from ._identifiers import id_number_info
+    from .._protocol.identifiers import id_number_info
 
     info = id_number_info(id_number)
     published = kw.pop("published_at", "2025-03-18")
@@ -135,7 +135,7 @@ def run_demo(out_dir: Path | None = None, *, quiet: bool = False) -> int:
         o.say(f"     - {item[1]}: {'; '.join(item[2])[:90]}")
     o.say(f"   snapshot {result.snapshot.length:,} bytes gzip; trust root to pin: {trust_root}")
 
-    from ._platform import PlatformServer
+    from .._platform.server import PlatformServer
 
     server = PlatformServer(
         site, subscribers_dir=keys / "subscribers", state_dir=base / "platform-state"

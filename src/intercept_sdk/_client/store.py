@@ -69,7 +69,7 @@ try:  # Python 3.14+
 except ImportError:  # pragma: no cover - depends on the Python version
     from backports import zstd  # type: ignore[no-redef,unused-ignore]
 
-from ._exceptions import (
+from .._exceptions import (
     BaseVersionMismatch,
     DigestMismatch,
     FormatError,
@@ -78,7 +78,7 @@ from ._exceptions import (
     StoreCorrupted,
     StoreError,
 )
-from ._util import atomic_write, ensure_private_dir, fsync_dir
+from .._util import atomic_write, ensure_private_dir, fsync_dir
 
 __all__ = ["RELATIONS", "ChangeSet", "Hit", "Store", "StoreState"]
 
@@ -1100,6 +1100,18 @@ class Store:
         return rd.state if rd.state_gen == gen else None
 
     # -- reads --------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Re-read ``CURRENT`` now instead of within the next 50 ms.
+
+        Readers re-check the pointer at most every 50 ms (a ``stat`` per check would cost
+        the hot path). A caller that has just seen evidence that the pointer moved (a state
+        older than one already applied: another process may have committed a newer
+        version a moment ago) calls this before concluding anything.
+        """
+        if self._closed:
+            raise StoreError("the store is closed")
+        self._refresh_pointer(time.monotonic())
+
     def state(self) -> StoreState | None:
         """The current version's state, or ``None`` if nothing was ever stored."""
         try:

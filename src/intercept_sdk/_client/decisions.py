@@ -45,10 +45,15 @@ from typing import Any, Final, Literal, NamedTuple, Protocol
 
 import pydantic_core
 
-from ._catalog import Measure
-from ._exceptions import FormatError, InvalidInput
-from ._identifiers import mask_identifier, normalize_id_number, normalize_org_code, normalize_uscc
-from ._models import ROLES
+from .._exceptions import FormatError, InvalidInput
+from .._protocol.catalog import Measure
+from .._protocol.identifiers import (
+    mask_identifier,
+    normalize_id_number,
+    normalize_org_code,
+    normalize_uscc,
+)
+from .._protocol.models import ROLES
 
 __all__ = [
     "REASONS",
@@ -399,7 +404,7 @@ def allow_decision(
 class KeyMaker:
     """``identifier_key`` (HMAC-SHA256 truncated to 16 bytes) for one list's hash key.
 
-    Same result as :func:`intercept_sdk._site.identifier_key`, which the publisher uses,
+    Same result as :func:`intercept_sdk._platform.publish.identifier_key`, which the publisher uses,
     but with the HMAC's inner and outer hash states precomputed once per hash key (the
     one-shot HMAC re-derives them on every call, which dominated ``check()``), and a
     bounded memo of recent identifiers (a guest checked at the desk is often checked again

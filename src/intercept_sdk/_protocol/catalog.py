@@ -36,7 +36,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ._exceptions import InvalidInput, UnknownMeasure
+from .._exceptions import InvalidInput, UnknownMeasure
 
 __all__ = [
     "ACTIONS",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 
-from ._exceptions import TooLarge
+from .._exceptions import TooLarge
 
 __all__ = ["MAX_LINE", "alines", "lines"]
 

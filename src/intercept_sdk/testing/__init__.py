@@ -30,12 +30,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ._client import Client
-from ._identifiers import id_check
-from ._keys import add_subscriber, keygen
-from ._reports import subscriber_keygen
-from ._site import PublishResult, publish
-from ._synth import valid_id_number, valid_uscc
+from .._client.client import Client
+from .._client.keys import subscriber_keygen
+from .._platform.keys import add_subscriber, keygen
+from .._platform.publish import PublishResult, publish
+from .._protocol.identifiers import id_check
+from .synth import valid_id_number, valid_uscc
 
 __all__ = ["TestPlatform", "entry_fields", "make_id_number", "make_uscc"]
 
@@ -148,7 +148,7 @@ class TestPlatform:
     def person_entry(self, id_number: str | None = None, **overrides: Any) -> dict[str, Any]:
         """A valid person entry (not yet added), defaults for every field."""
         idn = id_number or valid_id_number(_RNG)
-        from ._identifiers import id_number_info
+        from .._protocol.identifiers import id_number_info
 
         info = id_number_info(idn)
         published = _dt.date.fromisoformat(overrides.get("published_at", "2024-05-01"))
@@ -271,7 +271,7 @@ class TestPlatform:
     @contextmanager
     def serve(self, **options: Any) -> Iterator[Any]:
         """Run the reference platform for this site on a free loopback port."""
-        from ._platform import PlatformServer
+        from .._platform.server import PlatformServer
 
         if self.last is None:
             self.publish()

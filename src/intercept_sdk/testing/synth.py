@@ -10,11 +10,11 @@ be shown as if it were real.
 What is guaranteed:
 
 * **Source format.** :func:`generate_entries` yields dicts in the publisher's JSON Lines
-  source format: exactly the field names of :class:`~intercept_sdk._models.Entry`, dates as
+  source format: exactly the field names of :class:`~intercept_sdk._protocol.models.Entry`, dates as
   ``YYYY-MM-DD``, ``revoked_at`` as an ISO 8601 date-time with a ``+08:00`` offset, amounts
   as decimal strings, identifiers in canonical form. Every dict equals
   ``parse_entry(d).to_json_dict()``, i.e. it is already in the form the model writes back.
-* **Validity.** Every entry passes :func:`~intercept_sdk._models.parse_entry` (including the
+* **Validity.** Every entry passes `parse_entry` (including the
   measure-code check), except the ``minors`` entries, which are persons under 18 on
   ``published_at`` and fail with a ``minor`` reason only. Their ``entry_id`` starts with
   ``M`` (all others with ``E``) so that a test can find them.
@@ -47,7 +47,7 @@ from operator import mul as _mul
 from pathlib import Path
 from typing import Any
 
-from ._identifiers import USCC_ALPHABET
+from .._protocol.identifiers import USCC_ALPHABET
 
 __all__ = [
     "COURTS",
@@ -299,7 +299,7 @@ def _fast_id_check(body17: str) -> str:
 
     ASCII digit bytes are the digit + 48, so the weighted sum of the bytes exceeds the
     weighted sum of the digits by 48 * sum(weights). ``tests/test_synth.py`` checks that
-    this agrees with :func:`~intercept_sdk._identifiers.id_check`.
+    this agrees with :func:`~intercept_sdk._protocol.identifiers.id_check`.
     """
     total = sum(map(_mul, body17.encode("ascii"), _ID_WEIGHTS)) - _ID_BIAS
     return _ID_CHECK[total % 11]

@@ -66,8 +66,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ._exceptions import StoreCorrupted
-from ._util import ensure_private_dir
+from .._exceptions import StoreCorrupted
+from .._util import ensure_private_dir
 
 __all__ = ["AuditLog", "AuditReport", "verify_audit"]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from operator import mul as _mul
 from typing import Literal
 
-from ._exceptions import InvalidIdentifier
+from .._exceptions import InvalidIdentifier
 
 __all__ = [
     "IdNumberInfo",

@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from ._catalog import measure_codes
-from ._exceptions import InvalidEntry, InvalidIdentifier
-from ._identifiers import (
+from .._exceptions import InvalidEntry, InvalidIdentifier
+from .catalog import measure_codes
+from .identifiers import (
     IdNumberInfo,
     normalize_id_number,
     normalize_org_code,

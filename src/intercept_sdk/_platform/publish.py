@@ -1,7 +1,7 @@
 """The platform-side publisher: one call turns the full list into a signed site version.
 
 :func:`publish` reads the platform's *complete* current list (JSON Lines, one
-:class:`~intercept_sdk._models.Entry` per line), validates every entry, and writes one
+:class:`~intercept_sdk._protocol.models.Entry` per line), validates every entry, and writes one
 new version of the static site described in ``docs/protocol.md``: the snapshot, deltas
 from each of the last ``keep_deltas`` versions straight to the new one, one encrypted box
 per subscriber with restricted entries, and finally the signed manifest.
@@ -27,7 +27,7 @@ What is guaranteed:
   in entry_id order; Python holds one entry at a time, or a few batches of source lines
   with worker processes (plus the quarantine list).
 * **Fast, and the same bytes.** Common well-formed entries are checked and turned into
-  records by a hand-written fast path (:func:`~intercept_sdk._models.fast_entry_dict`);
+  records by a hand-written fast path (:func:`~intercept_sdk._protocol.models.fast_entry_dict`);
   anything unusual or invalid goes through the pydantic model, which decides and gives
   the reasons. A source sorted by entry_id has its snapshot compressed (in a thread)
   while it is read, and a large file source can be parsed by worker processes
@@ -79,11 +79,10 @@ from typing import IO, Any, Literal, NamedTuple
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from pydantic_core import from_json, to_json
 
-from ._catalog import measure_codes
-from ._exceptions import ConfigurationError, FormatError, InvalidEntry
-from ._keys import KeyDir, add_subscriber, validate_subscriber_id
-from ._models import Entry, fast_entry_dict, parse_entry
-from ._signing import (
+from .._exceptions import ConfigurationError, FormatError, InvalidEntry
+from .._protocol.catalog import measure_codes
+from .._protocol.models import Entry, fast_entry_dict, parse_entry
+from .._protocol.signing import (
     MANIFEST_TYPE,
     Envelope,
     SigningKey,
@@ -91,7 +90,8 @@ from ._signing import (
     seal_box,
     sign_envelope,
 )
-from ._util import atomic_write, format_utc, fsync_dir, utcnow
+from .._util import atomic_write, format_utc, fsync_dir, utcnow
+from .keys import KeyDir, add_subscriber, validate_subscriber_id
 
 __all__ = [
     "PUBLIC_FIELDS",
@@ -106,7 +106,7 @@ __all__ = [
     "sum_hex",
 ]
 
-log = logging.getLogger("intercept_sdk._site")
+log = logging.getLogger("intercept_sdk._platform.publish")
 
 #: Entry fields copied into a public record as given (unset ones are omitted).
 PUBLIC_FIELDS = frozenset(
@@ -227,10 +227,10 @@ def _keyer(hash_key: bytes) -> Callable[[bytes], str]:
 def _record_of_fields(fields: dict[str, Any], key_hex: Callable[[bytes], str]) -> bytes:
     """:func:`public_record` of the entry whose ``to_json_dict()`` is ``fields``.
 
-    Consumes ``fields`` (a fresh dict from :func:`~intercept_sdk._models.fast_entry_dict`:
+    Consumes ``fields`` (a fresh dict from :func:`~intercept_sdk._protocol.models.fast_entry_dict`:
     only ``str``, ``int``, lists of ``str`` and dicts of ``str``). pydantic-core's
     ``to_json`` of the dicts with their keys in sorted order gives the bytes of
-    :func:`~intercept_sdk._signing.canonical_json` (same compact form, same escapes: the
+    :func:`~intercept_sdk._protocol.signing.canonical_json` (same compact form, same escapes: the
     tests compare both on many entries) several times faster. ``key_hex`` is
     :func:`_keyer` of the hash key.
     """
@@ -314,7 +314,7 @@ def _slow_item(item: bytes | Mapping[str, Any], hash_key: bytes) -> _Staged:
 
 _FRAME = struct.Struct("<Q")
 _WORKER_CODE = (
-    "import sys\nsys.path[:] = {path!r}\nfrom {package}._site import _worker_main\n_worker_main()\n"
+    "import sys\nsys.path[:] = {path!r}\nfrom {module} import _worker_main\n_worker_main()\n"
 )
 
 
@@ -367,8 +367,7 @@ class _Workers:
     """
 
     def __init__(self, count: int, hash_key: bytes) -> None:
-        package = __name__.rpartition(".")[0]
-        code = _WORKER_CODE.format(path=list(sys.path), package=package)
+        code = _WORKER_CODE.format(path=list(sys.path), module=__name__)
         self.procs: list[subprocess.Popen[bytes]] = []
         try:
             for _ in range(count):

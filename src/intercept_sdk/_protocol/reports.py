@@ -36,30 +36,20 @@ import operator
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from ._exceptions import ConfigurationError, FormatError, InvalidReport, SignatureError
-from ._signing import (
+from .._exceptions import ConfigurationError, FormatError, InvalidReport, SignatureError
+from .._util import format_utc, parse_utc, utcnow
+from .signing import (
     REPORT_TYPE,
     Envelope,
     SigningKey,
     canonical_json,
-    load_private_key,
-    load_x25519_private,
     sign_single,
     verify_single,
-    write_private_key,
-    write_public_key,
 )
-from ._util import format_utc, parse_utc, utcnow
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ._outbox import Outbox
 
 __all__ = [
     "CHINA_TZ",
@@ -71,13 +61,9 @@ __all__ = [
     "RESTRICTED_KEY_FILE",
     "RESTRICTED_PUB_FILE",
     "ReportKind",
-    "SubscriberKeys",
     "build_report",
-    "load_subscriber_key",
     "quarterly_window",
     "sign_report",
-    "subscriber_keygen",
-    "summarize",
     "validate_report",
     "verify_report",
 ]
@@ -247,7 +233,7 @@ def _measure_codes() -> frozenset[str]:
     # queue or send reports (the outbox, a sender child) do not otherwise need.
     global _measure_codes_fn
     if _measure_codes_fn is None:
-        from ._catalog import measure_codes
+        from .catalog import measure_codes
 
         _measure_codes_fn = measure_codes
     return _measure_codes_fn()
@@ -446,7 +432,7 @@ class _SignedReport(bytes):
     """Envelope bytes made by :func:`sign_report` in this process.
 
     Carries the metadata of the payload it signed, which had passed validation, so that
-    :meth:`Outbox.enqueue <intercept_sdk._outbox.Outbox.enqueue>` can check its arguments
+    :meth:`Outbox.enqueue <intercept_sdk._client.outbox.Outbox.enqueue>` can check its arguments
     against them instead of parsing the envelope again. Anything else (plain ``bytes``, for
     instance an envelope read back from disk or received from elsewhere) is parsed and
     checked in full by the outbox. Immutable: bytes, and attributes that cannot be set.
@@ -705,95 +691,6 @@ def verify_report(
     return validate_report(unverified)
 
 
-@dataclass(frozen=True)
-class SubscriberKeys:
-    """A subscriber's private keys.
-
-    ``report`` signs feedback reports; ``restricted`` (optional) opens the subscriber's
-    box of restricted entries. Only the public halves ever leave the unit.
-    """
-
-    report: Ed25519PrivateKey
-    restricted: X25519PrivateKey | None = None
-
-    @property
-    def report_public(self) -> Ed25519PublicKey:
-        return self.report.public_key()
-
-    @property
-    def keyid(self) -> str:
-        """Key id of the report key, as it appears in the envelope's signatures."""
-        return SigningKey.of(self.report).keyid
-
-
-def subscriber_keygen(out_dir: Path, *, overwrite: bool = False) -> tuple[Path, Path]:
-    """Create a subscriber's key pairs in ``out_dir`` and return the two public key files.
-
-    Writes ``report.ed25519.pem`` (mode 0600) + ``report.ed25519.pub.pem`` and
-    ``restricted.x25519.pem`` (0600) + ``restricted.x25519.pub.pem``, each atomically. The
-    returned ``(report public, restricted public)`` paths are what the unit registers with
-    the platform. Existing private keys are never replaced unless ``overwrite=True``
-    (:class:`ConfigurationError`): losing a report key means every queued report becomes
-    unverifiable.
-    """
-    out = Path(out_dir)
-    targets = [out / REPORT_KEY_FILE, out / RESTRICTED_KEY_FILE]
-    if not overwrite:
-        existing = [p.name for p in targets if p.exists()]
-        if existing:
-            raise ConfigurationError(
-                f"{out} already holds {', '.join(existing)}; refusing to replace a private key "
-                "(pass overwrite=True to rotate)"
-            )
-    if not out.exists():
-        out.mkdir(mode=0o700, parents=True)
-    report = Ed25519PrivateKey.generate()
-    restricted = X25519PrivateKey.generate()
-    write_private_key(out / REPORT_KEY_FILE, report)
-    write_public_key(out / REPORT_PUB_FILE, report.public_key())
-    write_private_key(out / RESTRICTED_KEY_FILE, restricted)
-    write_public_key(out / RESTRICTED_PUB_FILE, restricted.public_key())
-    return out / REPORT_PUB_FILE, out / RESTRICTED_PUB_FILE
-
-
-def _warn_if_readable(path: Path) -> None:
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
-    if mode & 0o077:
-        _log.warning(
-            "private key %s is readable by other users (mode %o); chmod 600 it", path, mode & 0o777
-        )
-
-
-def load_subscriber_key(path_or_dir: Path | str) -> SubscriberKeys:
-    """Load a subscriber's private keys from a key directory or a report key file.
-
-    A directory must hold ``report.ed25519.pem``; ``restricted.x25519.pem`` is loaded when
-    present. A file is the Ed25519 report key; a ``restricted.x25519.pem`` next to it is
-    loaded when present. Raises :class:`ConfigurationError` for a missing or wrong key; a
-    private key readable by group/others is loaded but logged as a warning.
-    """
-    path = Path(path_or_dir)
-    if path.is_dir():
-        report_path = path / REPORT_KEY_FILE
-        if not report_path.is_file():
-            raise ConfigurationError(f"{path} holds no {REPORT_KEY_FILE} (run subscriber keygen)")
-    elif path.is_file():
-        report_path = path
-    else:
-        raise ConfigurationError(f"subscriber key {path} does not exist")
-    restricted_path = report_path.parent / RESTRICTED_KEY_FILE
-    _warn_if_readable(report_path)
-    report = load_private_key(report_path)
-    restricted = None
-    if restricted_path.is_file() and restricted_path != report_path:
-        _warn_if_readable(restricted_path)
-        restricted = load_x25519_private(restricted_path)
-    return SubscriberKeys(report=report, restricted=restricted)
-
-
 #: Quarters are calendar quarters in China Standard Time (UTC+8, no daylight saving).
 CHINA_TZ: Final = _dt.timezone(_dt.timedelta(hours=8), "CST")
 #: Feedback for a quarter is due within this many days after the quarter ends.
@@ -820,56 +717,3 @@ def quarterly_window(year: int, quarter: int) -> tuple[_dt.datetime, _dt.datetim
     )
     last_day = (end - _dt.timedelta(days=1)).date()
     return start, end, last_day + _dt.timedelta(days=SUMMARY_DUE_DAYS)
-
-
-_SUMMARY_COUNTS: Final = (
-    ("interception", "interceptions"),
-    ("review_outcome", "review_outcomes"),
-    ("lift", "lifts"),
-    ("objection", "objections"),
-    ("data_error", "data_errors"),
-)
-
-
-def summarize(outbox: Outbox, year: int, quarter: int, checks_performed: int) -> dict[str, Any]:
-    """The quarterly feedback summary (惩戒情况) of one unit, from the outbox's journal.
-
-    Counts every report *created* in the quarter (by ``created_at``), whether it is still
-    queued, already sent or dead-lettered, so the summary does not depend on connectivity;
-    ``quarterly_summary`` reports themselves are not counted. ``checks_performed`` (how
-    many list checks the unit ran) comes from the caller. The result is plain JSON and is
-    meant to be sent as the ``details`` of a ``quarterly_summary`` report::
-
-        {"year": 2026, "quarter": 1, "period_start": "2025-12-31T16:00:00Z",
-         "period_end": "2026-03-31T16:00:00Z", "due_date": "2026-04-30",
-         "checks_performed": 1200, "interceptions": 7, "review_outcomes": 2, "lifts": 1,
-         "objections": 1, "data_errors": 0,
-         "by_measure": {"consumption.star_hotel": {"interception": 7, "lift": 1},
-                        "unspecified": {"objection": 1}}}
-    """
-    if isinstance(checks_performed, bool) or not isinstance(checks_performed, int):
-        raise InvalidReport("checks_performed must be a non-negative integer")
-    if checks_performed < 0:
-        raise InvalidReport("checks_performed must be a non-negative integer")
-    start, end, due = quarterly_window(year, quarter)
-    counts = outbox.stats_by(start, end)
-    by_kind: dict[str, int] = {}
-    by_measure: dict[str, dict[str, int]] = {}
-    for (measure, kind), n in sorted(counts.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
-        if kind == "quarterly_summary":
-            continue
-        by_kind[kind] = by_kind.get(kind, 0) + n
-        slot = by_measure.setdefault(measure or "unspecified", {})
-        slot[kind] = slot.get(kind, 0) + n
-    summary: dict[str, Any] = {
-        "year": year,
-        "quarter": quarter,
-        "period_start": format_utc(start),
-        "period_end": format_utc(end),
-        "due_date": due.isoformat(),
-        "checks_performed": checks_performed,
-    }
-    for kind, label in _SUMMARY_COUNTS:
-        summary[label] = by_kind.get(kind, 0)
-    summary["by_measure"] = by_measure
-    return summary

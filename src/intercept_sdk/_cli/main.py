@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._exceptions import ConfigurationError, InterceptError, InvalidInput
+from .._exceptions import ConfigurationError, InterceptError, InvalidInput
 
 log = logging.getLogger("intercept_sdk.cli")
 
@@ -123,7 +123,7 @@ def _client_args(p: argparse.ArgumentParser) -> None:
 
 
 def _make_client(args: argparse.Namespace, **extra: Any) -> Any:
-    from ._client import Client
+    from .._client.client import Client
 
     missing = [n for n in ("platform", "trust_root", "cache_dir") if not getattr(args, n)]
     if missing:
@@ -148,8 +148,8 @@ def _print_json(obj: Any) -> None:
 
 # -- platform-side commands -----------------------------------------------------------
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from ._keys import keygen
-    from ._util import parse_duration
+    from .._platform.keys import keygen
+    from .._util import parse_duration
 
     root = keygen(
         Path(args.keys),
@@ -164,8 +164,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_root_rotate(args: argparse.Namespace) -> int:
-    from ._keys import rotate_root
-    from ._util import parse_duration
+    from .._platform.keys import rotate_root
+    from .._util import parse_duration
 
     version = rotate_root(
         Path(args.keys),
@@ -179,8 +179,8 @@ def cmd_root_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from ._site import publish
-    from ._util import parse_duration
+    from .._platform.publish import publish
+    from .._util import parse_duration
 
     bar = Progress("publish", None, quiet=args.quiet)
     result = publish(
@@ -205,7 +205,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ._platform import PlatformServer
+    from .._platform.server import PlatformServer
 
     server = PlatformServer(
         Path(args.site),
@@ -224,7 +224,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_subscriber_keygen(args: argparse.Namespace) -> int:
-    from ._reports import subscriber_keygen
+    from .._client.keys import subscriber_keygen
 
     report_pub, box_pub = subscriber_keygen(Path(args.out))
     print(f"subscriber keys in {args.out}; register the public keys with the platform:")
@@ -233,7 +233,7 @@ def cmd_subscriber_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_subscriber_add(args: argparse.Namespace) -> int:
-    from ._keys import add_subscriber
+    from .._platform.keys import add_subscriber
 
     def read(p: str | None) -> bytes | None:
         if p is None:
@@ -269,7 +269,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _subject_from(row: dict[str, str | None]) -> Any:
-    from ._decisions import Entity, Person
+    from .._client.decisions import Entity, Person
 
     idn, uscc, org = row.get("id_number"), row.get("uscc"), row.get("org_code")
     name = row.get("name") or None
@@ -429,8 +429,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from ._audit import verify_audit
-    from ._signing import load_public_key
+    from .._client.audit import verify_audit
+    from .._protocol.signing import load_public_key
 
     key = load_public_key(args.public_key) if args.public_key else None
     directory = Path(args.cache_dir or ".") / "audit" if not args.dir else Path(args.dir)
@@ -483,7 +483,7 @@ def cmd_reports(args: argparse.Namespace) -> int:
 
 
 def cmd_measures(args: argparse.Namespace) -> int:
-    from ._catalog import measures
+    from .._protocol.catalog import measures
 
     ms = measures()
     if args.json:
@@ -515,7 +515,7 @@ def cmd_measures(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
+    from .demo import run_demo
 
     return run_demo(Path(args.out) if args.out else None, quiet=args.quiet)
 

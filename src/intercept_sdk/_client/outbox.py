@@ -20,7 +20,7 @@ then uploaded at least once, and forgotten only after the platform acknowledged 
   naming it) or ``mark_dead()`` (kept in the dead-letter table with status and reason,
   re-queueable with ``requeue_dead()``): nothing is dropped silently.
 * The journal keeps kind, measure and ``created_at`` of every report even after sending,
-  so the quarterly summary (:func:`intercept_sdk._reports.summarize`) does not depend on
+  so the quarterly summary (:func:`intercept_sdk._protocol.reports.summarize`) does not depend on
   connectivity.
 * Safe for several threads (one lock) and several processes (SQLite locking, bounded
   ``busy_timeout``), and fork-safe: a child process never touches the parent's SQLite
@@ -60,16 +60,16 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ._exceptions import ConfigurationError, InvalidReport, OutboxFull, ReportError
-from ._reports import (
+from .._exceptions import ConfigurationError, InvalidReport, OutboxFull, ReportError
+from .._protocol.reports import (
     MAX_ENVELOPE_BYTES,
     _check_agreement,
     _check_kind_and_id,
     _shown,
     _SignedReport,
 )
-from ._signing import REPORT_TYPE
-from ._util import format_utc, fsync_dir, parse_utc, utcnow
+from .._protocol.signing import REPORT_TYPE
+from .._util import format_utc, fsync_dir, parse_utc, utcnow
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -406,14 +406,14 @@ class Outbox:
         """Queue a signed report durably; return only once it is on disk.
 
         The envelope must be a signed report envelope (as made by
-        :func:`~intercept_sdk._reports.sign_report`, which validated the payload) whose
+        :func:`~intercept_sdk._protocol.reports.sign_report`, which validated the payload) whose
         payload agrees with ``report_id``, ``kind``, ``measure`` and ``created_at``
         (:class:`InvalidReport` otherwise), so what the quarterly summary counts is exactly
         what was sent. The signature itself is checked by the platform. Enqueuing a ``report_id``
         that was seen before (pending, sent or dead) does nothing. Raises
         :class:`OutboxFull` at the cap (nothing is dropped; this report is not queued).
 
-        Envelopes returned by :func:`~intercept_sdk._reports.sign_report` in this process
+        Envelopes returned by :func:`~intercept_sdk._protocol.reports.sign_report` in this process
         carry the metadata of the payload they signed (validated there), and the arguments
         are checked against those instead of parsing the envelope again; any other bytes
         are parsed and checked in full.

@@ -45,9 +45,24 @@ from typing import Any, Literal
 
 import httpx
 
-from ._audit import AuditLog
-from ._catalog import Measure, get_measure
-from ._decisions import (
+from .._exceptions import (
+    ClientClosed,
+    ConfigurationError,
+    HTTPStatusError,
+    Intercepted,
+    InterceptError,
+    InvalidInput,
+    NeverSynced,
+    StoreCorrupted,
+    StoreError,
+    TooLarge,
+    TrustRootError,
+)
+from .._protocol.catalog import Measure, get_measure
+from .._protocol.reports import build_report, quarterly_window, sign_report
+from .._util import atomic_write, ensure_private_dir, format_utc, parse_duration, parse_utc, utcnow
+from .audit import AuditLog
+from .decisions import (
     Decision,
     Entity,
     KeyMaker,
@@ -61,34 +76,14 @@ from ._decisions import (
     own_probe,
     probes_for,
 )
-from ._exceptions import (
-    ClientClosed,
-    ConfigurationError,
-    HTTPStatusError,
-    Intercepted,
-    InterceptError,
-    InvalidInput,
-    NeverSynced,
-    StoreCorrupted,
-    StoreError,
-    TooLarge,
-    TrustRootError,
-)
-from ._fetch import HttpFetcher, RetryPolicy, _ca_context, make_fetcher
-from ._outbox import Outbox, Sender
-from ._push import alines as push_alines
-from ._push import lines as push_lines
-from ._reports import (
-    SubscriberKeys,
-    build_report,
-    load_subscriber_key,
-    quarterly_window,
-    sign_report,
-    summarize,
-)
-from ._store import Hit, Store, StoreState
-from ._sync import SyncResult, Updater
-from ._util import atomic_write, ensure_private_dir, format_utc, parse_duration, parse_utc, utcnow
+from .fetch import HttpFetcher, RetryPolicy, _ca_context, make_fetcher
+from .keys import SubscriberKeys, load_subscriber_key
+from .outbox import Outbox, Sender
+from .push import alines as push_alines
+from .push import lines as push_lines
+from .store import Hit, Store, StoreState
+from .summary import summarize
+from .sync import SyncResult, Updater
 
 __all__ = ["AsyncClient", "Client", "LastError", "Status", "Watch", "WatchChange"]
 
@@ -384,7 +379,7 @@ class _Core:
     def _mark_success(self) -> None:
         now = self._now()
         self._high_water = max(self._high_water, now)
-        from ._util import atomic_write
+        from .._util import atomic_write
 
         atomic_write(self.cache_dir / "last_sync", format_utc(now).encode(), mode=0o600)
         atomic_write(self.cache_dir / "clock", format_utc(now).encode(), mode=0o600)
@@ -417,8 +412,12 @@ class _Core:
             self._expiry_cache = {state.version: exp}
         return exp
 
-    def _validate_state(self, state: StoreState) -> None:
+    def _validate_state(self, state: StoreState) -> bool:
         """Check a store state not seen before against the verified manifest.
+
+        Returns ``False`` when a newer version has meanwhile become current (another
+        process committed it, or this process's pointer check lagged behind): the caller
+        reads again instead of answering from the older version.
 
         Runs once per new state object (a new version, or a database file swapped under a
         running client): the manifest stored with the list must be the one this client
@@ -442,15 +441,18 @@ class _Core:
         applied = self.updater._applied_version()
         if state.version < applied:
             # Either the cache was pointed back at an older database (a local rollback),
-            # or another process committed a newer version after we read this one.
+            # or another process committed a newer version after we read this one (and
+            # this process's pointer check, made at most every 50 ms, has not seen it yet).
+            self.store.refresh()
             fresh = self.store.state()
             if fresh is None or fresh.version < applied:
                 raise StoreCorrupted(
                     f"the local list is version {state.version}, but version {applied} was "
                     "already applied to this cache: it was rolled back outside the SDK"
                 )
-            return  # a forward update raced this read: answer from it, validate the next
+            return False  # a forward update raced this read: read again from it
         self._validated_state = state
+        return True
 
     def is_stale(self, state: StoreState, now: _dt.datetime) -> bool:
         """True when the last successful sync (by any process sharing the cache) is older
@@ -537,13 +539,15 @@ class _Core:
                 state, hits = self.store.lookup(keys)
             except NeverSynced:
                 raise NeverSynced(_NEVER_SYNCED) from None
-            if state is not self._validated_state:
-                self._validate_state(state)
+            if state is not self._validated_state and not self._validate_state(state):
+                continue
             if state.hash_key == km.hash_key:
                 return probes, keys, state, hits
             # A version with a new hash key was applied meanwhile: re-key and look again.
             km = self._km = KeyMaker(state.hash_key)
-        raise StoreError("the list's hash key keeps changing; cannot answer")  # pragma: no cover
+        raise StoreError(
+            "the list keeps changing under this read; cannot answer"
+        )  # pragma: no cover
 
     def check(self, subject: Subject, measure: str) -> Decision:
         """The decision for ``subject`` under ``measure``, from the local list only.
@@ -691,13 +695,13 @@ class _Core:
                 state, by_key = self.store.lookup_batch(wanted)
             except NeverSynced:
                 raise NeverSynced(_NEVER_SYNCED) from None
-            if state is not self._validated_state:
-                self._validate_state(state)
+            if state is not self._validated_state and not self._validate_state(state):
+                continue
             if state.hash_key == km.hash_key:
                 break
             km = self._km = KeyMaker(state.hash_key)
         else:  # pragma: no cover
-            raise StoreError("the list's hash key keeps changing; cannot answer")
+            raise StoreError("the list keeps changing under this read; cannot answer")
         now = self._now()
         stale = self.is_stale(state, now)
         allow = allow_decision(m, list_version=state.version, stale=stale, now=now)
@@ -832,7 +836,7 @@ class _Core:
         """Upload last quarter's summary once it has closed (idempotent by report id)."""
         if self._keys is None:
             return
-        from ._reports import CHINA_TZ
+        from .._protocol.reports import CHINA_TZ
 
         now = self._now().astimezone(CHINA_TZ)
         q = (now.month - 1) // 3 + 1

@@ -6,7 +6,7 @@ a small JSON object holding the payload base64-encoded, its type, and the signat
 signature covers DSSE's pre-authentication encoding ``PAE(type, payload)``, which binds
 the type so that a manifest signature can never pass as a root signature.
 
-Nothing here decides trust (which keys, how many): that is :mod:`intercept_sdk._trust`.
+Nothing here decides trust (which keys, how many): that is :mod:`intercept_sdk._client.trust`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ._exceptions import ConfigurationError, FormatError, SignatureError, VerificationError
+from .._exceptions import ConfigurationError, FormatError, SignatureError, VerificationError
 
 # Optional accelerator, as in the reference platform: with PyNaCl installed, libsodium
 # makes the Ed25519 signatures (1.4-1.5x faster than cryptography's OpenSSL build on the
@@ -334,14 +334,14 @@ def write_private_key(path: Path, key: Ed25519PrivateKey | X25519PrivateKey) -> 
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    from ._util import atomic_write
+    from .._util import atomic_write
 
     atomic_write(path, data, mode=0o600)
 
 
 def write_public_key(path: Path, key: Ed25519PublicKey | X25519PublicKey) -> None:
     """Write a SubjectPublicKeyInfo PEM public key."""
-    from ._util import atomic_write
+    from .._util import atomic_write
 
     data = key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

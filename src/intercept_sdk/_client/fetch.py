@@ -41,7 +41,7 @@ from urllib.parse import unquote, urlparse
 import httpx
 import tenacity
 
-from ._exceptions import (
+from .._exceptions import (
     ConfigurationError,
     HTTPStatusError,
     NetworkError,
@@ -49,7 +49,7 @@ from ._exceptions import (
     TooLarge,
     VerificationError,
 )
-from ._trust import Artefact, ArtefactCheck
+from .trust import Artefact, ArtefactCheck
 
 __all__ = [
     "Fetcher",

@@ -1,0 +1,4 @@
+"""The platform side: keys, the publisher, the reference server.
+
+Imports the protocol core, never the client.
+"""
