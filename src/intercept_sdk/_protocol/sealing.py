@@ -1,0 +1,465 @@
+"""Sealed records and key boxes: the site format v2 confidentiality layer (pure, no I/O).
+
+Why this exists
+---------------
+In site format 1 every record was public JSON keyed by ``HMAC(hash_key, identifier)``
+with the hash key in the public manifest, so anyone holding the site could sweep the ID
+space and recover every listed person's ID number in milliseconds (measured: 1.9 ms per
+person). Format 2 changes three things, all defined here once for the publisher and the
+client:
+
+* **The hash key is secret.** It travels only inside each registered subscriber's
+  :func:`~intercept_sdk._protocol.signing.seal_box`, addressed by an opaque
+  :func:`box_locator` and padded to one size per version (:func:`pad`), so the site names
+  no subscriber and no restricted audience and reveals only counts and sizes.
+* **A record opens only with an identifier in hand.** Its body is AES-256-GCM under a
+  per-record key; that key is wrapped once per identifier of the entry (debtor, legal
+  representative, officers, organisation code) under a key-encryption key derived from
+  the identifier (:func:`kek`). The lookup index is only a 32-bit :func:`tag` of the
+  identifier, shared by unrelated identifiers, so a cache lists nobody: a lookup by an ID
+  decrypts the record it matches and nothing enumerates the rest.
+* **A work factor.** :class:`WorkFactor` (in the signed manifest) makes :func:`kek`
+  memory-hard (scrypt) for publishers who want a leaked hash key to cost years of CPU to
+  sweep. A miss never pays it: only an identifier whose 32-bit tag is present in the list
+  (the listed ones, plus about 0.35 % of others at 10M entries) derives a KEK.
+
+Guarantees
+----------
+* Deterministic: the same hash key, entry and plaintext always give the same sealed line,
+  so unchanged records stay byte-identical across versions (deltas stay small) and the
+  publisher's fast and slow paths can be compared byte for byte.
+* No AES-GCM nonce is ever reused with one key for two different plaintexts: a record key
+  is derived from the record's own plaintext digest (one plaintext per key, zero nonce),
+  and a wrap's nonce is derived from the record key and the relation it carries.
+* Every parser here is strict and raises :class:`~intercept_sdk._exceptions.FormatError`
+  (malformed) or :class:`~intercept_sdk._exceptions.VerificationError` (does not open);
+  nothing returns partially parsed data.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Literal
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from .._exceptions import ConfigurationError, FormatError, VerificationError
+
+__all__ = [
+    "BOX_PAD_QUANTUM",
+    "MAX_WRAPS",
+    "SITE_SPEC",
+    "TAG_BYTES",
+    "BoxContents",
+    "IdentifierKind",
+    "SealedRecord",
+    "WorkFactor",
+    "box_context",
+    "box_locator",
+    "box_payload",
+    "identifier_secret",
+    "kek",
+    "lines_sha256",
+    "open_body",
+    "open_wrap",
+    "pad",
+    "padded_size",
+    "parse_box_payload",
+    "parse_sealed",
+    "record_id",
+    "seal_record",
+    "tag",
+    "unpad",
+]
+
+#: The site format these rules define; a manifest of another ``spec`` is refused.
+SITE_SPEC: Final = 2
+#: Bytes of the identifier secret kept as the public lookup tag (a 32-bit bucket).
+TAG_BYTES: Final = 4
+#: Most wraps one record may carry (an entity with many officers); more is malformed.
+MAX_WRAPS: Final = 64
+#: Boxes are padded to a multiple of this many bytes (and all to one size per version).
+BOX_PAD_QUANTUM: Final = 4096
+#: Largest sealed body accepted (a record is a few hundred bytes; this caps a tampered one).
+MAX_BODY: Final = 64 * 1024
+
+IdentifierKind = Literal["id", "org"]
+
+_KEK_LABEL: Final = b"intercept-sdk/v2 kek"
+_RECORD_KEY_LABEL: Final = b"intercept-sdk/v2 record-key"
+_WRAP_NONCE_LABEL: Final = b"intercept-sdk/v2 wrap-nonce"
+_LOCATOR_LABEL: Final = b"intercept-sdk/v2 box-locator|"
+_ZERO_NONCE: Final = bytes(12)
+_RID_BYTES: Final = 16
+_WRAP_BYTES: Final = 12 + 32 + 1 + 16  # nonce, record key, relation, GCM tag
+_HEX_RE_CHARS: Final = frozenset("0123456789abcdef")
+
+
+# -- the work factor ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkFactor:
+    """How expensive it is to derive one identifier's key-encryption key.
+
+    ``alg="hmac"`` (the default) costs one HMAC (about 1 µs): check() latency is as in
+    format 1. ``alg="scrypt"`` costs ``2**log2_n`` scrypt iterations with block size ``r``
+    (memory ``128 * r * 2**log2_n`` bytes); measured here: log2_n=14 about 36 ms,
+    log2_n=17 (the maximum) about 0.3 s per identifier. The publisher pays it once per
+    identifier per hash-key epoch, a client once per identifier that hits.
+    """
+
+    alg: Literal["hmac", "scrypt"] = "hmac"
+    log2_n: int = 0
+    r: int = 8
+    p: int = 1
+
+    MIN_LOG2_N: ClassVar[int] = 10
+    MAX_LOG2_N: ClassVar[int] = 17
+
+    def __post_init__(self) -> None:
+        if self.alg == "hmac":
+            if (self.log2_n, self.r, self.p) != (0, 8, 1):
+                raise ConfigurationError("the hmac work factor takes no parameters")
+            return
+        if self.alg != "scrypt":
+            raise ConfigurationError(f"unknown work factor algorithm {self.alg!r}")
+        for name, value, low, high in (
+            ("log2_n", self.log2_n, self.MIN_LOG2_N, self.MAX_LOG2_N),
+            ("r", self.r, 1, 16),
+            ("p", self.p, 1, 4),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigurationError(f"scrypt {name} must be an integer in {low}..{high}")
+
+    @classmethod
+    def maximum(cls) -> WorkFactor:
+        """The largest work factor a manifest may ask for."""
+        return cls("scrypt", cls.MAX_LOG2_N, 8, 1)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.alg == "hmac":
+            return {"alg": "hmac"}
+        return {"alg": "scrypt", "log2_n": self.log2_n, "r": self.r, "p": self.p}
+
+    @classmethod
+    def from_json(cls, value: object) -> WorkFactor:
+        """Parse the manifest's ``kdf`` object strictly (FormatError on anything else)."""
+        if not isinstance(value, dict):
+            raise FormatError("manifest kdf must be an object")
+        alg = value.get("alg")
+        allowed = {"alg"} if alg == "hmac" else {"alg", "log2_n", "r", "p"}
+        if set(value) != allowed:
+            raise FormatError(f"manifest kdf must have exactly the fields {sorted(allowed)}")
+        try:
+            if alg == "hmac":
+                return cls()
+            return cls("scrypt", value["log2_n"], value["r"], value["p"])
+        except ConfigurationError as exc:
+            raise FormatError(f"manifest kdf: {exc}") from None
+
+    @classmethod
+    def parse(cls, text: str) -> WorkFactor:
+        """``"hmac"``, ``"scrypt"`` (log2_n 14) or ``"scrypt:LOG2N[:R[:P]]"`` (CLI form)."""
+        parts = text.strip().split(":")
+        if parts == ["hmac"]:
+            return cls()
+        if parts[0] != "scrypt" or len(parts) > 4:
+            raise ConfigurationError(
+                f"work factor {text!r}: expected hmac or scrypt[:log2n[:r[:p]]]"
+            )
+        try:
+            nums = [int(x) for x in parts[1:]]
+        except ValueError:
+            raise ConfigurationError(f"work factor {text!r}: parameters must be integers") from None
+        log2_n, r, p = ([*nums, *([14, 8, 1][len(nums) :])])[:3]
+        return cls("scrypt", log2_n, r, p)
+
+
+# -- identifiers ----------------------------------------------------------------------------
+
+
+def identifier_secret(hash_key: bytes, kind: IdentifierKind, value: str) -> bytes:
+    """``HMAC-SHA256(hash_key, kind ":" value)``: the 32-byte secret of one identifier.
+
+    ``value`` is the normalised identifier (18-character ID number, 9-character
+    organisation code). Its first :data:`TAG_BYTES` are the public lookup :func:`tag`;
+    the whole is the input of :func:`kek`. Format 1's ``identifier_key`` was its first 16
+    bytes, published.
+    """
+    return hmac.digest(hash_key, f"{kind}:{value}".encode(), "sha256")
+
+
+def tag(secret: bytes) -> int:
+    """The lookup tag of an identifier secret: its first 4 bytes as an unsigned integer."""
+    return int.from_bytes(secret[:TAG_BYTES], "big")
+
+
+def kek(secret: bytes, work: WorkFactor) -> bytes:
+    """The key-encryption key of an identifier secret under ``work`` (32 bytes)."""
+    if work.alg == "hmac":
+        return hmac.digest(secret, _KEK_LABEL, "sha256")
+    return Scrypt(salt=_KEK_LABEL, length=32, n=1 << work.log2_n, r=work.r, p=work.p).derive(secret)
+
+
+def record_id(hash_key: bytes, entry_id: str) -> bytes:
+    """The pseudonymous id of an entry within one hash-key epoch (16 bytes).
+
+    Deltas name records by it; without the hash key it links to nothing.
+    """
+    return hmac.digest(hash_key, f"entry:{entry_id}".encode(), "sha256")[:_RID_BYTES]
+
+
+# -- sealing ----------------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _record_key(hash_key: bytes, rid: bytes, plaintext: bytes) -> bytes:
+    return hmac.digest(
+        hash_key, _RECORD_KEY_LABEL + rid + hashlib.sha256(plaintext).digest(), "sha256"
+    )
+
+
+def _wrap_nonce(record_key: bytes, relation: int) -> bytes:
+    return hmac.digest(record_key, _WRAP_NONCE_LABEL + bytes((relation,)), "sha256")[:12]
+
+
+def seal_record(
+    hash_key: bytes,
+    entry_id: str,
+    plaintext: bytes,
+    keks: Iterable[tuple[bytes, bytes, int]],
+) -> bytes:
+    """One sealed record line (canonical JSON, no newline).
+
+    ``keks`` are ``(identifier secret, its kek, relation index)`` for every identifier
+    that must open the record (the caller derives them, usually through a cache: a
+    person listed in several entries pays the work factor once). The line is
+    ``{"b": body, "r": rid hex, "w": [[tag hex, wrap], ...]}`` with base64 values and the
+    wraps sorted, so the output depends only on the inputs.
+    """
+    rid = record_id(hash_key, entry_id)
+    record_key = _record_key(hash_key, rid, plaintext)
+    body = AESGCM(record_key).encrypt(_ZERO_NONCE, plaintext, rid)
+    wraps = []
+    seen: set[tuple[bytes, int]] = set()
+    for secret, key, relation in keks:
+        if not 0 <= relation <= 255:
+            raise ValueError("relation index out of range")
+        if (secret, relation) in seen:
+            continue
+        seen.add((secret, relation))
+        t = secret[:TAG_BYTES]
+        nonce = _wrap_nonce(record_key, relation)
+        blob = nonce + AESGCM(key).encrypt(nonce, record_key + bytes((relation,)), rid + t)
+        wraps.append([t.hex(), _b64(blob)])
+    if not wraps or len(wraps) > MAX_WRAPS:
+        raise ValueError(f"a record needs 1..{MAX_WRAPS} identifiers, got {len(wraps)}")
+    wraps.sort()
+    line = {"b": _b64(body), "r": rid.hex(), "w": wraps}
+    return json.dumps(line, separators=(",", ":"), sort_keys=True).encode("ascii")
+
+
+@dataclass(frozen=True)
+class SealedRecord:
+    """A parsed sealed line: ``rid`` (16 bytes), ``wraps`` ((tag, blob), ...), ``body``."""
+
+    rid: bytes
+    wraps: tuple[tuple[int, bytes], ...]
+    body: bytes
+
+
+def _strict_b64(text: object, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise FormatError(f"sealed record: {what} must be a base64 string")
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise FormatError(f"sealed record: {what} is not strict base64") from None
+
+
+def _strict_hex(text: object, size: int, what: str) -> bytes:
+    if not isinstance(text, str) or len(text) != 2 * size or not set(text) <= _HEX_RE_CHARS:
+        raise FormatError(f"sealed record: {what} must be {2 * size} lower-case hex digits")
+    return bytes.fromhex(text)
+
+
+def parse_sealed(line: bytes | str) -> SealedRecord:
+    """Parse one sealed line strictly: exact fields, sizes and encodings, or FormatError."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        raise FormatError("sealed record is not JSON") from None
+    if not isinstance(obj, dict) or set(obj) != {"b", "r", "w"}:
+        raise FormatError('sealed record must have exactly the fields "b", "r", "w"')
+    rid = _strict_hex(obj["r"], _RID_BYTES, "r")
+    body = _strict_b64(obj["b"], "b")
+    if not 16 <= len(body) <= MAX_BODY:
+        raise FormatError("sealed record: body size out of range")
+    raw_wraps = obj["w"]
+    if not isinstance(raw_wraps, list) or not 1 <= len(raw_wraps) <= MAX_WRAPS:
+        raise FormatError(f"sealed record: w must be a list of 1..{MAX_WRAPS} wraps")
+    wraps = []
+    for item in raw_wraps:
+        if not isinstance(item, list) or len(item) != 2:
+            raise FormatError("sealed record: each wrap must be [tag, blob]")
+        t = _strict_hex(item[0], TAG_BYTES, "wrap tag")
+        blob = _strict_b64(item[1], "wrap")
+        if len(blob) != _WRAP_BYTES:
+            raise FormatError("sealed record: wrap has the wrong size")
+        wraps.append((int.from_bytes(t, "big"), blob))
+    return SealedRecord(rid, tuple(wraps), body)
+
+
+def open_wrap(key: bytes, rid: bytes, tag_value: int, blob: bytes) -> tuple[bytes, int] | None:
+    """``(record key, relation index)`` if ``key`` (a :func:`kek`) opens the wrap, else None.
+
+    ``None`` is the normal outcome for an identifier that only shares the 32-bit tag.
+    """
+    if len(blob) != _WRAP_BYTES:
+        return None
+    try:
+        plain = AESGCM(key).decrypt(
+            blob[:12], blob[12:], rid + tag_value.to_bytes(TAG_BYTES, "big")
+        )
+    except InvalidTag:
+        return None
+    return plain[:32], plain[32]
+
+
+def open_body(record_key: bytes, rid: bytes, body: bytes) -> bytes:
+    """The plaintext record; VerificationError if the body does not open with the key."""
+    try:
+        return AESGCM(record_key).decrypt(_ZERO_NONCE, body, rid)
+    except InvalidTag:
+        raise VerificationError("a sealed record body does not open with its record key") from None
+
+
+# -- boxes -----------------------------------------------------------------------------------
+
+
+def box_locator(subscriber_id: str, restricted_public: bytes) -> str:
+    """The opaque name of a subscriber's box (32 hex digits).
+
+    Derived from the subscriber id and its raw X25519 public key, both of which the
+    subscriber knows; a site reader who knows subscriber ids but not their keys cannot
+    tell which box is whose.
+    """
+    if len(restricted_public) != 32:
+        raise ValueError("expected a raw 32-byte X25519 public key")
+    digest = hashlib.sha256(_LOCATOR_LABEL + subscriber_id.encode() + b"|" + restricted_public)
+    return digest.hexdigest()[:32]
+
+
+def box_context(locator: str, version: int) -> bytes:
+    """The AEAD context of a box: binds it to its locator and list version."""
+    return f"intercept-sdk/v2 box|{locator}|{version}".encode()
+
+
+def padded_size(lengths: Sequence[int]) -> int:
+    """The one size every box of a version is padded to (length prefix included)."""
+    largest = max(lengths, default=0) + 4
+    return -(-largest // BOX_PAD_QUANTUM) * BOX_PAD_QUANTUM
+
+
+def pad(payload: bytes, size: int) -> bytes:
+    """``len(payload)`` as 4 bytes big-endian, the payload, then zeros up to ``size``."""
+    if len(payload) + 4 > size:
+        raise ValueError("payload larger than the padded size")
+    return len(payload).to_bytes(4, "big") + payload + bytes(size - 4 - len(payload))
+
+
+def unpad(data: bytes) -> bytes:
+    """Inverse of :func:`pad`; FormatError unless the padding is exactly zeros."""
+    if len(data) < 4:
+        raise FormatError("padded box too short")
+    n = int.from_bytes(data[:4], "big")
+    if n > len(data) - 4 or data[4 + n :].count(0) != len(data) - 4 - n:
+        raise FormatError("padded box has a bad length or non-zero padding")
+    return data[4 : 4 + n]
+
+
+@dataclass(frozen=True)
+class BoxContents:
+    """What a subscriber's box holds for one version.
+
+    ``hash_key`` opens the public records of this key epoch; ``restricted`` are the sealed
+    lines of the restricted entries addressed to this subscriber (sorted), with
+    ``restricted_sha256`` the SHA-256 of ``line + "\\n"`` over them in that order.
+    """
+
+    version: int
+    key_epoch: int
+    hash_key: bytes
+    restricted: tuple[bytes, ...]
+    restricted_sha256: str
+
+
+def lines_sha256(lines: Iterable[bytes]) -> str:
+    """SHA-256 of ``line + "\\n"`` for each line, in order (hex)."""
+    h = hashlib.sha256()
+    for line in lines:
+        h.update(line)
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def box_payload(
+    version: int, key_epoch: int, hash_key: bytes, restricted: Iterable[bytes]
+) -> bytes:
+    """The plaintext of a box (before :func:`pad` and sealing): a header line, then lines."""
+    lines = sorted(restricted)
+    header = {
+        "hash_key": hash_key.hex(),
+        "key_epoch": key_epoch,
+        "restricted": {"entries": len(lines), "sha256": lines_sha256(lines)},
+        "spec": SITE_SPEC,
+        "type": "box",
+        "version": version,
+    }
+    head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode("ascii")
+    return b"\n".join([head, *lines]) + b"\n"
+
+
+def parse_box_payload(payload: bytes, *, version: int) -> BoxContents:
+    """Parse :func:`box_payload` strictly and check it is for ``version`` (FormatError)."""
+    if not payload.endswith(b"\n"):
+        raise FormatError("box payload must end with a newline")
+    head, *lines = payload[:-1].split(b"\n")
+    try:
+        header = json.loads(head)
+    except ValueError:
+        raise FormatError("box header is not JSON") from None
+    fields = {"hash_key", "key_epoch", "restricted", "spec", "type", "version"}
+    if not isinstance(header, dict) or set(header) != fields:
+        raise FormatError(f"box header must have exactly the fields {sorted(fields)}")
+    if header["type"] != "box" or header["spec"] != SITE_SPEC:
+        raise FormatError(f"box is not of site format {SITE_SPEC}")
+    if header["version"] != version or isinstance(header["version"], bool):
+        raise FormatError(f"box is for version {header['version']!r}, expected {version}")
+    epoch = header["key_epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise FormatError("box key_epoch must be a positive integer")
+    hash_key = _strict_hex(header["hash_key"], 32, "box hash_key")
+    restricted = header["restricted"]
+    if not isinstance(restricted, dict) or set(restricted) != {"entries", "sha256"}:
+        raise FormatError('box restricted must have exactly the fields "entries", "sha256"')
+    if restricted["entries"] != len(lines) or lines != sorted(lines):
+        raise FormatError("box restricted lines do not match their count or are not sorted")
+    digest = lines_sha256(lines)
+    if restricted["sha256"] != digest:
+        raise FormatError("box restricted lines do not match their digest")
+    for line in lines:
+        parse_sealed(line)
+    return BoxContents(version, epoch, hash_key, tuple(lines), digest)
