@@ -648,26 +648,33 @@ def _parse_record_slow(record: bytes) -> tuple[str, list[tuple[bytes, int]], boo
             keys.append((_key_bytes(value, eid, field), 0))
     related = obj.get("related")
     if related is not None:
-        if not isinstance(related, list):
-            raise FormatError(f"record {eid}: related must be a list")
-        for item in related:
-            if not isinstance(item, dict):
-                raise FormatError(f"record {eid}: related items must be objects")
-            if "id_number" in item:
-                raise FormatError(f"record {eid} carries a plaintext id_number")
-            role = item.get("role")
-            rel = _REL_INDEX.get(role) if isinstance(role, str) else None
-            if not rel:  # None, or 0 ("self" is not a role)
-                raise FormatError(f"record {eid}: unknown related role {role!r}")
-            value = item.get("id_key")
-            if value is not None:
-                keys.append((_key_bytes(value, eid, "related.id_key"), rel))
+        keys += _related_keys(related, eid)
     visibility = obj.get("visibility", "public")
     if visibility not in ("public", "restricted"):
         raise FormatError(f"record {eid}: unknown visibility {visibility!r}")
     if len(keys) > 1:
         keys = list(dict.fromkeys(keys))  # one person twice in one role: one index row
     return eid, keys, visibility == "restricted"
+
+
+def _related_keys(related: object, eid: str) -> list[tuple[bytes, int]]:
+    """The ``(key, rel)`` rows of a record's ``related`` member (slow path, exact errors)."""
+    if not isinstance(related, list):
+        raise FormatError(f"record {eid}: related must be a list")
+    keys: list[tuple[bytes, int]] = []
+    for item in related:
+        if not isinstance(item, dict):
+            raise FormatError(f"record {eid}: related items must be objects")
+        if "id_number" in item:
+            raise FormatError(f"record {eid} carries a plaintext id_number")
+        role = item.get("role")
+        rel = _REL_INDEX.get(role) if isinstance(role, str) else None
+        if not rel:  # None, or 0 ("self" is not a role)
+            raise FormatError(f"record {eid}: unknown related role {role!r}")
+        value = item.get("id_key")
+        if value is not None:
+            keys.append((_key_bytes(value, eid, "related.id_key"), rel))
+    return keys
 
 
 def _key_bytes(value: object, eid: str, field: str) -> bytes:
@@ -1862,6 +1869,48 @@ def _build_restricted(
     return {"restricted_entries": digest.count, "restricted_sha256": digest.sha.hexdigest()}
 
 
+def _drop_restricted(
+    conn: sqlite3.Connection,
+    codec: _Codec,
+    before: dict[str, int | None],
+    after: dict[str, int | None],
+) -> None:
+    """Delete the restricted partition in place, noting each entry as removed."""
+    for rid, eid, body in conn.execute(
+        "SELECT rid, entry_id, body FROM records WHERE part = 1"
+    ).fetchall():
+        record = codec.decode(body, eid)
+        before.setdefault(eid, _record_int(record))
+        after[eid] = None
+        _delete_row(conn, rid, record)
+
+
+def _put_restricted(
+    conn: sqlite3.Connection,
+    codec: _Codec,
+    *,
+    records: Iterable[bytes],
+    restricted_sha256: str | None,
+    last_rid: int,
+    before: dict[str, int | None],
+    after: dict[str, int | None],
+    version: int,
+) -> dict[str, object]:
+    """Insert a new restricted partition after ``last_rid``; returns its meta values.
+
+    :class:`DigestMismatch` if the records differ from ``restricted_sha256`` (the
+    caller's transaction is then rolled back).
+    """
+    digest, rows = _restricted_rows(codec, records, last_rid)
+    if restricted_sha256 is not None and digest.sha.hexdigest() != restricted_sha256.lower():
+        raise DigestMismatch(f"version {version}: restricted records do not match their digest")
+    _insert_rows(conn, rows, 1, "keys")
+    for _rid, eid, record, _body, _keys in rows:
+        before.setdefault(eid, None)
+        after[eid] = _record_int(record)
+    return {"restricted_entries": digest.count, "restricted_sha256": digest.sha.hexdigest()}
+
+
 def _replace_restricted(
     conn: sqlite3.Connection,
     codec: _Codec,
@@ -1873,22 +1922,119 @@ def _replace_restricted(
     version: int,
 ) -> dict[str, object]:
     """Swap the restricted partition in place (inside the caller's transaction)."""
-    for rid, eid, body in conn.execute(
-        "SELECT rid, entry_id, body FROM records WHERE part = 1"
-    ).fetchall():
-        record = codec.decode(body, eid)
-        before.setdefault(eid, _record_int(record))
-        after[eid] = None
-        _delete_row(conn, rid, record)
+    _drop_restricted(conn, codec, before, after)
     (last_rid,) = conn.execute("SELECT coalesce(max(rid), 0) FROM records").fetchone()
-    digest, rows = _restricted_rows(codec, records, last_rid)
-    if restricted_sha256 is not None and digest.sha.hexdigest() != restricted_sha256.lower():
-        raise DigestMismatch(f"version {version}: restricted records do not match their digest")
-    _insert_rows(conn, rows, 1, "keys")
-    for _rid, eid, record, _body, _keys in rows:
-        before.setdefault(eid, None)
-        after[eid] = _record_int(record)
-    return {"restricted_entries": digest.count, "restricted_sha256": digest.sha.hexdigest()}
+    return _put_restricted(
+        conn,
+        codec,
+        records=records,
+        restricted_sha256=restricted_sha256,
+        last_rid=last_rid,
+        before=before,
+        after=after,
+        version=version,
+    )
+
+
+_SELECT_ROW_SQL = "SELECT rid, part, body FROM records WHERE entry_id = ?"
+_INSERT_KEY_SQL = "INSERT INTO keys(k, rid, rel) VALUES (?, ?, ?)"
+_DELETE_KEY_SQL = "DELETE FROM keys WHERE k = ? AND rid = ? AND rel = ?"
+
+
+class _Delta:
+    """One delta's public operations, applied in place inside the caller's transaction.
+
+    Keeps what the result is checked against: the running ``state.sum`` (``total``) and
+    entry count, starting from the stored state, and the record hash of every touched
+    entry before and after (``None``: absent), from which the ChangeSet is derived.
+    """
+
+    __slots__ = ("after", "before", "codec", "conn", "count", "label", "next_rid", "total")
+
+    def __init__(self, conn: sqlite3.Connection, codec: _Codec, st: StoreState, label: str):
+        self.conn = conn
+        self.codec = codec
+        self.label = label  # "delta <from>-><to>", for messages
+        try:
+            self.total = int(st.state_sum, 16)
+        except ValueError:
+            raise StoreCorrupted("the stored state sum is malformed") from None
+        self.count = st.entries
+        self.before: dict[str, int | None] = {}
+        self.after: dict[str, int | None] = {}
+        self.next_rid = 0  # set once the restricted rows that go are gone
+
+    def put(self, record: bytes) -> None:
+        """Add or replace the public record ``record``."""
+        eid, keys, is_restricted = _parse_record(record)
+        if is_restricted:
+            raise FormatError(f"the delta puts restricted record {eid} in the public list")
+        conn = self.conn
+        row = conn.execute(_SELECT_ROW_SQL, (eid,)).fetchone()
+        body = self.codec.encode(record, eid)
+        if row is None:
+            self.before.setdefault(eid, None)
+            rid = self.next_rid
+            self.next_rid += 1
+            conn.execute(
+                "INSERT INTO records(rid, entry_id, part, body) VALUES (?, ?, 0, ?)",
+                (rid, eid, body),
+            )
+            new_keys = keys
+        else:
+            rid, part, old_body = row
+            if part != 0:
+                raise FormatError(f"the delta puts {eid}, a restricted entry here")
+            new_keys = self._replace(rid, eid, old_body, keys)
+            conn.execute("UPDATE records SET body = ? WHERE rid = ?", (body, rid))
+        if new_keys:
+            conn.executemany(_INSERT_KEY_SQL, [(k, rid, rel) for k, rel in new_keys])
+        new_int = _record_int(record)
+        self.total += new_int
+        self.count += 1
+        self.after[eid] = new_int
+
+    def _replace(
+        self, rid: int, eid: str, old_body: bytes, keys: list[tuple[bytes, int]]
+    ) -> list[tuple[bytes, int]]:
+        """Take the stored record of row ``rid`` out of the sums, and delete those of its
+        index rows the new record does not have; returns the new record's index rows
+        still to insert.
+
+        Only the index rows that differ are written: a revocation or a new amount keeps
+        every key, and rewriting them dirtied a random page of the key index per key
+        (most of a delta's WAL and commit time).
+        """
+        old_keys = _stored_keys(rid, self._remove(eid, old_body))
+        if old_keys == keys:
+            return []
+        same = set(old_keys).intersection(keys)
+        self.conn.executemany(
+            _DELETE_KEY_SQL, [(k, rid, rel) for k, rel in old_keys if (k, rel) not in same]
+        )
+        return [kr for kr in keys if kr not in same]
+
+    def _remove(self, eid: str, old_body: bytes) -> bytes:
+        """Take a stored public record out of the sum and count; returns its bytes."""
+        old = self.codec.decode(old_body, eid)
+        old_int = _record_int(old)
+        self.before.setdefault(eid, old_int)
+        self.total -= old_int
+        self.count -= 1
+        return old
+
+    def delete(self, arg: bytes, local_version: int) -> None:
+        """Remove the public entry ``arg`` names; :class:`DigestMismatch` if not held."""
+        eid = _op_entry_id(arg)
+        row = self.conn.execute(_SELECT_ROW_SQL, (eid,)).fetchone()
+        if row is None or row[1] != 0:
+            raise DigestMismatch(
+                f"{self.label} removes {eid}, which local version {local_version} does not "
+                "hold: this is not the delta's base"
+            )
+        rid, _part, old_body = row
+        _delete_row(self.conn, rid, self._remove(eid, old_body))
+        self.after[eid] = None
 
 
 def _apply_delta(
@@ -1911,118 +2057,44 @@ def _apply_delta(
         raise BaseVersionMismatch(
             f"delta from version {from_version}, but the local version is {st.version}"
         )
-    try:
-        total = int(st.state_sum, 16)
-    except ValueError:
-        raise StoreCorrupted("the stored state sum is malformed") from None
-    count = st.entries
-    before: dict[str, int | None] = {}  # record hash of each touched entry before the delta
-    after: dict[str, int | None] = {}
+    d = _Delta(conn, codec, st, f"delta {from_version}->{to_version}")
     if restricted is not None and st.restricted_entries:
         # Old restricted rows go first, so an entry can move between the partitions.
         # (Found by a scan of records: skipped when the state holds none, the usual case;
         # a count altered on disk is caught by verify(), which recounts the partition.)
-        for rid, eid, body in conn.execute(
-            "SELECT rid, entry_id, body FROM records WHERE part = 1"
-        ).fetchall():
-            record = codec.decode(body, eid)
-            before.setdefault(eid, _record_int(record))
-            after[eid] = None
-            _delete_row(conn, rid, record)
-    (next_rid,) = conn.execute("SELECT coalesce(max(rid), 0) + 1 FROM records").fetchone()
+        _drop_restricted(conn, codec, d.before, d.after)
+    (d.next_rid,) = conn.execute("SELECT coalesce(max(rid), 0) + 1 FROM records").fetchone()
+    put, delete = d.put, d.delete
     for op, arg in ops:
         if op == "P":
-            eid, keys, is_restricted = _parse_record(arg)
-            if is_restricted:
-                raise FormatError(f"the delta puts restricted record {eid} in the public list")
-            row = conn.execute(
-                "SELECT rid, part, body FROM records WHERE entry_id = ?", (eid,)
-            ).fetchone()
-            body = codec.encode(arg, eid)
-            new_keys = keys
-            if row is None:
-                before.setdefault(eid, None)
-                rid = next_rid
-                next_rid += 1
-                conn.execute(
-                    "INSERT INTO records(rid, entry_id, part, body) VALUES (?, ?, 0, ?)",
-                    (rid, eid, body),
-                )
-            else:
-                rid, part, old_body = row
-                if part != 0:
-                    raise FormatError(f"the delta puts {eid}, a restricted entry here")
-                old = codec.decode(old_body, eid)
-                old_int = _record_int(old)
-                before.setdefault(eid, old_int)
-                total -= old_int
-                count -= 1
-                # Only the index rows that differ are written: a revocation or a new
-                # amount keeps every key, and rewriting them dirtied a random page of
-                # the key index per key (most of a delta's WAL and commit time).
-                old_keys = _stored_keys(rid, old)
-                if old_keys != keys:
-                    same = set(old_keys).intersection(keys)
-                    conn.executemany(
-                        "DELETE FROM keys WHERE k = ? AND rid = ? AND rel = ?",
-                        [(k, rid, rel) for k, rel in old_keys if (k, rel) not in same],
-                    )
-                    new_keys = [kr for kr in keys if kr not in same]
-                else:
-                    new_keys = []
-                conn.execute("UPDATE records SET body = ? WHERE rid = ?", (body, rid))
-            if new_keys:
-                conn.executemany(
-                    "INSERT INTO keys(k, rid, rel) VALUES (?, ?, ?)",
-                    [(k, rid, rel) for k, rel in new_keys],
-                )
-            new_int = _record_int(arg)
-            total += new_int
-            count += 1
-            after[eid] = new_int
+            put(arg)
         elif op == "D":
-            eid = _op_entry_id(arg)
-            row = conn.execute(
-                "SELECT rid, part, body FROM records WHERE entry_id = ?", (eid,)
-            ).fetchone()
-            if row is None or row[1] != 0:
-                raise DigestMismatch(
-                    f"delta {from_version}->{to_version} removes {eid}, which local version "
-                    f"{st.version} does not hold: this is not the delta's base"
-                )
-            rid, _part, old_body = row
-            old = codec.decode(old_body, eid)
-            old_int = _record_int(old)
-            before.setdefault(eid, old_int)
-            total -= old_int
-            count -= 1
-            _delete_row(conn, rid, old)
-            after[eid] = None
+            delete(arg, st.version)
         else:
             raise FormatError(f"unknown delta operation {op!r}")
     rmeta: dict[str, object] = {}
     if restricted is not None:
-        digest, rows = _restricted_rows(codec, restricted, next_rid - 1)
-        if restricted_sha256 is not None and digest.sha.hexdigest() != restricted_sha256.lower():
-            raise DigestMismatch(
-                f"version {to_version}: restricted records do not match their digest"
-            )
-        _insert_rows(conn, rows, 1, "keys")
-        for _rid, eid, record, _body, _keys in rows:
-            before.setdefault(eid, None)
-            after[eid] = _record_int(record)
-        rmeta = {"restricted_entries": digest.count, "restricted_sha256": digest.sha.hexdigest()}
-    new_sum = f"{total % _SUM_MOD:064x}"
-    if new_sum != expected_sum or count != expected_entries:
+        rmeta = _put_restricted(
+            conn,
+            codec,
+            records=restricted,
+            restricted_sha256=restricted_sha256,
+            last_rid=d.next_rid - 1,
+            before=d.before,
+            after=d.after,
+            version=to_version,
+        )
+    new_sum = f"{d.total % _SUM_MOD:064x}"
+    if new_sum != expected_sum or d.count != expected_entries:
         raise DigestMismatch(
-            f"delta {from_version}->{to_version}: the resulting state ({count} entries) does "
-            f"not match the signed one ({expected_entries} entries); rolled back"
+            f"delta {from_version}->{to_version}: the resulting state ({d.count} entries) "
+            f"does not match the signed one ({expected_entries} entries); rolled back"
         )
     _write_meta(
         conn,
         {
             "version": to_version,
-            "entries": count,
+            "entries": d.count,
             "state_sha256": expected_sha256,
             "state_sum": new_sum,
             "manifest": bytes(manifest),
@@ -2031,7 +2103,7 @@ def _apply_delta(
             **rmeta,
         },
     )
-    return _changes(from_version, to_version, before, after)
+    return _changes(from_version, to_version, d.before, d.after)
 
 
 def _shrink_wal(conn: sqlite3.Connection) -> None:
@@ -2062,10 +2134,7 @@ def _stored_keys(rid: int, record: bytes) -> list[tuple[bytes, int]]:
 
 def _delete_keys(conn: sqlite3.Connection, rid: int, record: bytes) -> None:
     """Delete the index rows of a stored record."""
-    conn.executemany(
-        "DELETE FROM keys WHERE k = ? AND rid = ? AND rel = ?",
-        [(k, rid, rel) for k, rel in _stored_keys(rid, record)],
-    )
+    conn.executemany(_DELETE_KEY_SQL, [(k, rid, rel) for k, rel in _stored_keys(rid, record)])
 
 
 def _delete_row(conn: sqlite3.Connection, rid: int, record: bytes) -> None:
