@@ -937,9 +937,38 @@ def test_other_store_sees_swap_and_delta(cache: Path) -> None:
     wal = Path(f"{db_path(cache)}-wal")  # checkpointed and truncated despite the reader
     assert not wal.exists() or wal.stat().st_size == 0
     snapshot(writer, 3, v2)
-    time.sleep(0.06)  # a swapped CURRENT is noticed within 50 ms
-    assert reader.lookup([key("id", id_number(30))])[0].version == 3
+    # A swapped CURRENT is noticed by the pointer check, made every 50 ms, without
+    # refresh(): wait for it (a bounded wait, not a fixed sleep that a loaded machine
+    # could outlast).
+    deadline = time.monotonic() + 10
+    while reader.lookup([key("id", id_number(30))])[0].version != 3:
+        assert time.monotonic() < deadline, "the swap was not noticed"
+        time.sleep(0.01)
     assert reader.state() is not None
+
+
+def test_refresh_sees_a_pointer_moved_by_another_store(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """refresh() re-reads CURRENT at once; without it, a swap by another Store object is
+    seen only at the next periodic pointer check (made never here, to show the difference)."""
+    writer, reader = Store(cache), Store(cache)
+    v1 = base_records(6)
+    snapshot(writer, 1, v1)
+    state = reader.state()
+    assert state is not None and state.version == 1
+    monkeypatch.setattr(intercept_sdk._client.store, "_POINTER_CHECK_S", 3600.0)
+    snapshot(writer, 2, v1)
+    for _ in range(3):  # the reader still answers from the file it has open
+        assert reader.lookup([key("id", id_number(1))])[0].version == 1
+    reader.refresh()
+    st, hits = reader.lookup([key("id", id_number(1))])
+    assert st.version == 2 and [h.entry_id for h in hits] == ["E00001"]
+    state = reader.state()
+    assert state is not None and state.version == 2
+    reader.close()
+    with pytest.raises(StoreError, match="closed"):
+        reader.refresh()
 
 
 def test_lookup_redone_when_a_write_lands_between_its_reads(
@@ -1023,7 +1052,8 @@ def crash_content(version: int) -> list[bytes]:
 
 
 def _child_crash_writer(path: str) -> None:
-    """Writes versions forever (deltas, and every fourth one a full snapshot)."""
+    """Writes versions forever (deltas, and every fourth one a full snapshot), printing
+    ``committed <version>`` after each."""
     print("ready", flush=True)
     sys.stdin.readline()  # the parent says when: imports overlap the previous round
     store = Store(Path(path))
@@ -1037,6 +1067,7 @@ def _child_crash_writer(path: str) -> None:
             snapshot(store, v + 1, crash_content(v + 1))
         else:
             delta(store, crash_content(v), crash_content(v + 1), v, v + 1)
+        print("committed", v + 1, flush=True)
 
 
 def _run_child(func: str, *args: str) -> subprocess.Popen[bytes]:
@@ -1062,13 +1093,20 @@ def _crash_loop(cache: Path, iterations: int) -> None:
     seen_versions = set()
     snapshot(Store(cache), 1, crash_content(1))
     upcoming = _run_child("_child_crash_writer", str(cache))
-    for _ in range(iterations):
+    for i in range(iterations):
         proc = upcoming
         assert proc.stdin is not None and proc.stdout is not None
         assert proc.stdout.readline() == b"ready\n", proc.communicate()[1].decode()
         proc.stdin.write(b"go\n")
         proc.stdin.flush()
         upcoming = _run_child("_child_crash_writer", str(cache))
+        if i % 2:
+            # Every other round waits until this writer has committed a version, however
+            # slow the machine: the kill then lands in a later write, and the versions
+            # provably move on (seen_versions below). The other rounds kill at any moment
+            # from the start, including while the writer opens (and recovers) the file.
+            line = proc.stdout.readline()
+            assert line.startswith(b"committed "), proc.communicate()[1].decode()
         time.sleep(rng.uniform(0.0, 0.4))
         assert proc.poll() is None, proc.communicate()[1].decode()
         proc.send_signal(signal.SIGKILL)
