@@ -439,6 +439,8 @@ _PARSE_CASES = [
     b'{"entry_id":"E\\u0031"}',
     b'{"entry_id":"E1","entry_id":"E2"}',
     b'{"entry_id":"E1\\n"}',
+    b'{"entry_id":"E1","id_key":"' + b"a" * 32 + b'\\n"}',  # anchors: no final newline
+    b'{"entry_id":"E1","related":[{"role":"director\\n"}]}',
     b'{"entry_id":"-E1"}',
     b'{"entry_id":"' + b"E" * 65 + b'"}',
     b'{"entry_id":1}',

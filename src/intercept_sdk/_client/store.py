@@ -548,9 +548,10 @@ class Hit:
 
 
 # The fast path of _parse_record: pydantic-core checks, in Rust, everything the store
-# relies on (the patterns are anchored, as ``fullmatch`` is); a record it rejects goes
-# through the slow path below, which accepts a superset of these (null keys, say) and
-# words a precise error.
+# relies on (the patterns are anchored, as ``fullmatch`` is: in Rust's regex ``$`` is the
+# end of the text, never before a final newline as in Python's ``re``; a test checks it);
+# a record it rejects goes through the slow path below, which accepts a superset of these
+# (null keys, say) and words a precise error.
 _KeyHex = Annotated[str, pydantic.StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 # The roles of RELATIONS ("self" is not a role), as one anchored alternation.
 _Role = Annotated[
