@@ -598,7 +598,12 @@ def test_local_rollback_of_the_cache_is_refused(env: Env) -> None:
     (older,) = [n.name for n in cache.glob("list-1-*.sqlite")]
     assert older != current
     (cache / "CURRENT").write_text(older + "\n")
-    time.sleep(0.1)  # the store notices a moved pointer within 50 ms
+    # The client's store notices a moved pointer at its next check (every 50 ms): wait
+    # for that (status() reads the pointed-at state without judging it), however slow.
+    deadline = time.monotonic() + 10
+    while env.client.status().list_version != 1:
+        assert time.monotonic() < deadline, "the moved pointer was not noticed"
+        time.sleep(0.01)
     with pytest.raises(StoreCorrupted, match="rolled back"):
         check(env.client, "P2")
     with pytest.raises(StoreCorrupted):

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -29,7 +30,7 @@ import httpx
 import pytest
 
 from intercept_sdk._client.client import AsyncClient, Client, WatchChange
-from intercept_sdk._client.decisions import Person
+from intercept_sdk._client.decisions import Entity, Person
 from intercept_sdk._client.fetch import RetryPolicy
 from intercept_sdk._exceptions import (
     DigestMismatch,
@@ -225,7 +226,7 @@ def test_cache_that_failed_verify_is_replaced_at_the_same_version(env: Env) -> N
     db = cache / (cache / "CURRENT").read_text().strip()
     with contextlib.closing(sqlite3.connect(db)) as conn:
         zdict = conn.execute("SELECT v FROM meta WHERE k = 'zstd_dict'").fetchone()[0]
-        codec = _Codec(zdict, "zstd")
+        codec = _Codec(zdict)
         rid, body = conn.execute(
             "SELECT rid, body FROM records WHERE entry_id = ?", (a["entry_id"],)
         ).fetchone()
@@ -250,6 +251,76 @@ def test_cache_that_failed_verify_is_replaced_at_the_same_version(env: Env) -> N
     assert action(client, a) == "block"
     assert client.verify().version == 1
     assert client.sync().mode == "none"  # repaired: back to conditional requests
+
+
+def _decisions(client: Client, subjects: list[Person | Entity]) -> list[tuple[str, ...]]:
+    out = []
+    for subject in subjects:
+        for measure in (MEASURE, "travel.rail_premium"):
+            d = client.check(subject, measure)
+            out.append((d.action, *sorted(f"{m.entry_id}:{m.relation}" for m in d.matches)))
+    return out
+
+
+@pytest.mark.parametrize("schema", [1, 3])
+def test_cache_of_another_schema_is_refused_then_rebuilt_by_the_next_sync(
+    env: Env, schema: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache written by another SDK version: its store schema marker is rewritten in
+    the real file (1: the schema before zstd-only bodies; 3: a newer SDK's). A restarted
+    client never reads it: checks raise NeverSynced, status() shows no list, one warning
+    says why; the next sync rebuilds it from the snapshot, and every decision is right
+    at once (the same as before: listed, revoked, related, restricted, not listed)."""
+    p = env.platform
+    listed = p.add_person(publish=False)
+    revoked = p.add_person(publish=False)
+    rep_id = p.person_entry()["id_number"]
+    company = p.add_entity(
+        related=[{"role": "legal_rep", "name": "李四", "id_number": rep_id}], publish=False
+    )
+    secret = p.add_person(visibility="restricted", audience=[p.subscriber_id], publish=False)
+    p.publish()  # v1
+    p.revoke(revoked["entry_id"])  # v2
+    stranger = p.person_entry()["id_number"]
+    subjects: list[Person | Entity] = [
+        person(listed),
+        person(revoked),
+        person(secret),
+        Person(rep_id),
+        Entity(uscc=company["uscc"]),
+        Person(stranger),
+    ]
+    first = env.client()
+    assert first.sync().to_version == 2
+    before = _decisions(first, subjects)
+    assert [d[0] for d in before[::2]] == ["block", "allow", "block", "block", "block", "allow"]
+    cache = Path(first.status().cache_dir)
+    first.close()
+    db = cache / (cache / "CURRENT").read_text().strip()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute(f"PRAGMA user_version = {schema}")
+
+    with caplog.at_level(logging.WARNING, logger="intercept_sdk"):
+        restarted = env.client(cache_dir=cache)
+        for _ in range(3):
+            with pytest.raises(NeverSynced):
+                action(restarted, listed)
+        assert restarted.status().list_version is None
+        with pytest.raises(NeverSynced):
+            restarted.verify()
+    told = [r.getMessage() for r in caplog.records if f"store schema {schema}" in r.getMessage()]
+    assert len(told) == 1, told  # once, not on every check
+    assert "next sync rebuilds it" in told[0]
+    assert db.exists()  # nothing is deleted before the snapshot replaces it
+
+    env.recorder.seen.clear()
+    result = restarted.sync()
+    assert (result.mode, result.from_version, result.to_version) == ("snapshot", None, 2)
+    assert any("/snapshots/" in path for path in env.recorder.paths())
+    assert _decisions(restarted, subjects) == before
+    assert restarted.verify().version == 2
+    assert not db.exists()  # the file of the other schema is not kept as the previous one
+    assert restarted.sync().mode == "none"
 
 
 def test_damaged_local_copy_falls_back_to_snapshot(env: Env) -> None:

@@ -633,7 +633,7 @@ def _tamper_record(cache: Path, rng: random.Random) -> str:
     conn = sqlite3.connect(_db(cache))
     try:
         zdict = conn.execute("SELECT v FROM meta WHERE k = 'zstd_dict'").fetchone()[0]
-        codec = _Codec(zdict, "zstd")
+        codec = _Codec(zdict)
         rows = conn.execute("SELECT rid, entry_id, body FROM records WHERE part = 0").fetchall()
         rid, eid, body = rng.choice([r for r in rows if r[1] in ("E00000",)] or rows)
         record = codec.decode(body, eid)

@@ -521,10 +521,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: global options, then one builder per command group (the
+    order of the calls is the order ``--help`` lists the commands in)."""
     p = _Parser(prog="intercept-sdk", description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("-v", "--verbose", action="store_true", help="log to stderr (INFO)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_platform_commands(sub)
+    _add_subscriber_commands(sub)
+    _add_client_commands(sub)
+    _add_record_commands(sub)
+    _add_tool_commands(sub)
+    return p
 
+
+def _add_platform_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """The platform's side: keys, root rotation, publishing, the reference server."""
     s = sub.add_parser("keygen", help="create platform keys and root metadata v1")
     s.add_argument("--keys", required=True)
     s.add_argument("--signers", type=int, default=1, help="root signers (default 1)")
@@ -564,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--verbose-access", dest="verbose", action="store_true", help="access log")
     s.set_defaults(func=cmd_serve)
 
+
+def _add_subscriber_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """A subscriber's key pairs, and their registration with the platform."""
     s = sub.add_parser("subscriber", help="subscriber keys and registration")
     ss = s.add_subparsers(dest="subscriber_command", required=True, parser_class=_Parser)
     k = ss.add_parser("keygen", help="make a subscriber's key pairs")
@@ -576,6 +590,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--keys", required=True, help="the platform's keys directory")
     a.set_defaults(func=cmd_subscriber_add)
 
+
+def _add_client_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """The unit's side: sync, decisions (check, screen, watch), status and verify; each
+    takes the client configuration (flags or environment, see :func:`_client_args`)."""
     s = sub.add_parser("sync", help="bring the local list up to date")
     _client_args(s)
     s.add_argument("--quiet", action="store_true")
@@ -621,6 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--json", action="store_true")
         s.set_defaults(func=func)
 
+
+def _add_record_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """What the unit keeps and sends: the audit log, feedback reports."""
     s = sub.add_parser("audit", help="audit log operations")
     au = s.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
     v = au.add_parser("verify", help="check the audit log's hash chains")
@@ -639,6 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--upload", action="store_true", help="also queue the summary as a report")
     s.set_defaults(func=cmd_reports)
 
+
+def _add_tool_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """Reference material and the end-to-end demo."""
     s = sub.add_parser("measures", help="the measure catalog")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_measures)
@@ -647,7 +671,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="where to keep the demo files (default: a new temp dir)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,6 +33,11 @@ On-disk layout (``cache_dir``)::
     LOCK                             flock(2) that serialises writers across processes
     DAMAGED                          names a file that failed verify(): the next sync replaces it
 
+Each database file carries the store schema in ``PRAGMA user_version``. A file of another
+schema (written by an older or newer SDK) is never read: reads raise
+:class:`NeverSynced` (``state()`` is ``None``), a warning is logged once, and the next
+sync replaces it with a snapshot (see ``_other_schema`` for why not StoreCorrupted).
+
 The design decision, with measurements, is in ``docs/decisions/0001-storage-sqlite.md``.
 """
 
@@ -53,7 +58,6 @@ import sqlite3
 import threading
 import time
 import weakref
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +107,12 @@ _LOCK = "LOCK"
 _DB_RE = re.compile(r"list-(\d{1,18})-([0-9a-f]{16})\.sqlite")
 _BUILD_PREFIX = ".build-"
 _APPLICATION_ID = 0x49435054  # "ICPT": a foreign SQLite file is refused
-_SCHEMA_VERSION = 1
+# The store schema: ``PRAGMA user_version`` of every list file (``application_id`` says
+# the file is ours at all). Bumped whenever another SDK version could misread a file:
+# 2 = bodies in zstd forms 3-4 only, dictionary in meta ``zstd_dict``; 1 = files of the
+# unreleased 0.1/0.2 development versions (deflate bodies and meta ``zdict`` possible).
+# A file of another schema is never read: see _other_schema().
+_SCHEMA_VERSION = 2
 _POINTER_CHECK_S = 0.05  # a swapped CURRENT is noticed within 50 ms
 _PARAM_CHUNK = 500  # well below SQLite's bound-parameter limit
 _SMALL_LOOKUP = 16  # lookup() with more keys goes through the batch path
@@ -135,22 +144,24 @@ CREATE TABLE keys(
 # ---------------------------------------------------------------------------------------
 # A record is ~600-900 bytes of canonical JSON, mostly Chinese text and fixed key names.
 # Each body is compressed on its own (a lookup decodes one record, not a block), which
-# only pays off with a preset dictionary. Measured on 1M realistic records (see the
-# decision record), three steps bring a body from ~770 to ~159 bytes:
+# only pays off with a dictionary (decision 0008): Zstandard at level 3 with a 32 KiB
+# dictionary that zstd's own trainer builds from the head of the first snapshot (reused
+# by later snapshots, so bodies stay comparable). Before compressing, the record's
+# ``"entry_id":"<id>",`` member is replaced by the byte 0x03 (the id is in its own
+# column); JSON text never holds a raw 0x03, and a record that does anyway is stored
+# unmarked (form 4). Measured on 20,000 records here: 4-6 us and 141 bytes per record.
+# No frame checksum or dictionary id: the signed digests cover every record, and the
+# file names its one dictionary (meta ``zstd_dict``).
 #
-# 1. Transcode UTF-8 (3 bytes per Chinese character) to GB18030 (2 bytes, ASCII as is),
-#    a bijective encoding of all of Unicode (the tests check every code point), so
-#    decoding gives back the exact UTF-8 bytes. Invalid UTF-8 is stored as is (form 2).
-# 2. Replace, in the pure-ASCII parts, ``"id_key":"<32 hex>"`` by 0x01 + 16 raw bytes,
-#    ``"org_key":"<32 hex>"`` by 0x02 + 16 raw bytes, and ``"entry_id":"<id>",`` by 0x03
-#    (the id is in its own column). JSON text never holds raw bytes 0x01-0x03, so the
-#    markers are unambiguous; a record holding one anyway is stored in form 2.
-# 3. Raw deflate with a per-file dictionary: ~29 KiB of transformed sample records from
-#    the first snapshot (reused by later snapshots so bodies stay comparable) followed
-#    by the fixed skeleton below. Deflate then encodes the JSON skeleton, court names and
-#    formulaic legal phrases as back-references.
+# With too few records to train on (a small list), the dictionary is raw content
+# instead: sample records followed by the fixed skeleton below. Its text is the
+# GB18030 encoding with 0x01/0x02 standing for the key members, as an older codec used
+# it; re-encoded as UTF-8 it measured the same (187-192 bytes per body on 2,000
+# synthetic records with 50-900 samples), so its bytes were left as they are.
 #
-# The first byte of a body names its form, so the scheme can evolve file by file.
+# The first byte of a body names its form. Forms 0-2 (raw, and raw deflate with a
+# preset dictionary, files before 0.2) are gone with store schema 1: a file of another
+# schema is never decoded (see ``_check_file``), so a body of any other form is corrupt.
 _ZDICT_STATIC = (
     # roles and measure codes of targeted or restricted entries
     '"role":"principal"},{"id_masked":"**********","name":"","role":"director"}'
@@ -182,28 +193,14 @@ _ZDICT_STATIC = (
     '"severity":1,"situation":,"status":"active","subject_type":"person",'
     '"unperformed_amount":"","visibility":"public"}'
 ).encode("gb18030")
-_ZDICT_MAX = 31744  # trained samples + static part; + a record still fits the window
+_ZDICT_MAX = 31744  # a raw-content dictionary: samples + static part, at most this
 _TRAIN_RECORDS = 2048  # head of the first snapshot the samples are drawn from
-_TRAIN_SAMPLES = 64
-_LEVEL = 6  # level 9 saves ~2 bytes per record at a third more CPU
-_WBITS = -15  # raw deflate, 32 KiB window: dictionary + a record fit in it
-_MEMLEVEL = 8
+_TRAIN_SAMPLES = 64  # records of a raw-content dictionary, spread over the samples
 
-_F_RAW = 0  # the record as is
-_F_GB = 1  # deflate(zdict) of the marked-up GB18030 transcoding (steps 1-3), before 0.2
-_F_UTF8 = 2  # deflate(zdict) of the record bytes as they are (fallback), before 0.2
 _F_ZMARK = 3  # zstd(dict) of the UTF-8 record, its entry_id member replaced by 0x03
 _F_ZUTF8 = 4  # zstd(dict) of the record bytes as they are (fallback)
 _ZMARK_HEAD = bytes((_F_ZMARK,))
 
-# Files built since 0.2 (decision 0008) keep only the entry_id part of step 2 and
-# replace step 3 by Zstandard at level 3 with a 32 KiB dictionary trained (zstd's own
-# trainer) on the head of the first snapshot. Measured on 20,000 records here: 4-6 us
-# and 141 bytes per record, against 47 us and 137 bytes for deflate with its preset
-# dictionary (copied for every record). GB18030 and raw keys would save ~6 bytes but
-# cost ~7 us to encode and ~10 us on every decode (the check path). No frame checksum or
-# dictionary id: the signed digests cover every record, and the file names its one
-# dictionary.
 _ZSTD_DICT_SIZE = 32768
 _ZSTD_TRAIN_MIN = 1000  # fewer samples than this: a raw-content dictionary instead
 _ZSTD_DICT_MAGIC = b"\x37\xa4\x30\xec"
@@ -213,58 +210,38 @@ _ZSTD_OPTIONS = {
     zstd.CompressionParameter.dict_id_flag: 0,
 }
 
-_MARKUP_RE = re.compile(rb'"(id_key|org_key)":"([0-9a-f]{32})"')
-_MARKER = {b"id_key": b"\x01", b"org_key": b"\x02"}
-_MARKER_RE = re.compile(rb"[\x01-\x03]")
-
-
-def _markup(match: re.Match[bytes]) -> bytes:
-    return _MARKER[match.group(1)] + bytes.fromhex(match.group(2).decode("ascii"))
-
 
 class _Codec:
     """Encodes record bytes into a stored body and back, exactly (see the notes above).
 
-    ``kind`` is ``"zstd"`` for files built by this version (a Zstandard dictionary,
-    trained on the file's first records) or ``"deflate"`` for files built before it
-    (decision 0008); both decode, and a file only ever holds bodies of its own kind, so
-    a body form of the other kind is refused as corrupt.
+    One codec per database file, made from the file's dictionary: the same dictionary
+    gives the same body bytes for the same record (snapshot diffs compare bodies as
+    stored). :class:`StoreCorrupted` for an unusable dictionary or an undecodable body.
     """
 
-    __slots__ = ("_base", "_ddict", "_native", "kind", "trained", "zdict")
-    _native: _NativeDict | None  # set by the first zstd decode (see _NativeDict)
+    __slots__ = ("_base", "_ddict", "_native", "trained", "zdict")
+    _native: _NativeDict | None  # set by the first decode (see _NativeDict)
 
-    def __init__(self, zdict: bytes, kind: str = "zstd") -> None:
+    def __init__(self, zdict: bytes) -> None:
         self.zdict = zdict
-        self.kind = kind
-        self._base: Any = None
-        self._ddict: Any = None
-        if kind == "deflate":
-            self._base = zlib.compressobj(
-                _LEVEL, zlib.DEFLATED, _WBITS, _MEMLEVEL, zlib.Z_DEFAULT_STRATEGY, zdict
-            )
-            self.trained = len(zdict) >= _ZDICT_MAX - 2048
-        elif kind == "zstd":
-            self.trained = zdict[:4] == _ZSTD_DICT_MAGIC
-            try:
-                zd = zstd.ZstdDict(zdict, is_raw=not self.trained)
-                self._ddict = zd.as_digested_dict
-                self._base = zstd.ZstdCompressor(options=_ZSTD_OPTIONS, zstd_dict=self._ddict)
-            except (zstd.ZstdError, ValueError, TypeError) as exc:
-                raise StoreCorrupted(f"the compression dictionary is unusable: {exc}") from None
-        else:
-            raise StoreCorrupted(f"unknown body codec {kind!r}")
+        self.trained = zdict[:4] == _ZSTD_DICT_MAGIC
+        try:
+            zd = zstd.ZstdDict(zdict, is_raw=not self.trained)
+            self._ddict: Any = zd.as_digested_dict
+            self._base: Any = zstd.ZstdCompressor(options=_ZSTD_OPTIONS, zstd_dict=self._ddict)
+        except (zstd.ZstdError, ValueError, TypeError) as exc:
+            raise StoreCorrupted(f"the compression dictionary is unusable: {exc}") from None
 
     def same_as(self, other: _Codec) -> bool:
         """Whether ``other`` encodes every record to the same body bytes as this one."""
-        return self.kind == other.kind and self.zdict == other.zdict
+        return self.zdict == other.zdict
 
     @staticmethod
     def train(samples: Sequence[bytes]) -> _Codec:
-        """A Zstandard codec whose dictionary is trained on ``samples`` (transformed).
+        """A codec whose dictionary is trained on ``samples`` (marked up as encoded).
 
         With too few samples to train on (a small list), the dictionary is raw content
-        instead: transformed samples followed by the fixed skeleton, as for deflate.
+        instead: samples spread over ``samples``, followed by the fixed skeleton.
         """
         marked_samples = [r for r in samples if _mark(r) is not None]
         if len(marked_samples) >= _ZSTD_TRAIN_MIN:
@@ -287,15 +264,13 @@ class _Codec:
 
     def encode(self, record: bytes, entry_id: str) -> bytes:
         """The stored body of ``record`` (whose entry_id is ``entry_id``)."""
-        if self.kind == "zstd":
-            marked = _mark(record, entry_id)
-            fmt = _F_ZMARK if marked is not None else _F_ZUTF8
-            data = record if marked is None else marked
-            # One compressor per codec (making one costs ~10 us): only writers encode,
-            # one at a time under the store's write lock (the compressor locks too).
-            out: bytes = self._base.compress(data, zstd.ZstdCompressor.FLUSH_FRAME)
-            return bytes((fmt,)) + out
-        return self._encode_deflate(record, entry_id)
+        marked = _mark(record, entry_id)
+        fmt = _F_ZMARK if marked is not None else _F_ZUTF8
+        data = record if marked is None else marked
+        # One compressor per codec (making one costs ~10 us): only writers encode,
+        # one at a time under the store's write lock (the compressor locks too).
+        out: bytes = self._base.compress(data, zstd.ZstdCompressor.FLUSH_FRAME)
+        return bytes((fmt,)) + out
 
     def encode_parsed(self, record: bytes, entry_id: str) -> bytes:
         """:meth:`encode` of a record :func:`_parse_record` accepted (the build's path).
@@ -303,70 +278,46 @@ class _Codec:
         Such a record is JSON, which has no raw bytes 0x00-0x1f, so it holds no marker
         byte and the check :func:`_mark` makes is skipped (~1 us of a 1M-record build).
         """
-        if self.kind != "zstd":
-            return self.encode(record, entry_id)
         marked = record.replace(b'"entry_id":"' + entry_id.encode("ascii") + b'",', b"\x03", 1)
         out: bytes = self._base.compress(marked, zstd.ZstdCompressor.FLUSH_FRAME)
         return _ZMARK_HEAD + out
-
-    def _encode_deflate(self, record: bytes, entry_id: str) -> bytes:
-        marked = _transform(record, entry_id)
-        if marked is not None:
-            fmt = _F_GB
-        else:
-            fmt, marked = _F_UTF8, record
-        c = self._base.copy()
-        deflated: bytes = c.compress(marked) + c.flush()
-        return bytes((fmt,)) + deflated
 
     def decode(self, body: bytes, entry_id: str) -> bytes:
         """The exact record bytes of ``body``; :class:`StoreCorrupted` if undecodable."""
         if not body:
             raise StoreCorrupted(f"stored record {entry_id} is empty")
         fmt = body[0]
-        if fmt == _F_ZMARK and self.kind == "zstd":  # the hot path: straight to libzstd
+        if fmt == _F_ZMARK:  # the hot path (every check hit): straight to libzstd
             try:
                 native = self._native
             except AttributeError:  # first decode with this codec
                 native = self._native = _NativeDict.of(self)
             out = None if native is None else native.decompress(body)
-            if out is not None:
-                return out.replace(b"\x03", b'"entry_id":"' + entry_id.encode("ascii") + b'",')
-        try:
-            if fmt == _F_ZMARK:
-                return self._inflate(body).replace(
-                    b"\x03", b'"entry_id":"' + entry_id.encode("ascii") + b'",'
-                )
-            if fmt == _F_GB:
-                return _unmark(self._inflate(body), entry_id).decode("gb18030").encode("utf-8")
-            if fmt in (_F_ZUTF8, _F_UTF8):
-                return self._inflate(body)
-            if fmt == _F_RAW:
-                return body[1:]
-        except (zlib.error, zstd.ZstdError, UnicodeError) as exc:
-            raise StoreCorrupted(f"stored record {entry_id} cannot be decoded: {exc}") from None
+            if out is None:
+                out = self._inflate_checked(body, entry_id)
+            return out.replace(b"\x03", b'"entry_id":"' + entry_id.encode("ascii") + b'",')
+        if fmt == _F_ZUTF8:
+            return self._inflate(body, entry_id)
         raise StoreCorrupted(f"stored record {entry_id} has unknown body form {fmt}")
 
-    def _inflate(self, body: bytes) -> bytes:
-        fmt = body[0]
-        if (fmt in (_F_ZMARK, _F_ZUTF8)) != (self.kind == "zstd"):
-            raise StoreCorrupted("a stored record body is of another codec than its file")
-        if self.kind == "zstd":
-            native: _NativeDict | None
-            try:
-                native = self._native
-            except AttributeError:  # first decode with this codec
-                native = self._native = _NativeDict.of(self)
-            if native is not None:
-                out = native.decompress(body)
-                if out is not None:
-                    return out
+    def _inflate(self, body: bytes, entry_id: str) -> bytes:
+        """The frame after the form byte, by the one-shot path where it applies."""
+        try:
+            native = self._native
+        except AttributeError:  # first decode with this codec
+            native = self._native = _NativeDict.of(self)
+        if native is not None:
+            out = native.decompress(body)
+            if out is not None:
+                return out
+        return self._inflate_checked(body, entry_id)
+
+    def _inflate_checked(self, body: bytes, entry_id: str) -> bytes:
+        """:meth:`_inflate_object` with zstd's errors as :class:`StoreCorrupted`."""
+        try:
             return self._inflate_object(body)
-        d = zlib.decompressobj(_WBITS, zdict=self.zdict)
-        inflated: bytes = d.decompress(memoryview(body)[1:], _MAX_RECORD)
-        if not d.eof or d.unused_data or d.unconsumed_tail:
-            raise StoreCorrupted("a stored record body is truncated or malformed")
-        return inflated
+        except zstd.ZstdError as exc:
+            raise StoreCorrupted(f"stored record {entry_id} cannot be decoded: {exc}") from None
 
     def _inflate_object(self, body: bytes) -> bytes:
         """A zstd body through the Python API (a new decompressor per frame)."""
@@ -529,50 +480,13 @@ class _NativeDict:
         return bytes(ctx.view[:size])
 
 
-def _unmark(marked: bytes, entry_id: str) -> bytes:
-    """Undo step 2: scan markers left to right (a key's 16 raw bytes are skipped whole)."""
-    out: list[bytes] = []
-    pos = 0
-    search = _MARKER_RE.search
-    while (m := search(marked, pos)) is not None:
-        i = m.start()
-        out.append(marked[pos:i])
-        marker = marked[i]
-        if marker == 3:
-            out.append(b'"entry_id":"' + entry_id.encode("ascii") + b'",')
-            pos = i + 1
-        else:
-            raw = marked[i + 1 : i + 17]
-            if len(raw) != 16:
-                raise StoreCorrupted(f"stored record {entry_id} has a truncated key")
-            out.append(b'"id_key":"' if marker == 1 else b'"org_key":"')
-            out.append(raw.hex().encode("ascii") + b'"')
-            pos = i + 17
-    out.append(marked[pos:])
-    return b"".join(out)
-
-
-def _transform(record: bytes, entry_id: str | None = None) -> bytes | None:
-    """Steps 1 and 2 of the codec, or ``None`` if the record must be stored as UTF-8."""
-    try:
-        # GB18030 maps every code point and back; tests check the whole range once.
-        gb = record.decode("utf-8").encode("gb18030")
-    except UnicodeError:
-        return None
-    if b"\x01" in gb or b"\x02" in gb or b"\x03" in gb:  # the markers must be unambiguous
-        return None
-    if entry_id is not None:
-        gb = gb.replace(b'"entry_id":"' + entry_id.encode("ascii") + b'",', b"\x03", 1)
-    return _MARKUP_RE.sub(_markup, gb)
-
-
 def _mark(record: bytes, entry_id: str | None = None) -> bytes | None:
-    """Form 3's markup: the entry_id member becomes 0x03 (``None``: a marker byte is there).
+    """Form 3's markup: the entry_id member becomes 0x03 (``None``: a 0x03 is there).
 
     Keys are left as hex: zstd codes them as compactly as raw bytes would be (measured:
-    141 bytes per body as is, 145 with step 2), and decoding is then one ``replace``.
+    141 bytes per body as is, 145 as raw bytes), and decoding is then one ``replace``.
     """
-    if b"\x01" in record or b"\x02" in record or b"\x03" in record:
+    if b"\x03" in record:
         return None
     if entry_id is None:
         return record
@@ -634,9 +548,10 @@ class Hit:
 
 
 # The fast path of _parse_record: pydantic-core checks, in Rust, everything the store
-# relies on (the patterns are anchored, as ``fullmatch`` is); a record it rejects goes
-# through the slow path below, which accepts a superset of these (null keys, say) and
-# words a precise error.
+# relies on (the patterns are anchored, as ``fullmatch`` is: in Rust's regex ``$`` is the
+# end of the text, never before a final newline as in Python's ``re``; a test checks it);
+# a record it rejects goes through the slow path below, which accepts a superset of these
+# (null keys, say) and words a precise error.
 _KeyHex = Annotated[str, pydantic.StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 # The roles of RELATIONS ("self" is not a role), as one anchored alternation.
 _Role = Annotated[
@@ -734,26 +649,33 @@ def _parse_record_slow(record: bytes) -> tuple[str, list[tuple[bytes, int]], boo
             keys.append((_key_bytes(value, eid, field), 0))
     related = obj.get("related")
     if related is not None:
-        if not isinstance(related, list):
-            raise FormatError(f"record {eid}: related must be a list")
-        for item in related:
-            if not isinstance(item, dict):
-                raise FormatError(f"record {eid}: related items must be objects")
-            if "id_number" in item:
-                raise FormatError(f"record {eid} carries a plaintext id_number")
-            role = item.get("role")
-            rel = _REL_INDEX.get(role) if isinstance(role, str) else None
-            if not rel:  # None, or 0 ("self" is not a role)
-                raise FormatError(f"record {eid}: unknown related role {role!r}")
-            value = item.get("id_key")
-            if value is not None:
-                keys.append((_key_bytes(value, eid, "related.id_key"), rel))
+        keys += _related_keys(related, eid)
     visibility = obj.get("visibility", "public")
     if visibility not in ("public", "restricted"):
         raise FormatError(f"record {eid}: unknown visibility {visibility!r}")
     if len(keys) > 1:
         keys = list(dict.fromkeys(keys))  # one person twice in one role: one index row
     return eid, keys, visibility == "restricted"
+
+
+def _related_keys(related: object, eid: str) -> list[tuple[bytes, int]]:
+    """The ``(key, rel)`` rows of a record's ``related`` member (slow path, exact errors)."""
+    if not isinstance(related, list):
+        raise FormatError(f"record {eid}: related must be a list")
+    keys: list[tuple[bytes, int]] = []
+    for item in related:
+        if not isinstance(item, dict):
+            raise FormatError(f"record {eid}: related items must be objects")
+        if "id_number" in item:
+            raise FormatError(f"record {eid} carries a plaintext id_number")
+        role = item.get("role")
+        rel = _REL_INDEX.get(role) if isinstance(role, str) else None
+        if not rel:  # None, or 0 ("self" is not a role)
+            raise FormatError(f"record {eid}: unknown related role {role!r}")
+        value = item.get("id_key")
+        if value is not None:
+            keys.append((_key_bytes(value, eid, "related.id_key"), rel))
+    return keys
 
 
 def _key_bytes(value: object, eid: str, field: str) -> bytes:
@@ -841,25 +763,46 @@ def _connect(path: Path, *, mode: str, timeout: float = 10.0) -> sqlite3.Connect
     )
 
 
+def _other_schema(schema: object) -> NeverSynced:
+    """The error for a list file of another store schema (an older or newer SDK's).
+
+    :class:`NeverSynced`, not :class:`StoreCorrupted`: nothing is wrong with the file and
+    nobody tampered with it; this SDK version just holds no list it can read, which is
+    exactly the state before a first sync, and is repaired the same way: the next sync
+    stores the snapshot (a delta needs a readable base), while ``applied_version`` keeps
+    bounding rollback. It fails closed like StoreCorrupted (no decision is made), but it
+    does not mark the file as damaged, nor make ``state()``/``status()`` report tampering
+    after an ordinary SDK upgrade or downgrade.
+    """
+    return NeverSynced(
+        f"the cached list was written by another SDK version (store schema {schema}; this "
+        f"version reads schema {_SCHEMA_VERSION}): it is not read, and the next sync "
+        "rebuilds it from the snapshot"
+    )
+
+
 def _check_file(conn: sqlite3.Connection, token: str) -> _Codec:
-    """Refuse a file that is not ours or not the one named; return its codec."""
+    """Refuse a file that is not ours, of another schema, or not the one named.
+
+    Returns the file's codec. :class:`StoreCorrupted` for a foreign or malformed file,
+    :class:`NeverSynced` (see :func:`_other_schema`) for a list file of another schema,
+    which is refused before anything else in it is read.
+    """
     app = conn.execute("PRAGMA application_id").fetchone()[0]
-    ver = conn.execute("PRAGMA user_version").fetchone()[0]
-    if app != _APPLICATION_ID or ver != _SCHEMA_VERSION:
+    if app != _APPLICATION_ID:
         raise StoreCorrupted("the database file is not an intercept-sdk list store")
+    schema = conn.execute("PRAGMA user_version").fetchone()[0]
+    if schema != _SCHEMA_VERSION:
+        raise _other_schema(schema)
     meta = dict(
-        conn.execute(
-            "SELECT k, v FROM meta WHERE k IN ('file_id', 'zdict', 'zstd_dict')"
-        ).fetchall()
+        conn.execute("SELECT k, v FROM meta WHERE k IN ('file_id', 'zstd_dict')").fetchall()
     )
     if meta.get("file_id") != token:
         raise StoreCorrupted("the database file is not the one CURRENT names")
-    zstd_dict, zdict = meta.get("zstd_dict"), meta.get("zdict")
-    if isinstance(zstd_dict, bytes) and zdict is None:
-        return _Codec(zstd_dict, "zstd")
-    if isinstance(zdict, bytes) and zstd_dict is None:
-        return _Codec(zdict, "deflate")  # a file built before 0.2
-    raise StoreCorrupted("the database file has no (or more than one) compression dictionary")
+    zstd_dict = meta.get("zstd_dict")
+    if not isinstance(zstd_dict, bytes):
+        raise StoreCorrupted("the database file has no compression dictionary")
+    return _Codec(zstd_dict)
 
 
 def _read_state(conn: sqlite3.Connection) -> tuple[int, StoreState]:
@@ -1002,6 +945,7 @@ class Store:
         self._current: str | None = None
         self._current_sig: tuple[int, int, int] | None = None
         self._checked_at = -1.0
+        self._other_schema_logged: str | None = None  # a file of another schema, warned of
         _STORES.add(self)
 
     @property
@@ -1079,9 +1023,11 @@ class Store:
                 if conn is not None:
                     conn.close()
                 raise _translate(exc, f"cannot open {name}") from exc
-            except BaseException:
+            except BaseException as exc:
                 if conn is not None:
                     conn.close()
+                if isinstance(exc, NeverSynced):  # the file is of another schema
+                    self._log_other_schema(name, exc)
                 raise
             rd = _Reader(conn, codec, name)
             self._local.reader = rd
@@ -1090,6 +1036,12 @@ class Store:
             _log.debug("opened %s for reading", name)
             return rd
         raise StoreCorrupted("CURRENT keeps changing; cannot open the list")
+
+    def _log_other_schema(self, name: str, exc: NeverSynced) -> None:
+        """Warn once per file (not on every read until the next sync replaces it)."""
+        if self._other_schema_logged != name:
+            self._other_schema_logged = name
+            _log.warning("%s: %s", name, exc)
 
     @staticmethod
     def _state_for(rd: _Reader, gen: object) -> StoreState | None:
@@ -1113,7 +1065,11 @@ class Store:
         self._refresh_pointer(time.monotonic())
 
     def state(self) -> StoreState | None:
-        """The current version's state, or ``None`` if nothing was ever stored."""
+        """The current version's state, or ``None`` if nothing was ever stored.
+
+        Also ``None`` when the current file is of another store schema (an older or newer
+        SDK's): this version holds no list it can read until the next sync replaces it.
+        """
         try:
             rd = self._reader()
         except NeverSynced:
@@ -1299,13 +1255,14 @@ class Store:
             token = secrets.token_hex(8)
             final = f"list-{version}-{token}.sqlite"
             build = self._dir / f"{_BUILD_PREFIX}{version}-{token}.sqlite"
+            old, keep_prev = self._open_previous(prev)
             try:
                 changes = self._build(
                     build,
                     token=token,
                     version=version,
                     records=records,
-                    prev=prev,
+                    old=old,
                     manifest=manifest,
                     hash_key=hash_key,
                     expected_sha256=expected_sha256,
@@ -1326,7 +1283,8 @@ class Store:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(f"{build}{suffix}")
                 raise
-            self._cleanup({final, prev} if prev else {final})
+            # The previous file stays next to the new one, unless it is of another schema.
+            self._cleanup({final, prev} if prev and keep_prev else {final})
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._dir / _DAMAGED)  # it named a file no longer current
         _log.info(
@@ -1346,7 +1304,7 @@ class Store:
         token: str,
         version: int,
         records: Iterable[bytes],
-        prev: str | None,
+        old: _OldFile | None,
         manifest: bytes,
         hash_key: bytes,
         expected_sha256: str,
@@ -1355,11 +1313,13 @@ class Store:
         restricted_sha256: str | None,
         progress: Callable[[int], None] | None,
     ) -> ChangeSet:
+        """Build the new file at ``path`` (see :meth:`write_snapshot`); closes ``old``."""
         try:
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         except OSError as exc:
+            if old is not None:
+                old.close()
             raise StoreError(f"cannot create {path}: {exc}") from None
-        old = self._open_previous(prev)
         try:
             conn = _connect(path, mode="rw")
         except sqlite3.Error as exc:
@@ -1385,7 +1345,7 @@ class Store:
                 conn.execute("BEGIN")
                 it = iter(records)
                 head: list[bytes] = []
-                if old is not None and old.codec.kind == "zstd" and old.codec.trained:
+                if old is not None and old.codec.trained:
                     codec = old.codec  # stable dictionary: bodies stay comparable
                 else:
                     head = list(itertools.islice(it, _TRAIN_RECORDS))
@@ -1428,7 +1388,7 @@ class Store:
                         "applied_at": _now_iso(),
                         "file_id": token,
                         "gen": 1,
-                        ("zstd_dict" if codec.kind == "zstd" else "zdict"): codec.zdict,
+                        "zstd_dict": codec.zdict,
                         **rmeta,
                     },
                 )
@@ -1440,10 +1400,15 @@ class Store:
             if old is not None:
                 old.close()
 
-    def _open_previous(self, prev: str | None) -> _OldFile | None:
-        """The previous version's file, read for the ChangeSet and its dictionary."""
+    def _open_previous(self, prev: str | None) -> tuple[_OldFile | None, bool]:
+        """``(file, keep)``: the previous version's file, read for the ChangeSet and its
+        dictionary (``None`` if unreadable), and whether to keep it next to the new one.
+
+        A file of another schema is not kept: nothing of this version can read it. An
+        unreadable file of this schema is (it is the evidence of what went wrong).
+        """
         if prev is None:
-            return None
+            return None, False
         match = _DB_RE.fullmatch(prev)
         assert match is not None
         conn: sqlite3.Connection | None = None
@@ -1452,14 +1417,19 @@ class Store:
             conn.execute("BEGIN")
             codec = _check_file(conn, match.group(2))
             _gen, st = _read_state(conn)
+        except NeverSynced as exc:  # another schema (_check_file)
+            if conn is not None:
+                conn.close()
+            _log.warning("%s is replaced: %s", prev, exc)
+            return None, False
         except (sqlite3.Error, StoreError) as exc:
             if conn is not None:
                 conn.close()
             _log.warning(
                 "previous list file %s is unreadable (%s): all entries count as new", prev, exc
             )
-            return None
-        return _OldFile(conn, codec, st)
+            return None, True
+        return _OldFile(conn, codec, st), True
 
     def apply_delta(
         self,
@@ -1580,6 +1550,11 @@ class Store:
         return _changes(version, version, before, after)
 
     def _open_writer(self, name: str) -> tuple[sqlite3.Connection, _Codec]:
+        """A write connection to the current file ``name``, checked before any change.
+
+        :class:`BaseVersionMismatch` for a file of another schema: like no version at
+        all, it is no base to change in place (the caller's snapshot replaces it).
+        """
         match = _DB_RE.fullmatch(name)
         assert match is not None
         path = self._dir / name
@@ -1588,16 +1563,18 @@ class Store:
         conn: sqlite3.Connection | None = None
         try:
             conn = _connect(path, mode="rw", timeout=60.0)
+            codec = _check_file(conn, match.group(2))
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
-            codec = _check_file(conn, match.group(2))
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
             raise _translate(exc, f"cannot open {name} for writing") from exc
-        except BaseException:
+        except BaseException as exc:
             if conn is not None:
                 conn.close()
+            if isinstance(exc, NeverSynced):
+                raise BaseVersionMismatch(f"no list this version can change: {exc}") from None
             raise
         return conn, codec
 
@@ -1612,7 +1589,7 @@ class Store:
         the stored manifest is a readable envelope, that its version, hash key and state
         equal the stored ones (verifying its *signature* is the caller's job). Raises
         :class:`StoreCorrupted` on any difference, :class:`NeverSynced` if nothing was
-        ever stored.
+        ever stored or the current file is of another store schema.
         """
         name = self._read_pointer()
         if name is None:
@@ -1893,6 +1870,48 @@ def _build_restricted(
     return {"restricted_entries": digest.count, "restricted_sha256": digest.sha.hexdigest()}
 
 
+def _drop_restricted(
+    conn: sqlite3.Connection,
+    codec: _Codec,
+    before: dict[str, int | None],
+    after: dict[str, int | None],
+) -> None:
+    """Delete the restricted partition in place, noting each entry as removed."""
+    for rid, eid, body in conn.execute(
+        "SELECT rid, entry_id, body FROM records WHERE part = 1"
+    ).fetchall():
+        record = codec.decode(body, eid)
+        before.setdefault(eid, _record_int(record))
+        after[eid] = None
+        _delete_row(conn, rid, record)
+
+
+def _put_restricted(
+    conn: sqlite3.Connection,
+    codec: _Codec,
+    *,
+    records: Iterable[bytes],
+    restricted_sha256: str | None,
+    last_rid: int,
+    before: dict[str, int | None],
+    after: dict[str, int | None],
+    version: int,
+) -> dict[str, object]:
+    """Insert a new restricted partition after ``last_rid``; returns its meta values.
+
+    :class:`DigestMismatch` if the records differ from ``restricted_sha256`` (the
+    caller's transaction is then rolled back).
+    """
+    digest, rows = _restricted_rows(codec, records, last_rid)
+    if restricted_sha256 is not None and digest.sha.hexdigest() != restricted_sha256.lower():
+        raise DigestMismatch(f"version {version}: restricted records do not match their digest")
+    _insert_rows(conn, rows, 1, "keys")
+    for _rid, eid, record, _body, _keys in rows:
+        before.setdefault(eid, None)
+        after[eid] = _record_int(record)
+    return {"restricted_entries": digest.count, "restricted_sha256": digest.sha.hexdigest()}
+
+
 def _replace_restricted(
     conn: sqlite3.Connection,
     codec: _Codec,
@@ -1904,22 +1923,119 @@ def _replace_restricted(
     version: int,
 ) -> dict[str, object]:
     """Swap the restricted partition in place (inside the caller's transaction)."""
-    for rid, eid, body in conn.execute(
-        "SELECT rid, entry_id, body FROM records WHERE part = 1"
-    ).fetchall():
-        record = codec.decode(body, eid)
-        before.setdefault(eid, _record_int(record))
-        after[eid] = None
-        _delete_row(conn, rid, record)
+    _drop_restricted(conn, codec, before, after)
     (last_rid,) = conn.execute("SELECT coalesce(max(rid), 0) FROM records").fetchone()
-    digest, rows = _restricted_rows(codec, records, last_rid)
-    if restricted_sha256 is not None and digest.sha.hexdigest() != restricted_sha256.lower():
-        raise DigestMismatch(f"version {version}: restricted records do not match their digest")
-    _insert_rows(conn, rows, 1, "keys")
-    for _rid, eid, record, _body, _keys in rows:
-        before.setdefault(eid, None)
-        after[eid] = _record_int(record)
-    return {"restricted_entries": digest.count, "restricted_sha256": digest.sha.hexdigest()}
+    return _put_restricted(
+        conn,
+        codec,
+        records=records,
+        restricted_sha256=restricted_sha256,
+        last_rid=last_rid,
+        before=before,
+        after=after,
+        version=version,
+    )
+
+
+_SELECT_ROW_SQL = "SELECT rid, part, body FROM records WHERE entry_id = ?"
+_INSERT_KEY_SQL = "INSERT INTO keys(k, rid, rel) VALUES (?, ?, ?)"
+_DELETE_KEY_SQL = "DELETE FROM keys WHERE k = ? AND rid = ? AND rel = ?"
+
+
+class _Delta:
+    """One delta's public operations, applied in place inside the caller's transaction.
+
+    Keeps what the result is checked against: the running ``state.sum`` (``total``) and
+    entry count, starting from the stored state, and the record hash of every touched
+    entry before and after (``None``: absent), from which the ChangeSet is derived.
+    """
+
+    __slots__ = ("after", "before", "codec", "conn", "count", "label", "next_rid", "total")
+
+    def __init__(self, conn: sqlite3.Connection, codec: _Codec, st: StoreState, label: str):
+        self.conn = conn
+        self.codec = codec
+        self.label = label  # "delta <from>-><to>", for messages
+        try:
+            self.total = int(st.state_sum, 16)
+        except ValueError:
+            raise StoreCorrupted("the stored state sum is malformed") from None
+        self.count = st.entries
+        self.before: dict[str, int | None] = {}
+        self.after: dict[str, int | None] = {}
+        self.next_rid = 0  # set once the restricted rows that go are gone
+
+    def put(self, record: bytes) -> None:
+        """Add or replace the public record ``record``."""
+        eid, keys, is_restricted = _parse_record(record)
+        if is_restricted:
+            raise FormatError(f"the delta puts restricted record {eid} in the public list")
+        conn = self.conn
+        row = conn.execute(_SELECT_ROW_SQL, (eid,)).fetchone()
+        body = self.codec.encode(record, eid)
+        if row is None:
+            self.before.setdefault(eid, None)
+            rid = self.next_rid
+            self.next_rid += 1
+            conn.execute(
+                "INSERT INTO records(rid, entry_id, part, body) VALUES (?, ?, 0, ?)",
+                (rid, eid, body),
+            )
+            new_keys = keys
+        else:
+            rid, part, old_body = row
+            if part != 0:
+                raise FormatError(f"the delta puts {eid}, a restricted entry here")
+            new_keys = self._replace(rid, eid, old_body, keys)
+            conn.execute("UPDATE records SET body = ? WHERE rid = ?", (body, rid))
+        if new_keys:
+            conn.executemany(_INSERT_KEY_SQL, [(k, rid, rel) for k, rel in new_keys])
+        new_int = _record_int(record)
+        self.total += new_int
+        self.count += 1
+        self.after[eid] = new_int
+
+    def _replace(
+        self, rid: int, eid: str, old_body: bytes, keys: list[tuple[bytes, int]]
+    ) -> list[tuple[bytes, int]]:
+        """Take the stored record of row ``rid`` out of the sums, and delete those of its
+        index rows the new record does not have; returns the new record's index rows
+        still to insert.
+
+        Only the index rows that differ are written: a revocation or a new amount keeps
+        every key, and rewriting them dirtied a random page of the key index per key
+        (most of a delta's WAL and commit time).
+        """
+        old_keys = _stored_keys(rid, self._remove(eid, old_body))
+        if old_keys == keys:
+            return []
+        same = set(old_keys).intersection(keys)
+        self.conn.executemany(
+            _DELETE_KEY_SQL, [(k, rid, rel) for k, rel in old_keys if (k, rel) not in same]
+        )
+        return [kr for kr in keys if kr not in same]
+
+    def _remove(self, eid: str, old_body: bytes) -> bytes:
+        """Take a stored public record out of the sum and count; returns its bytes."""
+        old = self.codec.decode(old_body, eid)
+        old_int = _record_int(old)
+        self.before.setdefault(eid, old_int)
+        self.total -= old_int
+        self.count -= 1
+        return old
+
+    def delete(self, arg: bytes, local_version: int) -> None:
+        """Remove the public entry ``arg`` names; :class:`DigestMismatch` if not held."""
+        eid = _op_entry_id(arg)
+        row = self.conn.execute(_SELECT_ROW_SQL, (eid,)).fetchone()
+        if row is None or row[1] != 0:
+            raise DigestMismatch(
+                f"{self.label} removes {eid}, which local version {local_version} does not "
+                "hold: this is not the delta's base"
+            )
+        rid, _part, old_body = row
+        _delete_row(self.conn, rid, self._remove(eid, old_body))
+        self.after[eid] = None
 
 
 def _apply_delta(
@@ -1942,118 +2058,44 @@ def _apply_delta(
         raise BaseVersionMismatch(
             f"delta from version {from_version}, but the local version is {st.version}"
         )
-    try:
-        total = int(st.state_sum, 16)
-    except ValueError:
-        raise StoreCorrupted("the stored state sum is malformed") from None
-    count = st.entries
-    before: dict[str, int | None] = {}  # record hash of each touched entry before the delta
-    after: dict[str, int | None] = {}
+    d = _Delta(conn, codec, st, f"delta {from_version}->{to_version}")
     if restricted is not None and st.restricted_entries:
         # Old restricted rows go first, so an entry can move between the partitions.
         # (Found by a scan of records: skipped when the state holds none, the usual case;
         # a count altered on disk is caught by verify(), which recounts the partition.)
-        for rid, eid, body in conn.execute(
-            "SELECT rid, entry_id, body FROM records WHERE part = 1"
-        ).fetchall():
-            record = codec.decode(body, eid)
-            before.setdefault(eid, _record_int(record))
-            after[eid] = None
-            _delete_row(conn, rid, record)
-    (next_rid,) = conn.execute("SELECT coalesce(max(rid), 0) + 1 FROM records").fetchone()
+        _drop_restricted(conn, codec, d.before, d.after)
+    (d.next_rid,) = conn.execute("SELECT coalesce(max(rid), 0) + 1 FROM records").fetchone()
+    put, delete = d.put, d.delete
     for op, arg in ops:
         if op == "P":
-            eid, keys, is_restricted = _parse_record(arg)
-            if is_restricted:
-                raise FormatError(f"the delta puts restricted record {eid} in the public list")
-            row = conn.execute(
-                "SELECT rid, part, body FROM records WHERE entry_id = ?", (eid,)
-            ).fetchone()
-            body = codec.encode(arg, eid)
-            new_keys = keys
-            if row is None:
-                before.setdefault(eid, None)
-                rid = next_rid
-                next_rid += 1
-                conn.execute(
-                    "INSERT INTO records(rid, entry_id, part, body) VALUES (?, ?, 0, ?)",
-                    (rid, eid, body),
-                )
-            else:
-                rid, part, old_body = row
-                if part != 0:
-                    raise FormatError(f"the delta puts {eid}, a restricted entry here")
-                old = codec.decode(old_body, eid)
-                old_int = _record_int(old)
-                before.setdefault(eid, old_int)
-                total -= old_int
-                count -= 1
-                # Only the index rows that differ are written: a revocation or a new
-                # amount keeps every key, and rewriting them dirtied a random page of
-                # the key index per key (most of a delta's WAL and commit time).
-                old_keys = _stored_keys(rid, old)
-                if old_keys != keys:
-                    same = set(old_keys).intersection(keys)
-                    conn.executemany(
-                        "DELETE FROM keys WHERE k = ? AND rid = ? AND rel = ?",
-                        [(k, rid, rel) for k, rel in old_keys if (k, rel) not in same],
-                    )
-                    new_keys = [kr for kr in keys if kr not in same]
-                else:
-                    new_keys = []
-                conn.execute("UPDATE records SET body = ? WHERE rid = ?", (body, rid))
-            if new_keys:
-                conn.executemany(
-                    "INSERT INTO keys(k, rid, rel) VALUES (?, ?, ?)",
-                    [(k, rid, rel) for k, rel in new_keys],
-                )
-            new_int = _record_int(arg)
-            total += new_int
-            count += 1
-            after[eid] = new_int
+            put(arg)
         elif op == "D":
-            eid = _op_entry_id(arg)
-            row = conn.execute(
-                "SELECT rid, part, body FROM records WHERE entry_id = ?", (eid,)
-            ).fetchone()
-            if row is None or row[1] != 0:
-                raise DigestMismatch(
-                    f"delta {from_version}->{to_version} removes {eid}, which local version "
-                    f"{st.version} does not hold: this is not the delta's base"
-                )
-            rid, _part, old_body = row
-            old = codec.decode(old_body, eid)
-            old_int = _record_int(old)
-            before.setdefault(eid, old_int)
-            total -= old_int
-            count -= 1
-            _delete_row(conn, rid, old)
-            after[eid] = None
+            delete(arg, st.version)
         else:
             raise FormatError(f"unknown delta operation {op!r}")
     rmeta: dict[str, object] = {}
     if restricted is not None:
-        digest, rows = _restricted_rows(codec, restricted, next_rid - 1)
-        if restricted_sha256 is not None and digest.sha.hexdigest() != restricted_sha256.lower():
-            raise DigestMismatch(
-                f"version {to_version}: restricted records do not match their digest"
-            )
-        _insert_rows(conn, rows, 1, "keys")
-        for _rid, eid, record, _body, _keys in rows:
-            before.setdefault(eid, None)
-            after[eid] = _record_int(record)
-        rmeta = {"restricted_entries": digest.count, "restricted_sha256": digest.sha.hexdigest()}
-    new_sum = f"{total % _SUM_MOD:064x}"
-    if new_sum != expected_sum or count != expected_entries:
+        rmeta = _put_restricted(
+            conn,
+            codec,
+            records=restricted,
+            restricted_sha256=restricted_sha256,
+            last_rid=d.next_rid - 1,
+            before=d.before,
+            after=d.after,
+            version=to_version,
+        )
+    new_sum = f"{d.total % _SUM_MOD:064x}"
+    if new_sum != expected_sum or d.count != expected_entries:
         raise DigestMismatch(
-            f"delta {from_version}->{to_version}: the resulting state ({count} entries) does "
-            f"not match the signed one ({expected_entries} entries); rolled back"
+            f"delta {from_version}->{to_version}: the resulting state ({d.count} entries) "
+            f"does not match the signed one ({expected_entries} entries); rolled back"
         )
     _write_meta(
         conn,
         {
             "version": to_version,
-            "entries": count,
+            "entries": d.count,
             "state_sha256": expected_sha256,
             "state_sum": new_sum,
             "manifest": bytes(manifest),
@@ -2062,7 +2104,7 @@ def _apply_delta(
             **rmeta,
         },
     )
-    return _changes(from_version, to_version, before, after)
+    return _changes(from_version, to_version, d.before, d.after)
 
 
 def _shrink_wal(conn: sqlite3.Connection) -> None:
@@ -2093,10 +2135,7 @@ def _stored_keys(rid: int, record: bytes) -> list[tuple[bytes, int]]:
 
 def _delete_keys(conn: sqlite3.Connection, rid: int, record: bytes) -> None:
     """Delete the index rows of a stored record."""
-    conn.executemany(
-        "DELETE FROM keys WHERE k = ? AND rid = ? AND rel = ?",
-        [(k, rid, rel) for k, rel in _stored_keys(rid, record)],
-    )
+    conn.executemany(_DELETE_KEY_SQL, [(k, rid, rel) for k, rel in _stored_keys(rid, record)])
 
 
 def _delete_row(conn: sqlite3.Connection, rid: int, record: bytes) -> None:

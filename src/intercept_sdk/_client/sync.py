@@ -400,7 +400,10 @@ class Updater:
 
         A local copy whose manifest does not verify (a cache written by another platform,
         cached roots deleted, tampering) is not a base for deltas; its version still bounds
-        rollback, and the next sync replaces it with a verified snapshot.
+        rollback, and the next sync replaces it with a verified snapshot. A list file of
+        another store schema (an older or newer SDK's) reads as no state at all (the store
+        refuses it, see ``store._other_schema``): the next sync stores the snapshot, with
+        the recorded ``applied_version`` as the rollback floor.
         """
         applied = self._applied_version()
         try:
