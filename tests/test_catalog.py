@@ -143,8 +143,42 @@ def test_actions_relations_roles_valid() -> None:
 
 
 def test_roles_match_entry_model() -> None:
-    models = pytest.importorskip("intercept_sdk._protocol.models")
-    assert tuple(ROLES) == tuple(models.ROLES)
+    from intercept_sdk._protocol import models
+
+    assert models.ROLES is ROLES
+
+
+def test_one_role_list_everywhere() -> None:
+    """The catalog's role list is the only one: the store, the rules and the synthetic
+    data use it (or a tuple derived from it), and the Literal types agree with it."""
+    from typing import get_args
+
+    from intercept_sdk._client import decisions, store
+    from intercept_sdk._protocol.catalog import KEY_RELATIONS, ROLE_TITLES, Relation, Role
+    from intercept_sdk.testing import synth
+
+    assert ROLES == get_args(Role) == ALL_ROLES
+    assert RELATIONS == ("self", *ROLES, "officer") == get_args(Relation)
+    assert store.RELATIONS is KEY_RELATIONS
+    assert set(ROLE_TITLES) == set(ROLES)
+    assert decisions.ROLE_TITLES is ROLE_TITLES
+    assert ROLES[1:] == synth._ROLES_EXTRA
+
+
+def test_key_relation_order_is_fixed() -> None:
+    """The client's cache stores the index into KEY_RELATIONS: the order may only grow."""
+    from intercept_sdk._protocol.catalog import KEY_RELATIONS
+
+    assert KEY_RELATIONS == (
+        "self",
+        "legal_rep",
+        "principal",
+        "actual_controller",
+        "responsible_person",
+        "director",
+        "supervisor",
+        "senior_manager",
+    )
 
 
 def test_consumption_and_travel_reach_company_officers() -> None:

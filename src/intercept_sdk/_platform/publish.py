@@ -52,7 +52,6 @@ from __future__ import annotations
 import datetime as _dt
 import fcntl
 import hashlib
-import hmac
 import json
 import logging
 import os
@@ -74,13 +73,16 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from pydantic_core import from_json, to_json
 
 from .._exceptions import ConfigurationError, FormatError, InvalidEntry
 from .._protocol.catalog import measure_codes
+from .._protocol.digest import digest_int, record_sum, sum_hex
+from .._protocol.identifiers import mask_identifier
+from .._protocol.keyedhash import KeyedHash, identifier_key
 from .._protocol.models import Entry, fast_entry_dict, parse_entry
 from .._protocol.signing import (
     MANIFEST_TYPE,
@@ -140,7 +142,6 @@ PUBLIC_FIELDS = frozenset(
 )
 
 _INCLUDE: set[str] = set(PUBLIC_FIELDS)
-_MOD = 1 << 256
 _STATE_DB = "publisher.sqlite3"
 _SCRATCH_DB = "scratch.sqlite3"
 _LOCK_FILE = "publish.lock"
@@ -148,26 +149,12 @@ _BUFFER = 1 << 20
 _PROGRESS_EVERY = 10_000
 _BATCH_LINES = 2_000  # source lines per task of a worker process
 _PARALLEL_MIN_BYTES = 32 << 20  # smaller sources are published in this process only
-_SNAPSHOT_RE = re.compile(r"^[0-9]+\.[0-9a-f]{64}\.ndjson\.gz$")
-_DELTA_RE = re.compile(r"^[0-9]+-[0-9]+\.[0-9a-f]{64}\.ndjson\.gz$")
-_BOX_RE = re.compile(r"^[0-9]+\.[0-9a-f]{64}\.box$")
+_SNAPSHOT_RE = re.compile(r"[0-9]+\.[0-9a-f]{64}\.ndjson\.gz")
+_DELTA_RE = re.compile(r"[0-9]+-[0-9]+\.[0-9a-f]{64}\.ndjson\.gz")
+_BOX_RE = re.compile(r"[0-9]+\.[0-9a-f]{64}\.box")
 
 
 # -- records ------------------------------------------------------------------------------
-
-
-def identifier_key(hash_key: bytes, kind: Literal["id", "org"], value: str) -> bytes:
-    """``HMAC-SHA256(hash_key, kind ":" value)[:16]``: how identifiers are looked up.
-
-    ``value`` must already be normalised (18-character ID number, 9-character
-    organisation code). Publisher and client use this one function, so a query and a
-    published record always meet on the same key.
-    """
-    return hmac.digest(hash_key, f"{kind}:{value}".encode(), "sha256")[:16]
-
-
-def _mask(value: str) -> str:
-    return value[:4] + "*" * (len(value) - 8) + value[-4:]
 
 
 def public_record(entry: Entry, hash_key: bytes) -> bytes:
@@ -181,7 +168,7 @@ def public_record(entry: Entry, hash_key: bytes) -> bytes:
     rec: dict[str, Any] = entry.model_dump(mode="json", include=_INCLUDE, exclude_none=True)
     if entry.id_number is not None:
         rec["id_key"] = identifier_key(hash_key, "id", entry.id_number).hex()
-        rec["id_masked"] = _mask(entry.id_number)
+        rec["id_masked"] = mask_identifier(entry.id_number)
     org = entry.effective_org_code
     if org is not None:
         rec["org_key"] = identifier_key(hash_key, "org", org).hex()
@@ -191,37 +178,10 @@ def public_record(entry: Entry, hash_key: bytes) -> bytes:
             item = {"role": person.role, "name": person.name}
             if person.id_number is not None:
                 item["id_key"] = identifier_key(hash_key, "id", person.id_number).hex()
-                item["id_masked"] = _mask(person.id_number)
+                item["id_masked"] = mask_identifier(person.id_number)
             related.append(item)
         rec["related"] = related
     return canonical_json(rec)
-
-
-_IPAD = bytes(b ^ 0x36 for b in range(256))
-_OPAD = bytes(b ^ 0x5C for b in range(256))
-
-
-def _keyer(hash_key: bytes) -> Callable[[bytes], str]:
-    """``message -> HMAC-SHA256(hash_key, message)[:16].hex()``, for many messages.
-
-    HMAC as in RFC 2104 with the key's inner and outer pad states hashed once: two
-    SHA-256 blocks less per identifier than ``hmac.digest`` (the tests compare the two).
-    ``message`` is ``b"id:"`` or ``b"org:"`` + the normalised identifier, as in
-    :func:`identifier_key`.
-    """
-    key = hash_key if len(hash_key) <= 64 else hashlib.sha256(hash_key).digest()
-    key = key.ljust(64, b"\0")
-    inner = hashlib.sha256(key.translate(_IPAD))
-    outer = hashlib.sha256(key.translate(_OPAD))
-
-    def key_hex(message: bytes) -> str:
-        h = inner.copy()
-        h.update(message)
-        o = outer.copy()
-        o.update(h.digest())
-        return o.hexdigest()[:32]
-
-    return key_hex
 
 
 def _record_of_fields(fields: dict[str, Any], key_hex: Callable[[bytes], str]) -> bytes:
@@ -232,14 +192,14 @@ def _record_of_fields(fields: dict[str, Any], key_hex: Callable[[bytes], str]) -
     ``to_json`` of the dicts with their keys in sorted order gives the bytes of
     :func:`~intercept_sdk._protocol.signing.canonical_json` (same compact form, same escapes: the
     tests compare both on many entries) several times faster. ``key_hex`` is
-    :func:`_keyer` of the hash key.
+    ``KeyedHash(hash_key).hexer()`` (:mod:`intercept_sdk._protocol.keyedhash`).
     """
     id_number = fields.pop("id_number", None)
     related = fields.pop("related")
     del fields["audience"]
     if id_number is not None:
         fields["id_key"] = key_hex(b"id:" + id_number.encode())
-        fields["id_masked"] = _mask(id_number)
+        fields["id_masked"] = mask_identifier(id_number)
     org = fields.get("org_code")
     if not org:
         uscc = fields.get("uscc")
@@ -256,7 +216,7 @@ def _record_of_fields(fields: dict[str, Any], key_hex: Callable[[bytes], str]) -
                 out.append(
                     {  # keys in sorted order
                         "id_key": key_hex(b"id:" + pid.encode()),
-                        "id_masked": _mask(pid),
+                        "id_masked": mask_identifier(pid),
                         "name": person["name"],
                         "role": person["role"],
                     }
@@ -276,7 +236,7 @@ def _fast_item(
 
     None sends the item through :func:`parse_entry` and :func:`public_record`, which
     decide (and give every reason); a non-None answer is exactly what they would give.
-    ``key_hex`` is :func:`_keyer` of the hash key, ``known`` the measure codes.
+    ``key_hex`` is ``KeyedHash(hash_key).hexer()``, ``known`` the measure codes.
     """
     try:
         obj = from_json(item) if isinstance(item, bytes) else item
@@ -350,7 +310,7 @@ def _worker_main() -> None:
         hash_key = _read_frame(stdin)
         if hash_key is None:
             return
-        key_hex = _keyer(hash_key)
+        key_hex = KeyedHash(hash_key).hexer()
         known = measure_codes()
         while (frame := _read_frame(stdin)) is not None:
             staged = [_fast_item(line, key_hex, known) for line in frame.split(b"\n")]
@@ -436,27 +396,6 @@ class _Workers:
                 proc.kill()
                 proc.wait()
         self.procs = []
-
-
-def _digest_int(digest: bytes) -> int:
-    return int.from_bytes(digest, "big")
-
-
-def record_sum(records: Iterable[bytes]) -> int:
-    """``state.sum``: sum of SHA-256(record) as big-endian integers, mod 2**256.
-
-    Order-independent and updatable by adding and subtracting single records, which is
-    what lets a client check a delta apply without a full re-scan.
-    """
-    total = 0
-    for record in records:
-        total += _digest_int(hashlib.sha256(record).digest())
-    return total % _MOD
-
-
-def sum_hex(value: int) -> str:
-    """``state.sum`` as written in the manifest: 64 lower-case hex characters."""
-    return f"{value % _MOD:064x}"
 
 
 # -- results ------------------------------------------------------------------------------
@@ -862,7 +801,7 @@ class _Loader:
                         if not restricted:
                             assert snapshot is not None
                             snapshot.write_line(record)
-                            total += int.from_bytes(digest, "big")
+                            total += digest_int(digest)
                     else:
                         in_order = False
                 cur.execute(insert, (entry_id, n, int(restricted), digest, record))
@@ -897,7 +836,7 @@ class _Loader:
         if self.workers > 0 and isinstance(source, (str, os.PathLike)):
             yield from self._parallel(_read_source(source))
             return
-        key_hex = _keyer(self.hash_key)
+        key_hex = KeyedHash(self.hash_key).hexer()
         known = measure_codes()
         for n, item in _read_source(source):
             yield n, item, None if item is None else _fast_item(item, key_hex, known)
@@ -1123,7 +1062,7 @@ def _publish_locked(
                 "SELECT record, digest FROM s.src WHERE restricted=0 ORDER BY entry_id"
             ):
                 snap.write_line(record)
-                total += _digest_int(digest)
+                total += digest_int(digest)
         snapshot = snap.finish(lambda h: f"{version}.{h}.ndjson.gz", site)
         state_sha256 = snap.raw.hexdigest()  # after finish: every line hashed
         state_sum = sum_hex(total)
@@ -1401,13 +1340,13 @@ def _prune_site(db: sqlite3.Connection, site: Path, version: int, keep_versions:
     for sub, pattern in (("snapshots", _SNAPSHOT_RE), ("deltas", _DELTA_RE)):
         d = site / sub
         if d.is_dir():
-            candidates.extend(p for p in d.iterdir() if pattern.match(p.name))
+            candidates.extend(p for p in d.iterdir() if pattern.fullmatch(p.name))
             candidates.extend(d.glob(".*.part"))
     rdir = site / "restricted"
     if rdir.is_dir():
         for d in rdir.iterdir():
             if d.is_dir():
-                candidates.extend(p for p in d.iterdir() if _BOX_RE.match(p.name))
+                candidates.extend(p for p in d.iterdir() if _BOX_RE.fullmatch(p.name))
     removed = 0
     for p in candidates:
         if p.relative_to(site).as_posix() not in keep:
