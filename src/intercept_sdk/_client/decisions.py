@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple, Protocol
 
@@ -648,38 +648,51 @@ def decide(
     """
     if len(probes) == 1 and len(hits) == 1:
         return _decide_one(measure, probes[0], hits[0], list_version, stale, stale_action, now)
-    by_key: dict[bytes, list[Probe]] | None = None
-    only = probes[0].key if len(probes) == 1 else None
-    if only is None:  # several probes (an entity's officers): which probes each key is
-        by_key = {}
-        for p in probes:
-            by_key.setdefault(p.key, []).append(p)
+    tally = _count_hits(measure, _probes_by_key(probes), hits, now)
+    return _decision_of(tally, measure, list_version, stale, stale_action, now)
+
+
+def _probes_by_key(probes: Sequence[Probe]) -> Mapping[bytes, Sequence[Probe]]:
+    """Which probes each key is (several for an entity with officers)."""
+    if len(probes) == 1:
+        return {probes[0].key: probes}
+    by_key: dict[bytes, list[Probe]] = {}
+    for p in probes:
+        by_key.setdefault(p.key, []).append(p)
+    return by_key
+
+
+_Tally = tuple[list[Match], list[Ignored], list[str], set[str]]
+"""What the hits of one decision came to: counted matches, ignored hits (and why),
+entry ids of minors' listings, and the reasons seen (a plain tuple: built per decide)."""
+
+
+def _count_hits(
+    measure: Measure,
+    by_key: Mapping[bytes, Sequence[Probe]],
+    hits: Sequence[HitLike],
+    now: _dt.datetime,
+) -> _Tally:
+    """Each hit for each probe whose key it is: counted, or ignored with the reason; once
+    per entry and relation, however many keys lead there."""
     matches: list[Match] = []
     ignored: list[Ignored] = []
     data_errors: list[str] = []
     reasons: set[str] = set()
     seen: set[tuple[str, str]] = set()
     for hit in hits:
-        key = hit.key
-        if by_key is None:
-            if key != only:
-                continue
-            candidates: Sequence[Probe] = probes
-        else:
-            candidates = by_key.get(key, ())
         stored_relation = hit.relation
-        for probe in candidates:
-            if probe.officer_role is not None:
-                if stored_relation != "self":
-                    continue  # the officer is only *related* to another listed entity
+        for probe in by_key.get(hit.key, ()):
+            if probe.officer_role is None:
+                relation = stored_relation
+            elif stored_relation == "self":
                 relation = "officer:" + probe.officer_role
             else:
-                relation = stored_relation
+                continue  # the officer is only *related* to another listed entity
             r = _record(hit.entry_id, hit.record)
-            seen_as = (r.entry_id, relation)
-            if seen_as in seen:
+            if (r.entry_id, relation) in seen:
                 continue
-            seen.add(seen_as)
+            seen.add((r.entry_id, relation))
             why = _not_counted(measure, r, relation, stored_relation, probe, now)
             if why is not None:
                 ignored.append(Ignored(r.entry_id, relation, why))
@@ -687,10 +700,24 @@ def decide(
                 if why == MINOR_NOT_ENFORCED:
                     data_errors.append(r.entry_id)
                 continue
-            match = _match(r, relation, stored_relation, probe, key)
+            match = _match(r, relation, stored_relation, probe, hit.key)
             if match.name_mismatch:
                 reasons.add(NAME_MISMATCH)
             matches.append(match)
+    return matches, ignored, data_errors, reasons
+
+
+def _decision_of(  # noqa: PLR0917 - internal, called once per decide()
+    tally: _Tally,
+    measure: Measure,
+    list_version: int,
+    stale: bool,
+    stale_action: Literal["review", "block"],
+    now: _dt.datetime,
+) -> Decision:
+    """The measure's action if anything counted (a block downgraded when stale and so
+    configured), reasons in the order of :data:`REASONS`, matches/ignored by entry."""
+    matches, ignored, data_errors, reasons = tally
     action: Action = "allow"
     if matches:
         reasons.add(LISTED)
