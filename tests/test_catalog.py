@@ -176,7 +176,7 @@ def test_one_role_list_everywhere() -> None:
     assert RELATIONS == ("self", *ROLES, "officer") == get_args(Relation)
     assert store.RELATIONS is KEY_RELATIONS
     assert set(ROLE_TITLES) == set(ROLES)
-    assert decisions.ROLE_TITLES is ROLE_TITLES
+    assert vars(decisions)["ROLE_TITLES"] is ROLE_TITLES
     assert ROLES[1:] == synth._ROLES_EXTRA
 
 

@@ -39,8 +39,8 @@ def test_fast_form_agrees_with_the_single_call(size: int) -> None:
     hexer = kh.hexer()
     for value in VALUES:
         for kind in ("id", "org"):
-            want = identifier_key(key, kind, value)  # type: ignore[arg-type]
-            assert kh.key(kind, value) == want  # type: ignore[arg-type]
+            want = identifier_key(key, kind, value)
+            assert kh.key(kind, value) == want
             assert kh.message_key(f"{kind}:{value}".encode()) == want
             assert hexer(f"{kind}:{value}".encode()) == want.hex()
         assert kh.person(value) == identifier_key(key, "id", value)
