@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from importlib import resources
@@ -21,7 +22,8 @@ from intercept_sdk._protocol.catalog import (
     measures,
 )
 
-SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+#: Byte-exact copies of the seed policy documents (see tests/data/seeds/README.md).
+SEEDS = Path(__file__).resolve().parent / "data" / "seeds"
 
 CONSUMPTION = ("self", "legal_rep", "principal", "actual_controller", "responsible_person")
 ALL_ROLES = (
@@ -66,11 +68,24 @@ ACTION_MARKERS = {
 
 
 def _seed_text(name: str) -> str:
-    if not SEEDS.is_dir():
-        pytest.skip(f"seed documents not found at {SEEDS}; cannot check passages")
     path = SEEDS / name
     assert path.is_file(), f"cited seed {name} does not exist in {SEEDS}"
     return path.read_text(encoding="utf-8")
+
+
+def _seed_files() -> list[Path]:
+    files = sorted(SEEDS.glob("*.txt"))
+    assert files, f"no seed documents in {SEEDS}"
+    return files
+
+
+def _passage_problems(items: list[tuple[str, str, str]]) -> list[str]:
+    """``(code, seed, passage)`` whose passage is not verbatim in its seed (or too long)."""
+    return [
+        f"{code}: passage not found in {seed}"
+        for code, seed, passage in items
+        if not 0 < len(passage) <= 200 or passage not in _seed_text(seed)
+    ]
 
 
 # --- shape -----------------------------------------------------------------------------
@@ -143,8 +158,42 @@ def test_actions_relations_roles_valid() -> None:
 
 
 def test_roles_match_entry_model() -> None:
-    models = pytest.importorskip("intercept_sdk._protocol.models")
-    assert tuple(ROLES) == tuple(models.ROLES)
+    from intercept_sdk._protocol import models
+
+    assert models.ROLES is ROLES
+
+
+def test_one_role_list_everywhere() -> None:
+    """The catalog's role list is the only one: the store, the rules and the synthetic
+    data use it (or a tuple derived from it), and the Literal types agree with it."""
+    from typing import get_args
+
+    from intercept_sdk._client import decisions, store
+    from intercept_sdk._protocol.catalog import KEY_RELATIONS, ROLE_TITLES, Relation, Role
+    from intercept_sdk.testing import synth
+
+    assert ROLES == get_args(Role) == ALL_ROLES
+    assert RELATIONS == ("self", *ROLES, "officer") == get_args(Relation)
+    assert store.RELATIONS is KEY_RELATIONS
+    assert set(ROLE_TITLES) == set(ROLES)
+    assert vars(decisions)["ROLE_TITLES"] is ROLE_TITLES
+    assert ROLES[1:] == synth._ROLES_EXTRA
+
+
+def test_key_relation_order_is_fixed() -> None:
+    """The client's cache stores the index into KEY_RELATIONS: the order may only grow."""
+    from intercept_sdk._protocol.catalog import KEY_RELATIONS
+
+    assert KEY_RELATIONS == (
+        "self",
+        "legal_rep",
+        "principal",
+        "actual_controller",
+        "responsible_person",
+        "director",
+        "supervisor",
+        "senior_manager",
+    )
 
 
 def test_consumption_and_travel_reach_company_officers() -> None:
@@ -161,27 +210,44 @@ def test_all_three_actions_used() -> None:
 # --- traceability to the seeds ---------------------------------------------------------
 
 
+def test_seed_copies_are_unchanged() -> None:
+    """The copies are the published documents, byte for byte (pinned by SHA256SUMS)."""
+    pinned = {}
+    for line in (SEEDS / "SHA256SUMS").read_text(encoding="ascii").splitlines():
+        digest, name = line.split(maxsplit=1)
+        pinned[name] = digest
+    assert pinned == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in _seed_files()}
+
+
 def test_passages_occur_verbatim_in_seed() -> None:
-    for m in measures():
-        text = _seed_text(m.source_seed)
-        assert 0 < len(m.source_passage) <= 200, m.code
-        assert m.source_passage in text, f"{m.code}: passage not found in {m.source_seed}"
+    items = [(m.code, m.source_seed, m.source_passage) for m in measures()]
+    assert _passage_problems(items) == []
+
+
+def test_a_passage_not_in_its_seed_fails() -> None:
+    """The check above can fail: one changed character, or the wrong seed, is caught."""
+    m = get_measure("travel.flight")
+    altered = m.source_passage.replace("飞机", "飞船")
+    assert altered != m.source_passage
+    other_seed = next(p.name for p in _seed_files() if p.name != m.source_seed)
+    assert _passage_problems(
+        [(m.code, m.source_seed, altered), (m.code, other_seed, m.source_passage)]
+    ) == [
+        f"{m.code}: passage not found in {m.source_seed}",
+        f"{m.code}: passage not found in {other_seed}",
+    ]
 
 
 def test_departments_are_named_in_the_seeds() -> None:
-    if not SEEDS.is_dir():
-        pytest.skip(f"seed documents not found at {SEEDS}")
-    corpus = "".join(p.read_text(encoding="utf-8") for p in sorted(SEEDS.glob("*.txt")))
+    corpus = "".join(p.read_text(encoding="utf-8") for p in _seed_files())
     for m in measures():
         for d in m.departments:
             assert d in corpus, f"{m.code}: department {d!r} not named in any seed"
 
 
 def test_seeds_with_measure_lists_are_all_cited() -> None:
-    if not SEEDS.is_dir():
-        pytest.skip(f"seed documents not found at {SEEDS}")
     cited = {m.source_seed for m in measures()}
-    for path in SEEDS.glob("*.txt"):
+    for path in _seed_files():
         text = path.read_text(encoding="utf-8")
         if "限制失信被执行人" in text:
             assert path.name in cited, f"{path.name} names restrictions but no measure cites it"

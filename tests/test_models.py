@@ -203,7 +203,7 @@ def test_measures_check_can_be_skipped() -> None:
 def test_roles_are_the_catalog_roles() -> None:
     from intercept_sdk._protocol.catalog import ROLES as CATALOG_ROLES
 
-    assert tuple(ROLES) == tuple(CATALOG_ROLES)
+    assert ROLES is CATALOG_ROLES  # one definition, imported (not a copy to keep in step)
     for role in ROLES:
         parse_entry(with_(ENTITY, related=[{"role": role, "name": "王强"}]))
 
@@ -340,6 +340,32 @@ def test_real_measure_codes_are_accepted() -> None:
 
 def test_bad_case_number() -> None:
     one_reason(with_(PERSON, case_no="2019-冀0203-执-123"), "case_no")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("case_no", "(2019)冀0203执123号\n"),  # $ with .match accepted this
+        ("entry_id", "E00000001\n"),
+        ("published_at", "2019-05-01\n"),
+        ("unperformed_amount", "123456\n"),
+        ("performed_amount", "0\n"),
+    ],
+)
+def test_a_trailing_newline_is_refused(field: str, value: str) -> None:
+    """Every pattern matches the whole value: a trailing newline is not a valid ending."""
+    reasons = reasons_of(with_(PERSON, **{field: value}))
+    assert any(r.startswith(f"{field}:") for r in reasons), reasons
+    line = json.dumps(with_(PERSON, **{field: value}), ensure_ascii=False)
+    assert any(r.startswith(f"{field}:") for r in reasons_of(line))
+
+
+@pytest.mark.parametrize("value", ["1٢3", "１23", "12.٣"])
+def test_amounts_are_ascii_digits(value: str) -> None:
+    """The amount rule is one pattern of ASCII digits, for the model and the fast path
+    alike (the model's pattern used ``\\d``, which in pydantic's engine is any decimal)."""
+    reasons = reasons_of(with_(PERSON, unperformed_amount=value))
+    assert any(r.startswith("unperformed_amount:") for r in reasons), reasons
 
 
 # -- value formats and strictness ---------------------------------------------------------

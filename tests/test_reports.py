@@ -444,6 +444,97 @@ def test_validate_report_rejects_unknown_and_missing_fields() -> None:
         validate_report({**p, "created_at": "yesterday"})
 
 
+# --------------------------------------------------------------------------- the one schema
+
+
+def test_created_at_far_ahead_of_the_receivers_clock_is_refused(key: Ed25519PrivateKey) -> None:
+    """A report dated more than a day ahead of the receiver's clock is refused; ``now`` is
+    the receiver's clock (injectable), not the one the report was built with."""
+    p = report()  # created 2026-02-03 04:05:06Z
+    assert validate_report(p, now=NOW) == p
+    assert validate_report(p, now=NOW - dt.timedelta(hours=23, minutes=59)) == p
+    assert validate_report(p, now=NOW - dt.timedelta(days=1)) == p  # exactly a day: fine
+    with pytest.raises(InvalidReport, match="more than 1 day ahead"):
+        validate_report(p, now=NOW - dt.timedelta(days=1, seconds=1))
+    env = sign_report(p, key)
+    assert verify_report(env, {SUB: key.public_key()}, now=NOW) == p
+    with pytest.raises(InvalidReport, match="ahead"):
+        verify_report(env, {SUB: key.public_key()}, now=NOW - dt.timedelta(days=3))
+    with pytest.raises(InvalidReport, match="timezone-aware"):
+        validate_report(p, now=dt.datetime(2026, 2, 3))
+
+
+def test_created_at_is_checked_against_the_current_time_by_default() -> None:
+    ahead = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)
+    p = report(now=ahead)  # the builder's own clock: accepted when built
+    with pytest.raises(InvalidReport, match="ahead"):
+        validate_report(p)
+    assert validate_report(report(now=dt.datetime.now(dt.timezone.utc))) is not None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("list_version", float("nan")),
+        ("list_version", float("inf")),
+        ("details", {"a": [1, {"b": float("-inf")}]}),
+        ("details", {"a": float("nan")}),
+    ],
+)
+def test_nan_and_infinity_are_refused_anywhere(field: str, value: Any) -> None:
+    with pytest.raises(InvalidReport):
+        validate_report({**report(), field: value}, now=NOW)
+
+
+@pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_nan_and_infinity_in_a_signed_payload_are_refused(
+    token: bytes, key: Ed25519PrivateKey
+) -> None:
+    """JSON text may carry NaN/Infinity tokens (Python's parser accepts them): a signed
+    payload holding one is refused after the signature verified."""
+    raw = canonical_json(report()).replace(b'"details":{}', b'"details":{"x":' + token + b"}")
+    assert token in raw
+    env = sign_envelope(REPORT_TYPE, raw, [SigningKey(key)]).to_bytes()
+    with pytest.raises(InvalidReport, match="JSON cannot carry"):
+        verify_report(env, {SUB: key.public_key()}, now=NOW)
+
+
+def test_unknown_top_level_fields_are_refused_on_every_path(key: Ed25519PrivateKey) -> None:
+    extra = {**report(), "id_number_hash": "x"}
+    with pytest.raises(InvalidReport, match="unknown fields: id_number_hash"):
+        validate_report(extra, now=NOW)
+    with pytest.raises(InvalidReport, match="unknown fields"):
+        sign_report(extra, key)
+    with pytest.raises(InvalidReport, match="unknown fields"):
+        verify_report(_forge(extra, key), {SUB: key.public_key()}, now=NOW)
+
+
+def test_id_numbers_anywhere_in_details_of_a_received_report(key: Ed25519PrivateKey) -> None:
+    for details in (
+        {"deep": [[{"k": f"客人 {valid_id18()[:6]} {valid_id18()[6:14]} {valid_id18()[14:]}"}]]},
+        {"list": [int(valid_id18()[:17] + "1")]},
+        {"a": {valid_id18(): 1}},
+    ):
+        with pytest.raises(InvalidReport, match="plaintext resident ID number") as err:
+            verify_report(_forge({**report(), "details": details}, key), {SUB: key.public_key()})
+        assert valid_id18() not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("outcome", "blocked\n"),
+        ("report_id", "0123456789abcdef" * 2 + "\n"),
+        ("subscriber_id", "hotel-001\n"),
+        ("entry_id", "E1\n"),
+    ],
+)
+def test_a_trailing_newline_is_refused(field: str, value: str) -> None:
+    """The patterns match whole values (``$`` with ``re.match`` accepted a final newline)."""
+    with pytest.raises(InvalidReport, match=field):
+        validate_report({**report(), field: value}, now=NOW)
+
+
 # --------------------------------------------------------------------------- keys
 
 
@@ -673,9 +764,9 @@ def test_built_payload_is_signed_without_a_second_validation(
     calls: list[int] = []
     real = reports_mod.validate_report
 
-    def counting(payload: Any) -> dict[str, Any]:
+    def counting(payload: Any, **kw: Any) -> dict[str, Any]:
         calls.append(1)
-        return real(payload)
+        return real(payload, **kw)
 
     monkeypatch.setattr(reports_mod, "validate_report", counting)
     env = sign_report(p, key)

@@ -35,13 +35,14 @@ from intercept_sdk._platform.keys import add_subscriber, keygen
 from intercept_sdk._platform.publish import PublishResult, publish
 from intercept_sdk._protocol.catalog import measure_codes
 from intercept_sdk._protocol.identifiers import id_check
+from intercept_sdk._protocol.keyedhash import KeyedHash
 from intercept_sdk._protocol.models import fast_entry_dict, parse_entry
 from intercept_sdk._protocol.signing import Envelope
 from intercept_sdk.testing.synth import generate_entries
 
 NOW = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
 HASH_KEY = bytes(range(32))
-KEY_HEX = _site._keyer(HASH_KEY)
+KEY_HEX = KeyedHash(HASH_KEY).hexer()
 KNOWN = measure_codes()
 Value = Any
 Mutation = Callable[[dict[str, Any], random.Random], None]
@@ -447,17 +448,6 @@ def test_fast_path_does_not_cache_wrong_answers() -> None:
             m = {**e, "filed_at": value}
             fast = _site._fast_item(m, KEY_HEX, KNOWN)
             assert fast is None or fast == _slow(m)
-
-
-def test_keyer_is_identifier_key() -> None:
-    rng = random.Random(12)
-    for size in (0, 1, 16, 32, 63, 64, 65, 100, 200):
-        key = rng.randbytes(size)
-        key_hex = _site._keyer(key)
-        for kind in ("id", "org"):
-            for value in ("110101198001010011", "600037341", "", "é" * 40, "x" * 200):
-                message = f"{kind}:{value}".encode()
-                assert key_hex(message) == _site.identifier_key(key, kind, value).hex()  # type: ignore[arg-type]
 
 
 # -- whole publishes ------------------------------------------------------------------------

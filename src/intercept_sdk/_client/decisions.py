@@ -37,23 +37,23 @@ the entries concerned are in :attr:`Decision.matches` (counted) and
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple, Protocol
 
 import pydantic_core
 
 from .._exceptions import FormatError, InvalidInput
-from .._protocol.catalog import Measure
+from .._protocol.catalog import ROLE_TITLES, ROLES, Measure
 from .._protocol.identifiers import (
     mask_identifier,
     normalize_id_number,
     normalize_org_code,
     normalize_uscc,
 )
-from .._protocol.models import ROLES
+from .._protocol.keyedhash import KeyedHash
+from .._protocol.reports import CHINA_TZ
 
 __all__ = [
     "REASONS",
@@ -78,8 +78,8 @@ __all__ = [
 Action = Literal["block", "review", "monitor", "allow"]
 _STRENGTH: Final[dict[str, int]] = {"allow": 0, "monitor": 1, "review": 2, "block": 3}
 
-#: China Standard Time: list dates (published_at, valid_until) are Chinese calendar dates.
-CHINA_TZ: Final = _dt.timezone(_dt.timedelta(hours=8), "CST")
+#: List dates (published_at, valid_until) are calendar dates in China Standard Time.
+_CHINA_OFFSET_S: Final = round(CHINA_TZ.utcoffset(None).total_seconds())
 
 # -- reasons ------------------------------------------------------------------------------
 LISTED: Final = "listed"
@@ -402,53 +402,45 @@ def allow_decision(
 
 
 class KeyMaker:
-    """``identifier_key`` (HMAC-SHA256 truncated to 16 bytes) for one list's hash key.
+    """The identifier keys of one list's hash key, with a memo of recent identifiers.
 
-    Same result as :func:`intercept_sdk._platform.publish.identifier_key`, which the publisher uses,
-    but with the HMAC's inner and outer hash states precomputed once per hash key (the
-    one-shot HMAC re-derives them on every call, which dominated ``check()``), and a
-    bounded memo of recent identifiers (a guest checked at the desk is often checked again
-    at the lift). The memo lives in memory only and is dropped with the KeyMaker, which
-    the client replaces whenever the list's hash key changes.
+    The keys are :class:`~intercept_sdk._protocol.keyedhash.KeyedHash`'s (the protocol's
+    one definition, which the publisher uses too): the HMAC's pad states are hashed once
+    per hash key, not on every call (the one-shot HMAC re-derives them, which dominated
+    ``check()``). On top, a bounded memo of recent identifiers (a guest checked at the desk
+    is often checked again at the lift). The memo lives in memory only and is dropped with
+    the KeyMaker, which the client replaces whenever the list's hash key changes.
     """
 
-    __slots__ = ("_inner", "_inner_id", "_inner_org", "_memo", "_outer", "hash_key")
+    __slots__ = ("_hash", "_memo", "_org_key", "_person_key", "hash_key")
     MEMO_SIZE: Final = 4096
 
     def __init__(self, hash_key: bytes) -> None:
         self.hash_key = hash_key
-        key = hashlib.sha256(hash_key).digest() if len(hash_key) > 64 else hash_key
-        key = key.ljust(64, b"\0")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
-        # the inner state after the tag, for bulk keys (own_keys)
-        self._inner_id = self._inner.copy()
-        self._inner_id.update(b"id:")
-        self._inner_org = self._inner.copy()
-        self._inner_org.update(b"org:")
+        self._hash = KeyedHash(hash_key)
+        self._person_key = self._hash.person
+        self._org_key = self._hash.org
+        # one memo for both kinds, found by the tagged identifier ("id:..."/"org:...")
         self._memo: dict[str, bytes] = {}
 
-    def _key(self, tagged: str) -> bytes:
+    def _remember(self, tagged: str, key: bytes) -> bytes:
         memo = self._memo
-        k = memo.get(tagged)
-        if k is None:
-            inner = self._inner.copy()
-            inner.update(tagged.encode())
-            outer = self._outer.copy()
-            outer.update(inner.digest())
-            k = outer.digest()[:16]
-            if len(memo) >= self.MEMO_SIZE:
-                memo.clear()
-            memo[tagged] = k
-        return k
+        if len(memo) >= self.MEMO_SIZE:
+            memo.clear()
+        memo[tagged] = key
+        return key
 
     def person(self, id_number: str) -> bytes:
         """Key of a normalised 18-character ID number."""
-        return self._key("id:" + id_number)
+        tagged = "id:" + id_number
+        k = self._memo.get(tagged)
+        return k if k is not None else self._remember(tagged, self._person_key(id_number))
 
     def org(self, org_code: str) -> bytes:
         """Key of a normalised 9-character organisation code."""
-        return self._key("org:" + org_code)
+        tagged = "org:" + org_code
+        k = self._memo.get(tagged)
+        return k if k is not None else self._remember(tagged, self._org_key(org_code))
 
     def own_keys(self, subjects: Sequence[Subject]) -> tuple[list[bytes], dict[int, list[Probe]]]:
         """Each subject's own key, in order, for screening many subjects at once.
@@ -461,35 +453,26 @@ class KeyMaker:
         probe is :func:`own_probe` of its key, which the caller builds only when that
         key hits.
 
-        The keys are the same HMACs as :meth:`person`/:meth:`org` (the tests compare
-        them), computed in one loop without the memo: a customer base is mostly distinct
-        identifiers, which would only evict the recent ones the desk checks again.
+        The keys are the same as :meth:`person`/:meth:`org` (the tests compare them),
+        computed without the memo: a customer base is mostly distinct identifiers, which
+        would only evict the recent ones the desk checks again.
         Raises :class:`InvalidInput` for anything but a Person or an Entity.
         """
-        person = self._inner_id.copy
-        org_ = self._inner_org.copy
-        outer = self._outer.copy
+        person = self._person_key
+        org = self._org_key
         keys: list[bytes] = []
         append = keys.append
         extra: dict[int, list[Probe]] = {}
-        i = -1
-        for s in subjects:
-            i += 1
+        for i, s in enumerate(subjects):
             if type(s) is Person:
-                h = person()
-                h.update(s.id_number.encode())
+                append(person(s.id_number))
             elif type(s) is Entity and not s.officers:
-                org = s.org_code
-                h = org_()
-                h.update((org if org is not None else s.effective_org_code).encode())
+                code = s.org_code
+                append(org(code if code is not None else s.effective_org_code))
             else:
                 probes = probes_for(s, self.person, self.org)
                 extra[i] = probes
                 append(probes[0].key)
-                continue
-            o = outer()
-            o.update(h.digest())
-            append(o.digest()[:16])
         return keys, extra
 
 
@@ -665,38 +648,51 @@ def decide(
     """
     if len(probes) == 1 and len(hits) == 1:
         return _decide_one(measure, probes[0], hits[0], list_version, stale, stale_action, now)
-    by_key: dict[bytes, list[Probe]] | None = None
-    only = probes[0].key if len(probes) == 1 else None
-    if only is None:  # several probes (an entity's officers): which probes each key is
-        by_key = {}
-        for p in probes:
-            by_key.setdefault(p.key, []).append(p)
+    tally = _count_hits(measure, _probes_by_key(probes), hits, now)
+    return _decision_of(tally, measure, list_version, stale, stale_action, now)
+
+
+def _probes_by_key(probes: Sequence[Probe]) -> Mapping[bytes, Sequence[Probe]]:
+    """Which probes each key is (several for an entity with officers)."""
+    if len(probes) == 1:
+        return {probes[0].key: probes}
+    by_key: dict[bytes, list[Probe]] = {}
+    for p in probes:
+        by_key.setdefault(p.key, []).append(p)
+    return by_key
+
+
+_Tally = tuple[list[Match], list[Ignored], list[str], set[str]]
+"""What the hits of one decision came to: counted matches, ignored hits (and why),
+entry ids of minors' listings, and the reasons seen (a plain tuple: built per decide)."""
+
+
+def _count_hits(
+    measure: Measure,
+    by_key: Mapping[bytes, Sequence[Probe]],
+    hits: Sequence[HitLike],
+    now: _dt.datetime,
+) -> _Tally:
+    """Each hit for each probe whose key it is: counted, or ignored with the reason; once
+    per entry and relation, however many keys lead there."""
     matches: list[Match] = []
     ignored: list[Ignored] = []
     data_errors: list[str] = []
     reasons: set[str] = set()
     seen: set[tuple[str, str]] = set()
     for hit in hits:
-        key = hit.key
-        if by_key is None:
-            if key != only:
-                continue
-            candidates: Sequence[Probe] = probes
-        else:
-            candidates = by_key.get(key, ())
         stored_relation = hit.relation
-        for probe in candidates:
-            if probe.officer_role is not None:
-                if stored_relation != "self":
-                    continue  # the officer is only *related* to another listed entity
+        for probe in by_key.get(hit.key, ()):
+            if probe.officer_role is None:
+                relation = stored_relation
+            elif stored_relation == "self":
                 relation = "officer:" + probe.officer_role
             else:
-                relation = stored_relation
+                continue  # the officer is only *related* to another listed entity
             r = _record(hit.entry_id, hit.record)
-            seen_as = (r.entry_id, relation)
-            if seen_as in seen:
+            if (r.entry_id, relation) in seen:
                 continue
-            seen.add(seen_as)
+            seen.add((r.entry_id, relation))
             why = _not_counted(measure, r, relation, stored_relation, probe, now)
             if why is not None:
                 ignored.append(Ignored(r.entry_id, relation, why))
@@ -704,10 +700,24 @@ def decide(
                 if why == MINOR_NOT_ENFORCED:
                     data_errors.append(r.entry_id)
                 continue
-            match = _match(r, relation, stored_relation, probe, key)
+            match = _match(r, relation, stored_relation, probe, hit.key)
             if match.name_mismatch:
                 reasons.add(NAME_MISMATCH)
             matches.append(match)
+    return matches, ignored, data_errors, reasons
+
+
+def _decision_of(  # noqa: PLR0917 - internal, called once per decide()
+    tally: _Tally,
+    measure: Measure,
+    list_version: int,
+    stale: bool,
+    stale_action: Literal["review", "block"],
+    now: _dt.datetime,
+) -> Decision:
+    """The measure's action if anything counted (a block downgraded when stale and so
+    configured), reasons in the order of :data:`REASONS`, matches/ignored by entry."""
+    matches, ignored, data_errors, reasons = tally
     action: Action = "allow"
     if matches:
         reasons.add(LISTED)
@@ -800,7 +810,7 @@ def china_date(now: _dt.datetime) -> str:
     ends at midnight in China whatever the server's time zone.
     """
     global _today
-    day = int((now.timestamp() + 8 * 3600) // 86400)
+    day = int((now.timestamp() + _CHINA_OFFSET_S) // 86400)
     cached = _today  # one tuple: read and replaced atomically
     if cached[0] != day:
         cached = _today = (day, (_EPOCH + _dt.timedelta(days=day)).isoformat())
@@ -897,25 +907,15 @@ def strongest(actions: Iterable[str]) -> Action:
 
 # -- the notice -----------------------------------------------------------------------------
 
-_ROLE_TITLES: Final = {
-    "legal_rep": "法定代表人",
-    "principal": "主要负责人",
-    "actual_controller": "实际控制人",
-    "responsible_person": "影响债务履行的直接责任人员",
-    "director": "董事",
-    "supervisor": "监事",
-    "senior_manager": "高级管理人员",
-}
-
 
 def _relation_text(m: Match) -> str:
     if m.relation == "self":
         who = "您" if m.subject_type == "person" else "贵单位"
         return f"{who}（{m.name}）已被列入失信被执行人名单"
     if m.relation.startswith("officer:"):
-        role = _ROLE_TITLES.get(m.relation[8:], m.relation[8:])
+        role = ROLE_TITLES.get(m.relation[8:], m.relation[8:])
         return f"贵单位{role}{m.name}已被列入失信被执行人名单"
-    role = _ROLE_TITLES.get(m.relation, m.relation)
+    role = ROLE_TITLES.get(m.relation, m.relation)
     return f"您系失信被执行人{m.name}的{role}"
 
 

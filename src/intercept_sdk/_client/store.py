@@ -82,23 +82,19 @@ from .._exceptions import (
     StoreCorrupted,
     StoreError,
 )
+from .._protocol.catalog import KEY_RELATIONS
+from .._protocol.digest import SUM_MODULUS as _SUM_MOD
+from .._protocol.digest import record_int as _record_int
+from .._protocol.digest import record_total, sum_hex
 from .._util import atomic_write, ensure_private_dir, fsync_dir
 
 __all__ = ["RELATIONS", "ChangeSet", "Hit", "Store", "StoreState"]
 
 _log = logging.getLogger("intercept_sdk.store")
 
-#: Relation of a matched key to its record; ``keys.rel`` is an index into this tuple.
-RELATIONS: tuple[str, ...] = (
-    "self",
-    "legal_rep",
-    "principal",
-    "actual_controller",
-    "responsible_person",
-    "director",
-    "supervisor",
-    "senior_manager",
-)
+#: Relation of a matched key to its record; ``keys.rel`` is an index into this tuple
+#: (the protocol's :data:`~intercept_sdk._protocol.catalog.KEY_RELATIONS`, order fixed).
+RELATIONS = KEY_RELATIONS
 _REL_INDEX = {name: i for i, name in enumerate(RELATIONS)}
 
 _CURRENT = "CURRENT"
@@ -121,7 +117,6 @@ _MAX_RECORD = 1 << 20  # decompression cap: a tampered body cannot balloon
 _KEY_RE = re.compile(r"[0-9a-f]{32}")
 _ENTRY_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
-_SUM_MOD = 1 << 256
 
 _SCHEMA = """
 CREATE TABLE meta(k TEXT PRIMARY KEY, v BLOB) WITHOUT ROWID;
@@ -706,11 +701,7 @@ class _Digest:
 
     @property
     def sum_hex(self) -> str:
-        return f"{self.total % _SUM_MOD:064x}"
-
-
-def _record_int(record: bytes) -> int:
-    return int.from_bytes(hashlib.sha256(record).digest(), "big")
+        return sum_hex(self.total)
 
 
 def _key_int(k: bytes, rid: int, rel: int) -> int:
@@ -1713,8 +1704,6 @@ def _build_public(
     parse = _parse_record
     encode = codec.encode_parsed
     public = diff.public if diff.old is not None else None
-    sha256 = hashlib.sha256
-    from_bytes = int.from_bytes
     total = 0
     last = ""  # no valid entry_id is <= ""
     rid = 0
@@ -1738,8 +1727,7 @@ def _build_public(
             rid += 1
             for k, rel in keys:
                 krows += (k, rid, rel)
-        for record in batch:
-            total += from_bytes(sha256(record).digest(), "big")
+        total += record_total(batch)
         bodies = list(map(encode, batch, eids))
         if public is not None:
             for eid, record, body in zip(eids, batch, bodies, strict=True):
@@ -2085,7 +2073,7 @@ def _apply_delta(
             after=d.after,
             version=to_version,
         )
-    new_sum = f"{d.total % _SUM_MOD:064x}"
+    new_sum = sum_hex(d.total)
     if new_sum != expected_sum or d.count != expected_entries:
         raise DigestMismatch(
             f"delta {from_version}->{to_version}: the resulting state ({d.count} entries) "

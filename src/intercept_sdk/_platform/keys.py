@@ -46,7 +46,15 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from .._exceptions import ConfigurationError, FormatError, RootRotationError, VerificationError
+from .._exceptions import (
+    ConfigurationError,
+    FormatError,
+    InvalidInput,
+    RootRotationError,
+    VerificationError,
+)
+from .._protocol import names
+from .._protocol.names import SUBSCRIBER_ID_RE
 from .._protocol.signing import (
     ROOT_TYPE,
     Envelope,
@@ -81,19 +89,21 @@ log = logging.getLogger("intercept_sdk._platform.keys")
 ROOT_FILE = "root.json"
 HASH_KEY_FILE = "hash_key.bin"
 HASH_KEY_LENGTH = 32
-#: What a subscriber id may look like; it becomes part of file names and site paths.
-SUBSCRIBER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_ROOT_NAME_RE = re.compile(r"^([1-9][0-9]{0,9})\.root\.json$")
+_ROOT_NAME_RE = re.compile(r"([1-9][0-9]{0,9})\.root\.json")
 _DEFAULT_ROOT_EXPIRES = 365 * 86400.0
 
 
 def validate_subscriber_id(subscriber_id: str) -> str:
-    """Return ``subscriber_id`` if it is safe as a file/path name, else raise."""
-    if not isinstance(subscriber_id, str) or not SUBSCRIBER_ID_RE.match(subscriber_id):
-        raise ConfigurationError(
-            f"subscriber id {subscriber_id!r} must match {SUBSCRIBER_ID_RE.pattern}"
-        )
-    return subscriber_id
+    """Return ``subscriber_id`` if it is safe as a file/path name, else ConfigurationError.
+
+    The shape is the protocol's (:data:`~intercept_sdk._protocol.names.SUBSCRIBER_ID_RE`,
+    re-exported here as ``SUBSCRIBER_ID_RE``); for the key directory a bad id is a
+    configuration error.
+    """
+    try:
+        return names.validate_subscriber_id(subscriber_id)
+    except InvalidInput as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def _check_count(name: str, signers: int, threshold: int) -> None:
@@ -264,7 +274,7 @@ class KeyDir:
         out: dict[int, Path] = {}
         if self.root_dir.is_dir():
             for p in self.root_dir.iterdir():
-                m = _ROOT_NAME_RE.match(p.name)
+                m = _ROOT_NAME_RE.fullmatch(p.name)
                 if m:
                     out[int(m.group(1))] = p
         return dict(sorted(out.items()))
@@ -337,7 +347,7 @@ class KeyDir:
             for p in sorted(self.subscribers_dir.iterdir()):
                 if p.name.endswith(suffix):
                     sid = p.name[: -len(suffix)]
-                    if SUBSCRIBER_ID_RE.match(sid):
+                    if names.is_subscriber_id(sid):
                         out[sid] = p
         return out
 

@@ -52,7 +52,6 @@ from __future__ import annotations
 import datetime as _dt
 import fcntl
 import hashlib
-import hmac
 import json
 import logging
 import os
@@ -74,13 +73,16 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from pydantic_core import from_json, to_json
 
 from .._exceptions import ConfigurationError, FormatError, InvalidEntry
 from .._protocol.catalog import measure_codes
+from .._protocol.digest import digest_int, record_sum, sum_hex
+from .._protocol.identifiers import mask_identifier
+from .._protocol.keyedhash import KeyedHash, identifier_key
 from .._protocol.models import Entry, fast_entry_dict, parse_entry
 from .._protocol.signing import (
     MANIFEST_TYPE,
@@ -140,7 +142,6 @@ PUBLIC_FIELDS = frozenset(
 )
 
 _INCLUDE: set[str] = set(PUBLIC_FIELDS)
-_MOD = 1 << 256
 _STATE_DB = "publisher.sqlite3"
 _SCRATCH_DB = "scratch.sqlite3"
 _LOCK_FILE = "publish.lock"
@@ -148,26 +149,12 @@ _BUFFER = 1 << 20
 _PROGRESS_EVERY = 10_000
 _BATCH_LINES = 2_000  # source lines per task of a worker process
 _PARALLEL_MIN_BYTES = 32 << 20  # smaller sources are published in this process only
-_SNAPSHOT_RE = re.compile(r"^[0-9]+\.[0-9a-f]{64}\.ndjson\.gz$")
-_DELTA_RE = re.compile(r"^[0-9]+-[0-9]+\.[0-9a-f]{64}\.ndjson\.gz$")
-_BOX_RE = re.compile(r"^[0-9]+\.[0-9a-f]{64}\.box$")
+_SNAPSHOT_RE = re.compile(r"[0-9]+\.[0-9a-f]{64}\.ndjson\.gz")
+_DELTA_RE = re.compile(r"[0-9]+-[0-9]+\.[0-9a-f]{64}\.ndjson\.gz")
+_BOX_RE = re.compile(r"[0-9]+\.[0-9a-f]{64}\.box")
 
 
 # -- records ------------------------------------------------------------------------------
-
-
-def identifier_key(hash_key: bytes, kind: Literal["id", "org"], value: str) -> bytes:
-    """``HMAC-SHA256(hash_key, kind ":" value)[:16]``: how identifiers are looked up.
-
-    ``value`` must already be normalised (18-character ID number, 9-character
-    organisation code). Publisher and client use this one function, so a query and a
-    published record always meet on the same key.
-    """
-    return hmac.digest(hash_key, f"{kind}:{value}".encode(), "sha256")[:16]
-
-
-def _mask(value: str) -> str:
-    return value[:4] + "*" * (len(value) - 8) + value[-4:]
 
 
 def public_record(entry: Entry, hash_key: bytes) -> bytes:
@@ -181,7 +168,7 @@ def public_record(entry: Entry, hash_key: bytes) -> bytes:
     rec: dict[str, Any] = entry.model_dump(mode="json", include=_INCLUDE, exclude_none=True)
     if entry.id_number is not None:
         rec["id_key"] = identifier_key(hash_key, "id", entry.id_number).hex()
-        rec["id_masked"] = _mask(entry.id_number)
+        rec["id_masked"] = mask_identifier(entry.id_number)
     org = entry.effective_org_code
     if org is not None:
         rec["org_key"] = identifier_key(hash_key, "org", org).hex()
@@ -191,37 +178,10 @@ def public_record(entry: Entry, hash_key: bytes) -> bytes:
             item = {"role": person.role, "name": person.name}
             if person.id_number is not None:
                 item["id_key"] = identifier_key(hash_key, "id", person.id_number).hex()
-                item["id_masked"] = _mask(person.id_number)
+                item["id_masked"] = mask_identifier(person.id_number)
             related.append(item)
         rec["related"] = related
     return canonical_json(rec)
-
-
-_IPAD = bytes(b ^ 0x36 for b in range(256))
-_OPAD = bytes(b ^ 0x5C for b in range(256))
-
-
-def _keyer(hash_key: bytes) -> Callable[[bytes], str]:
-    """``message -> HMAC-SHA256(hash_key, message)[:16].hex()``, for many messages.
-
-    HMAC as in RFC 2104 with the key's inner and outer pad states hashed once: two
-    SHA-256 blocks less per identifier than ``hmac.digest`` (the tests compare the two).
-    ``message`` is ``b"id:"`` or ``b"org:"`` + the normalised identifier, as in
-    :func:`identifier_key`.
-    """
-    key = hash_key if len(hash_key) <= 64 else hashlib.sha256(hash_key).digest()
-    key = key.ljust(64, b"\0")
-    inner = hashlib.sha256(key.translate(_IPAD))
-    outer = hashlib.sha256(key.translate(_OPAD))
-
-    def key_hex(message: bytes) -> str:
-        h = inner.copy()
-        h.update(message)
-        o = outer.copy()
-        o.update(h.digest())
-        return o.hexdigest()[:32]
-
-    return key_hex
 
 
 def _record_of_fields(fields: dict[str, Any], key_hex: Callable[[bytes], str]) -> bytes:
@@ -232,14 +192,14 @@ def _record_of_fields(fields: dict[str, Any], key_hex: Callable[[bytes], str]) -
     ``to_json`` of the dicts with their keys in sorted order gives the bytes of
     :func:`~intercept_sdk._protocol.signing.canonical_json` (same compact form, same escapes: the
     tests compare both on many entries) several times faster. ``key_hex`` is
-    :func:`_keyer` of the hash key.
+    ``KeyedHash(hash_key).hexer()`` (:mod:`intercept_sdk._protocol.keyedhash`).
     """
     id_number = fields.pop("id_number", None)
     related = fields.pop("related")
     del fields["audience"]
     if id_number is not None:
         fields["id_key"] = key_hex(b"id:" + id_number.encode())
-        fields["id_masked"] = _mask(id_number)
+        fields["id_masked"] = mask_identifier(id_number)
     org = fields.get("org_code")
     if not org:
         uscc = fields.get("uscc")
@@ -256,7 +216,7 @@ def _record_of_fields(fields: dict[str, Any], key_hex: Callable[[bytes], str]) -
                 out.append(
                     {  # keys in sorted order
                         "id_key": key_hex(b"id:" + pid.encode()),
-                        "id_masked": _mask(pid),
+                        "id_masked": mask_identifier(pid),
                         "name": person["name"],
                         "role": person["role"],
                     }
@@ -276,7 +236,7 @@ def _fast_item(
 
     None sends the item through :func:`parse_entry` and :func:`public_record`, which
     decide (and give every reason); a non-None answer is exactly what they would give.
-    ``key_hex`` is :func:`_keyer` of the hash key, ``known`` the measure codes.
+    ``key_hex`` is ``KeyedHash(hash_key).hexer()``, ``known`` the measure codes.
     """
     try:
         obj = from_json(item) if isinstance(item, bytes) else item
@@ -350,7 +310,7 @@ def _worker_main() -> None:
         hash_key = _read_frame(stdin)
         if hash_key is None:
             return
-        key_hex = _keyer(hash_key)
+        key_hex = KeyedHash(hash_key).hexer()
         known = measure_codes()
         while (frame := _read_frame(stdin)) is not None:
             staged = [_fast_item(line, key_hex, known) for line in frame.split(b"\n")]
@@ -436,27 +396,6 @@ class _Workers:
                 proc.kill()
                 proc.wait()
         self.procs = []
-
-
-def _digest_int(digest: bytes) -> int:
-    return int.from_bytes(digest, "big")
-
-
-def record_sum(records: Iterable[bytes]) -> int:
-    """``state.sum``: sum of SHA-256(record) as big-endian integers, mod 2**256.
-
-    Order-independent and updatable by adding and subtracting single records, which is
-    what lets a client check a delta apply without a full re-scan.
-    """
-    total = 0
-    for record in records:
-        total += _digest_int(hashlib.sha256(record).digest())
-    return total % _MOD
-
-
-def sum_hex(value: int) -> str:
-    """``state.sum`` as written in the manifest: 64 lower-case hex characters."""
-    return f"{value % _MOD:064x}"
 
 
 # -- results ------------------------------------------------------------------------------
@@ -789,6 +728,10 @@ def _site_version(site_dir: Path) -> int | None:
     return version if isinstance(version, int) else None
 
 
+_INSERT_SRC = "INSERT OR IGNORE INTO s.src VALUES (?, ?, ?, ?, ?)"
+_INSERT_AUD = "INSERT OR IGNORE INTO s.aud VALUES (?, ?)"
+
+
 class _Loader:
     """Parse the source into the scratch tables, collecting the quarantine.
 
@@ -797,8 +740,9 @@ class _Loader:
     stages the results in source order: the same statements in the same order as the
     serial path, so the same scratch tables, quarantine and artefacts.
 
-    ``snapshot``: while the valid entries come in strictly increasing entry_id order (as
-    lists exported sorted do), their public records are also written to this artefact,
+    ``snapshot`` (given to :meth:`run`): while the valid entries come in strictly
+    increasing entry_id order (as lists exported sorted do), their public records are
+    also written to this artefact,
     which is then exactly the snapshot (sorted, no duplicate possible), compressed while
     the source is still being read. At the first entry out of order, ``in_order`` turns
     False and the artefact is abandoned: the snapshot is then made from the scratch table.
@@ -812,83 +756,98 @@ class _Loader:
         progress: Callable[[int], None] | None,
         *,
         workers: int = 0,
-        snapshot: _GzipArtefact | None = None,
     ) -> None:
         self.db = db
         self.hash_key = hash_key
         self.registered = registered
         self.progress = progress
         self.workers = workers
-        self.snapshot = snapshot
-        self.in_order = snapshot is not None
+        self.snapshot: _GzipArtefact | None = None
+        self.in_order = False
         self.snapshot_sum = 0
+        self.lines = 0
         self.quarantined: list[QuarantineItem] = []
         self.unregistered: set[str] = set()
         self.unreachable = 0
+        self._cur = db.cursor()
+        self._last = ""  # every valid entry_id is non-empty
 
-    def run(self, source: Path | str | Iterable[Mapping[str, Any]]) -> int:
-        cur = self.db.cursor()
-        insert = "INSERT OR IGNORE INTO s.src VALUES (?, ?, ?, ?, ?)"
-        insert_aud = "INSERT OR IGNORE INTO s.aud VALUES (?, ?)"
-        lines = 0
-        hash_key = self.hash_key
-        registered = self.registered
-        snapshot = self.snapshot
-        in_order = self.in_order
-        last = ""  # every valid entry_id is non-empty
-        total = 0
+    def run(
+        self,
+        source: Path | str | Iterable[Mapping[str, Any]],
+        *,
+        snapshot: _GzipArtefact | None = None,
+    ) -> int:
+        """Stage every line of ``source`` in one transaction; return the number of lines.
+
+        ``snapshot`` receives the public records while they come in entry_id order
+        (``in_order`` says whether they all did; ``snapshot_sum`` is their state sum).
+        """
+        self.snapshot = snapshot
+        self.in_order = snapshot is not None
+        progress = self.progress
         self.db.execute("BEGIN")
         items = self._items(source)
         try:
             for n, item, fast in items:
-                lines = n
-                if self.progress is not None and n % _PROGRESS_EVERY == 0:
-                    self.progress(n)
-                if item is None:
-                    self.quarantined.append(QuarantineItem(n, None, ("entry: not a JSON object",)))
-                    continue
-                staged = fast
-                if staged is None:
-                    try:
-                        staged = _slow_item(item, hash_key)
-                    except InvalidEntry as exc:
-                        eid = exc.entry_id or _entry_id_of(item)
-                        self.quarantined.append(QuarantineItem(n, eid, tuple(exc.reasons)))
-                        continue
-                entry_id, restricted, audience, record, digest = staged
-                if in_order:
-                    if entry_id > last:
-                        last = entry_id
-                        if not restricted:
-                            assert snapshot is not None
-                            snapshot.write_line(record)
-                            total += int.from_bytes(digest, "big")
-                    else:
-                        in_order = False
-                cur.execute(insert, (entry_id, n, int(restricted), digest, record))
-                if cur.rowcount == 0:
-                    cur.execute("INSERT INTO s.dup VALUES (?, ?)", (entry_id, n))
-                    continue
-                if restricted:
-                    reached = False
-                    for sub in audience:
-                        if sub in registered:
-                            cur.execute(insert_aud, (sub, entry_id))
-                            reached = True
-                        else:
-                            self.unregistered.add(sub)
-                    if not reached:
-                        self.unreachable += 1
+                self.lines = n
+                if progress is not None and n % _PROGRESS_EVERY == 0:
+                    progress(n)
+                staged = fast if fast is not None else self._slow(n, item)
+                if staged is not None:
+                    self._stage(n, staged)
         finally:
             items.close()  # stops worker processes, also on errors
-        self.in_order = in_order
-        self.snapshot_sum = total
         self._quarantine_duplicates()
         self.db.execute("COMMIT")
-        if self.progress is not None:
-            self.progress(lines)
+        if progress is not None:
+            progress(self.lines)
         self.quarantined.sort(key=lambda q: q.line)
-        return lines
+        return self.lines
+
+    def _slow(self, n: int, item: bytes | Mapping[str, Any] | None) -> _Staged | None:
+        """The staged form by the full model, or None after quarantining line ``n``."""
+        if item is None:
+            self.quarantined.append(QuarantineItem(n, None, ("entry: not a JSON object",)))
+            return None
+        try:
+            return _slow_item(item, self.hash_key)
+        except InvalidEntry as exc:
+            eid = exc.entry_id or _entry_id_of(item)
+            self.quarantined.append(QuarantineItem(n, eid, tuple(exc.reasons)))
+            return None
+
+    def _stage(self, n: int, staged: _Staged) -> None:
+        """Insert one valid entry (a repeated entry_id goes to ``s.dup``), its audience,
+        and while in order its snapshot line."""
+        entry_id, restricted, audience, record, digest = staged
+        if self.in_order:
+            if entry_id > self._last:
+                self._last = entry_id
+                if not restricted:
+                    assert self.snapshot is not None
+                    self.snapshot.write_line(record)
+                    self.snapshot_sum += digest_int(digest)
+            else:
+                self.in_order = False
+        cur = self._cur
+        cur.execute(_INSERT_SRC, (entry_id, n, int(restricted), digest, record))
+        if cur.rowcount == 0:
+            cur.execute("INSERT INTO s.dup VALUES (?, ?)", (entry_id, n))
+        elif restricted:
+            self._stage_audience(entry_id, audience)
+
+    def _stage_audience(self, entry_id: str, audience: list[str]) -> None:
+        """Who gets a restricted entry: its registered audience (others are noted)."""
+        reached = False
+        for sub in audience:
+            if sub in self.registered:
+                self._cur.execute(_INSERT_AUD, (sub, entry_id))
+                reached = True
+            else:
+                self.unregistered.add(sub)
+        if not reached:
+            self.unreachable += 1
 
     def _items(
         self, source: Path | str | Iterable[Mapping[str, Any]]
@@ -897,7 +856,7 @@ class _Loader:
         if self.workers > 0 and isinstance(source, (str, os.PathLike)):
             yield from self._parallel(_read_source(source))
             return
-        key_hex = _keyer(self.hash_key)
+        key_hex = KeyedHash(self.hash_key).hexer()
         known = measure_codes()
         for n, item in _read_source(source):
             yield n, item, None if item is None else _fast_item(item, key_hex, known)
@@ -1045,6 +1004,15 @@ def publish(
             db.close()
 
 
+class _Snapshot(NamedTuple):
+    """The snapshot artefact of a version, with the state digests of its records."""
+
+    artefact: Artefact
+    entries: int
+    state_sha256: str
+    state_sum: str
+
+
 def _publish_locked(
     db: sqlite3.Connection,
     keys: KeyDir,
@@ -1064,7 +1032,103 @@ def _publish_locked(
     started: float,
     workers: int = 0,
 ) -> PublishResult:
+    """The steps of a publish, under the lock: stage, snapshot, state, deltas, boxes,
+    manifest (committed to the state before it is written to the site), prune."""
     state_dir = keys.state_dir
+    previous, version = _next_version(db, site, state_dir)
+    site.mkdir(mode=0o755, parents=True, exist_ok=True)
+    scratch = state_dir / _SCRATCH_DB
+    _remove_db_files(scratch)
+    db.execute("ATTACH DATABASE ? AS s", (str(scratch),))
+    pending: list[_GzipArtefact] = []
+    try:
+        _init_scratch(db, scratch)
+        # 1-2. Source -> scratch (validated records, audiences, duplicates removed), and
+        #      the snapshot with both state digests.
+        loader, snap = _load_and_snapshot(
+            _Loader(db, hash_key, registered, progress, workers=workers),
+            source,
+            site,
+            version=version,
+            level=level,
+        )
+        # 3. Publisher state: changes of this version, new current digests.
+        db.execute("BEGIN IMMEDIATE")
+        floor = _meta_int(db, "changes_floor", 1)
+        _record_changes(db, previous, version)
+        # 4. Deltas from each of the last keep_deltas versions straight to this one.
+        deltas = _write_deltas(
+            db,
+            site,
+            version=version,
+            first=max(floor, version - keep_deltas, 1),
+            level=level,
+            pending=pending,
+        )
+        # 5. Restricted boxes.
+        restricted = _write_boxes(db, site, previous, version, registered, level)
+        restricted_entries = int(
+            db.execute("SELECT COUNT(*) FROM s.src WHERE restricted=1").fetchone()[0]
+        )
+        # 6. Roots, quarantine report, manifest.
+        _copy_roots(keys, site)
+        quarantine_path = _write_quarantine(state_dir, version, loader.quarantined)
+        payload = {
+            "type": "manifest",
+            "spec": 1,
+            "version": version,
+            "root_version": root_version,
+            "published_at": format_utc(now),
+            "expires": format_utc(manifest_expires),
+            "hash_key": hash_key.hex(),
+            "state": {"entries": snap.entries, "sha256": snap.state_sha256, "sum": snap.state_sum},
+            "snapshot": snap.artefact.manifest_entry(),
+            "deltas": [{"from": f, **a.manifest_entry()} for f, a in sorted(deltas.items())],
+            "restricted": {s: a.manifest_entry() for s, a in sorted(restricted.items())},
+        }
+        manifest_bytes = _sign_manifest(keys, online, payload)
+        # 7. Commit the state BEFORE the manifest exists: a crash may skip a version
+        #    number but never reuses one.
+        _commit_version(db, version, now, snap, manifest_bytes, floor=floor, keep=keep_deltas)
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        for w in pending:
+            w.abort()
+        raise
+    finally:
+        with suppress(sqlite3.Error):
+            db.execute("DETACH DATABASE s")
+        _remove_db_files(scratch)
+
+    # 8. The manifest, last.
+    manifest_path = site / "manifest.json"
+    atomic_write(manifest_path, manifest_bytes, mode=0o644)
+    _prune_site(db, site, version, keep_versions)
+    result = PublishResult(
+        version=version,
+        entries=snap.entries,
+        restricted_entries=restricted_entries,
+        quarantined=loader.quarantined,
+        quarantine_path=quarantine_path,
+        site_dir=site,
+        manifest_path=manifest_path,
+        manifest_length=len(manifest_bytes),
+        snapshot=snap.artefact,
+        deltas=deltas,
+        restricted=restricted,
+        state_sha256=snap.state_sha256,
+        state_sum=snap.state_sum,
+        seconds=time.monotonic() - started,
+        workers=workers,
+    )
+    _log_published(result, loader.lines)
+    return result
+
+
+def _next_version(db: sqlite3.Connection, site: Path, state_dir: Path) -> tuple[int, int]:
+    """``(previous, version)`` from the publisher state; ConfigurationError when the site
+    already serves ``version`` or newer (lost state: clients would see a rollback)."""
     row = db.execute("SELECT MAX(version) FROM versions").fetchone()
     previous = int(row[0]) if row and row[0] is not None else 0
     version = previous + 1
@@ -1075,226 +1139,226 @@ def _publish_locked(
             f"{state_dir} is at version {previous}; refusing to publish version {version} "
             "(clients would reject it as a rollback)"
         )
-    site.mkdir(mode=0o755, parents=True, exist_ok=True)
+    return previous, version
 
-    scratch = state_dir / _SCRATCH_DB
+
+def _remove_db_files(path: Path) -> None:
     for suffix in ("", "-journal", "-wal", "-shm"):
         with suppress(FileNotFoundError):
-            Path(f"{scratch}{suffix}").unlink()
-    db.execute("ATTACH DATABASE ? AS s", (str(scratch),))
-    pending: list[_GzipArtefact] = []
+            Path(f"{path}{suffix}").unlink()
+
+
+def _init_scratch(db: sqlite3.Connection, scratch: Path) -> None:
+    """The attached scratch database: private, unjournaled (it is rebuilt on every run)."""
+    db.execute("PRAGMA s.page_size=16384")  # ~700-byte records: fewer, fuller pages
+    db.execute("PRAGMA s.journal_mode=OFF")
+    db.execute("PRAGMA s.synchronous=OFF")
+    db.execute("PRAGMA s.cache_size=-131072")
+    db.executescript(_SCRATCH_SCHEMA)
+    os.chmod(scratch, 0o600)
+
+
+def _load_and_snapshot(
+    loader: _Loader,
+    source: Path | str | Iterable[Mapping[str, Any]],
+    site: Path,
+    *,
+    version: int,
+    level: int,
+) -> tuple[_Loader, _Snapshot]:
+    """Stage ``source`` with ``loader`` and write the snapshot of the valid public records.
+
+    The snapshot is written while the source is read as long as it comes sorted by
+    entry_id (see :class:`_Loader`); otherwise it is written again from the scratch
+    table afterwards.
+    """
+    snap = _GzipArtefact(site / "snapshots", level, threaded=True)
     try:
-        db.execute("PRAGMA s.page_size=16384")  # ~700-byte records: fewer, fuller pages
-        db.execute("PRAGMA s.journal_mode=OFF")
-        db.execute("PRAGMA s.synchronous=OFF")
-        db.execute("PRAGMA s.cache_size=-131072")
-        db.executescript(_SCRATCH_SCHEMA)
-        os.chmod(scratch, 0o600)
-
-        # 1. Source -> scratch (validated records, audiences, duplicates removed); the
-        #    snapshot is written meanwhile as long as the source is sorted by entry_id.
-        snap = _GzipArtefact(site / "snapshots", level, threaded=True)
-        pending.append(snap)
-        loader = _Loader(db, hash_key, registered, progress, workers=workers, snapshot=snap)
-        lines = loader.run(source)
-        quarantined = loader.quarantined
-        if loader.unregistered:
-            names = sorted(loader.unregistered)
-            log.warning(
-                "restricted entries name %d unregistered subscriber(s), not published to "
-                "them: %s%s",
-                len(names),
-                ", ".join(names[:20]),
-                " ..." if len(names) > 20 else "",
-            )
-        if loader.unreachable:
-            log.warning("%d restricted entries reach no registered subscriber", loader.unreachable)
-
-        # 2. Snapshot, with both state digests.
+        loader.run(source, snapshot=snap)
+        _warn_unreached(loader)
         if loader.in_order:
             total = loader.snapshot_sum
         else:
             snap.abort()
-            pending.remove(snap)
             snap = _GzipArtefact(site / "snapshots", level, threaded=True)
-            pending.append(snap)
             total = 0
-            for record, digest in db.execute(
+            for record, digest in loader.db.execute(
                 "SELECT record, digest FROM s.src WHERE restricted=0 ORDER BY entry_id"
             ):
                 snap.write_line(record)
-                total += _digest_int(digest)
-        snapshot = snap.finish(lambda h: f"{version}.{h}.ndjson.gz", site)
-        state_sha256 = snap.raw.hexdigest()  # after finish: every line hashed
-        state_sum = sum_hex(total)
-        entries = snap.count
-        pending.remove(snap)
-
-        # 3. Publisher state: changes of this version, new current digests.
-        db.execute("BEGIN IMMEDIATE")
-        floor = _meta_int(db, "changes_floor", 1)
-        if previous >= 1:
-            db.execute(
-                "INSERT INTO changes(version, entry_id, old) "
-                "SELECT ?, c.entry_id, c.digest FROM current AS c "
-                "LEFT JOIN s.src AS n ON n.entry_id = c.entry_id AND n.restricted = 0 "
-                "WHERE n.digest IS NULL OR n.digest != c.digest",
-                (version,),
-            )
-            db.execute(
-                "INSERT INTO changes(version, entry_id, old) "
-                "SELECT ?, n.entry_id, NULL FROM s.src AS n "
-                "WHERE n.restricted = 0 "
-                "AND NOT EXISTS (SELECT 1 FROM current AS c WHERE c.entry_id = n.entry_id)",
-                (version,),
-            )
-            db.execute(
-                "DELETE FROM current WHERE entry_id IN "
-                "(SELECT entry_id FROM changes WHERE version = ?)",
-                (version,),
-            )
-            db.execute(
-                "INSERT INTO current(entry_id, digest) "
-                "SELECT n.entry_id, n.digest FROM changes AS c "
-                "JOIN s.src AS n ON n.entry_id = c.entry_id AND n.restricted = 0 "
-                "WHERE c.version = ?",
-                (version,),
-            )
-        else:
-            db.execute("DELETE FROM current")
-            db.execute(
-                "INSERT INTO current(entry_id, digest) "
-                "SELECT entry_id, digest FROM s.src WHERE restricted = 0 ORDER BY entry_id"
-            )
-
-        # 4. Deltas from each of the last keep_deltas versions straight to this one.
-        deltas: dict[int, Artefact] = {}
-        first = max(floor, version - keep_deltas, 1)
-        bases = [
-            int(r[0])
-            for r in db.execute(
-                "SELECT version FROM versions WHERE version >= ? AND version < ? ORDER BY version",
-                (first, version),
-            )
-        ]
-        for base in bases:
-            deltas[base] = _write_delta(
-                db, site, base, version=version, level=level, pending=pending
-            )
-
-        # 5. Restricted boxes.
-        prev_manifest = _stored_manifest(db, previous)
-        # A subscriber whose last box had entries gets one empty box when it has none
-        # left, so even a client that keeps its partition when unlisted is cleared.
-        previously_boxed = {
-            sub
-            for sub, art in (prev_manifest or {}).get("restricted", {}).items()
-            if art.get("entries", 0) > 0
-        }
-        named = {r[0] for r in db.execute("SELECT DISTINCT sub FROM s.aud")}
-        restricted: dict[str, Artefact] = {}
-        restricted_entries = int(
-            db.execute("SELECT COUNT(*) FROM s.src WHERE restricted=1").fetchone()[0]
-        )
-        for sub in sorted(named | (previously_boxed & set(registered))):
-            restricted[sub] = _write_box(
-                db, site, sub, key=registered[sub], version=version, level=level
-            )
-
-        # 6. Roots, quarantine report, manifest payload.
-        _copy_roots(keys, site)
-        quarantine_path = state_dir / f"quarantine-{version}.jsonl"
-        atomic_write(
-            quarantine_path,
-            b"".join(
-                canonical_json({"line": q.line, "entry_id": q.entry_id, "reasons": q.reasons})
-                + b"\n"
-                for q in quarantined
-            ),
-            mode=0o600,
-        )
-        payload = {
-            "type": "manifest",
-            "spec": 1,
-            "version": version,
-            "root_version": root_version,
-            "published_at": format_utc(now),
-            "expires": format_utc(manifest_expires),
-            "hash_key": hash_key.hex(),
-            "state": {"entries": entries, "sha256": state_sha256, "sum": state_sum},
-            "snapshot": snapshot.manifest_entry(),
-            "deltas": [{"from": f, **a.manifest_entry()} for f, a in sorted(deltas.items())],
-            "restricted": {s: a.manifest_entry() for s, a in sorted(restricted.items())},
-        }
-        manifest = sign_envelope(MANIFEST_TYPE, canonical_json(payload), online)
-        online_pub, online_threshold = keys.role("online")
-        if len(manifest.valid_keyids(online_pub)) < online_threshold:
-            raise ConfigurationError("manifest signatures do not meet the online threshold")
-        manifest_bytes = manifest.to_bytes()
-
-        # 7. Commit the state BEFORE the manifest exists: a crash may skip a version
-        #    number but never reuses one.
-        db.execute(
-            "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?)",
-            (version, format_utc(now), entries, state_sha256, state_sum, manifest_bytes),
-        )
-        new_floor = max(floor, version + 1 - keep_deltas, 1)
-        db.execute("DELETE FROM changes WHERE version <= ?", (new_floor,))
-        db.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES ('changes_floor', ?)", (new_floor,)
-        )
-        db.execute("COMMIT")
+                total += digest_int(digest)
+        artefact = snap.finish(lambda h: f"{version}.{h}.ndjson.gz", site)
     except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        for w in pending:
-            w.abort()
+        snap.abort()
         raise
-    finally:
-        with suppress(sqlite3.Error):
-            db.execute("DETACH DATABASE s")
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            with suppress(FileNotFoundError):
-                Path(f"{scratch}{suffix}").unlink()
+    # after finish: every line hashed; the raw snapshot bytes are the state.sha256 lines
+    return loader, _Snapshot(artefact, snap.count, snap.raw.hexdigest(), sum_hex(total))
 
-    # 8. The manifest, last.
-    manifest_path = site / "manifest.json"
-    atomic_write(manifest_path, manifest_bytes, mode=0o644)
-    _prune_site(db, site, version, keep_versions)
-    result = PublishResult(
-        version=version,
-        entries=entries,
-        restricted_entries=restricted_entries,
-        quarantined=quarantined,
-        quarantine_path=quarantine_path,
-        site_dir=site,
-        manifest_path=manifest_path,
-        manifest_length=len(manifest_bytes),
-        snapshot=snapshot,
-        deltas=deltas,
-        restricted=restricted,
-        state_sha256=state_sha256,
-        state_sum=state_sum,
-        seconds=time.monotonic() - started,
-        workers=workers,
+
+def _warn_unreached(loader: _Loader) -> None:
+    """Log restricted entries that name unregistered subscribers or reach nobody."""
+    if loader.unregistered:
+        names = sorted(loader.unregistered)
+        log.warning(
+            "restricted entries name %d unregistered subscriber(s), not published to them: %s%s",
+            len(names),
+            ", ".join(names[:20]),
+            " ..." if len(names) > 20 else "",
+        )
+    if loader.unreachable:
+        log.warning("%d restricted entries reach no registered subscriber", loader.unreachable)
+
+
+def _record_changes(db: sqlite3.Connection, previous: int, version: int) -> None:
+    """Note each entry whose public record changed in ``version`` (with its digest before)
+    and make the new records' digests current."""
+    if previous < 1:
+        db.execute("DELETE FROM current")
+        db.execute(
+            "INSERT INTO current(entry_id, digest) "
+            "SELECT entry_id, digest FROM s.src WHERE restricted = 0 ORDER BY entry_id"
+        )
+        return
+    db.execute(
+        "INSERT INTO changes(version, entry_id, old) "
+        "SELECT ?, c.entry_id, c.digest FROM current AS c "
+        "LEFT JOIN s.src AS n ON n.entry_id = c.entry_id AND n.restricted = 0 "
+        "WHERE n.digest IS NULL OR n.digest != c.digest",
+        (version,),
     )
+    db.execute(
+        "INSERT INTO changes(version, entry_id, old) "
+        "SELECT ?, n.entry_id, NULL FROM s.src AS n "
+        "WHERE n.restricted = 0 "
+        "AND NOT EXISTS (SELECT 1 FROM current AS c WHERE c.entry_id = n.entry_id)",
+        (version,),
+    )
+    db.execute(
+        "DELETE FROM current WHERE entry_id IN (SELECT entry_id FROM changes WHERE version = ?)",
+        (version,),
+    )
+    db.execute(
+        "INSERT INTO current(entry_id, digest) "
+        "SELECT n.entry_id, n.digest FROM changes AS c "
+        "JOIN s.src AS n ON n.entry_id = c.entry_id AND n.restricted = 0 "
+        "WHERE c.version = ?",
+        (version,),
+    )
+
+
+def _write_deltas(
+    db: sqlite3.Connection,
+    site: Path,
+    *,
+    version: int,
+    first: int,
+    level: int,
+    pending: list[_GzipArtefact],
+) -> dict[int, Artefact]:
+    """A delta to ``version`` from every stored version from ``first`` on."""
+    bases = [
+        int(r[0])
+        for r in db.execute(
+            "SELECT version FROM versions WHERE version >= ? AND version < ? ORDER BY version",
+            (first, version),
+        )
+    ]
+    return {
+        base: _write_delta(db, site, base, version=version, level=level, pending=pending)
+        for base in bases
+    }
+
+
+def _write_boxes(  # noqa: PLR0917 - internal, one call
+    db: sqlite3.Connection,
+    site: Path,
+    previous: int,
+    version: int,
+    registered: Mapping[str, X25519PublicKey],
+    level: int,
+) -> dict[str, Artefact]:
+    """A box for every registered subscriber some restricted entry names, and an empty
+    one for a subscriber whose last box had entries and who has none left (so even a
+    client that keeps its partition when unlisted is cleared)."""
+    prev_manifest = _stored_manifest(db, previous)
+    previously_boxed = {
+        sub
+        for sub, art in (prev_manifest or {}).get("restricted", {}).items()
+        if art.get("entries", 0) > 0
+    }
+    named = {r[0] for r in db.execute("SELECT DISTINCT sub FROM s.aud")}
+    return {
+        sub: _write_box(db, site, sub, key=registered[sub], version=version, level=level)
+        for sub in sorted(named | (previously_boxed & set(registered)))
+    }
+
+
+def _write_quarantine(state_dir: Path, version: int, quarantined: list[QuarantineItem]) -> Path:
+    """``state/quarantine-<version>.jsonl``: every left-out line with all its reasons."""
+    path = state_dir / f"quarantine-{version}.jsonl"
+    atomic_write(
+        path,
+        b"".join(
+            canonical_json({"line": q.line, "entry_id": q.entry_id, "reasons": q.reasons}) + b"\n"
+            for q in quarantined
+        ),
+        mode=0o600,
+    )
+    return path
+
+
+def _sign_manifest(keys: KeyDir, online: list[SigningKey], payload: dict[str, Any]) -> bytes:
+    """The signed manifest envelope; ConfigurationError unless it meets the online
+    threshold of the current root (checked before anything refers to it)."""
+    manifest = sign_envelope(MANIFEST_TYPE, canonical_json(payload), online)
+    online_pub, online_threshold = keys.role("online")
+    if len(manifest.valid_keyids(online_pub)) < online_threshold:
+        raise ConfigurationError("manifest signatures do not meet the online threshold")
+    return manifest.to_bytes()
+
+
+def _commit_version(
+    db: sqlite3.Connection,
+    version: int,
+    now: _dt.datetime,
+    snap: _Snapshot,
+    manifest: bytes,
+    *,
+    floor: int,
+    keep: int,
+) -> None:
+    """Record ``version`` and its manifest, drop changes no kept delta needs; COMMIT."""
+    db.execute(
+        "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?)",
+        (version, format_utc(now), snap.entries, snap.state_sha256, snap.state_sum, manifest),
+    )
+    new_floor = max(floor, version + 1 - keep, 1)
+    db.execute("DELETE FROM changes WHERE version <= ?", (new_floor,))
+    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('changes_floor', ?)", (new_floor,))
+    db.execute("COMMIT")
+
+
+def _log_published(result: PublishResult, lines: int) -> None:
     log.info(
         "published version %d: %d public + %d restricted entries from %d lines, "
         "%d quarantined, %d deltas, %d boxes, snapshot %d bytes, %.1fs, %d worker(s)",
-        version,
-        entries,
-        restricted_entries,
+        result.version,
+        result.entries,
+        result.restricted_entries,
         lines,
-        len(quarantined),
-        len(deltas),
-        len(restricted),
-        snapshot.length,
+        len(result.quarantined),
+        len(result.deltas),
+        len(result.restricted),
+        result.snapshot.length,
         result.seconds,
-        workers,
+        result.workers,
     )
-    if quarantined:
-        log.warning("%d source line(s) quarantined, see %s", len(quarantined), quarantine_path)
-    return result
+    if result.quarantined:
+        log.warning(
+            "%d source line(s) quarantined, see %s",
+            len(result.quarantined),
+            result.quarantine_path,
+        )
 
 
 def _write_delta(
@@ -1401,13 +1465,13 @@ def _prune_site(db: sqlite3.Connection, site: Path, version: int, keep_versions:
     for sub, pattern in (("snapshots", _SNAPSHOT_RE), ("deltas", _DELTA_RE)):
         d = site / sub
         if d.is_dir():
-            candidates.extend(p for p in d.iterdir() if pattern.match(p.name))
+            candidates.extend(p for p in d.iterdir() if pattern.fullmatch(p.name))
             candidates.extend(d.glob(".*.part"))
     rdir = site / "restricted"
     if rdir.is_dir():
         for d in rdir.iterdir():
             if d.is_dir():
-                candidates.extend(p for p in d.iterdir() if _BOX_RE.match(p.name))
+                candidates.extend(p for p in d.iterdir() if _BOX_RE.fullmatch(p.name))
     removed = 0
     for p in candidates:
         if p.relative_to(site).as_posix() not in keep:

@@ -32,16 +32,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .._exceptions import InvalidInput, UnknownMeasure
+from .names import pydantic_pattern
 
 __all__ = [
     "ACTIONS",
+    "KEY_RELATIONS",
     "RELATIONS",
     "ROLES",
+    "ROLE_TITLES",
     "Action",
     "Measure",
     "Relation",
@@ -55,7 +58,9 @@ __all__ = [
 Action = Literal["block", "review", "monitor"]
 ACTIONS: tuple[Action, ...] = ("block", "review", "monitor")
 
-#: Roles a person can hold towards a listed entity (same names as the entry model's).
+#: Roles a person can hold towards a listed entity: the ``role`` of an entry's related
+#: persons, of a client's declared officers, and what a measure's relations name. This
+#: Literal is the one definition of the role list; :data:`ROLES` is read from it.
 Role = Literal[
     "legal_rep",
     "principal",
@@ -65,35 +70,39 @@ Role = Literal[
     "supervisor",
     "senior_manager",
 ]
-ROLES: tuple[Role, ...] = (
-    "legal_rep",
-    "principal",
-    "actual_controller",
-    "responsible_person",
-    "director",
-    "supervisor",
-    "senior_manager",
-)
+#: The roles, in their fixed order. The order is part of the client's cache format
+#: (see :data:`KEY_RELATIONS`): new roles go at the end, none is ever removed or moved.
+ROLES: tuple[Role, ...] = get_args(Role)
 
 #: Whom a measure reaches: the listed subject itself, a person holding a role in a listed
 #: entity, or (``officer``) an entity one of whose officers is a listed person.
-Relation = Literal[
-    "self",
-    "legal_rep",
-    "principal",
-    "actual_controller",
-    "responsible_person",
-    "director",
-    "supervisor",
-    "senior_manager",
-    "officer",
-]
-RELATIONS: tuple[Relation, ...] = ("self", *ROLES, "officer")
+Relation = Literal["self", Role, "officer"]
+RELATIONS: tuple[Relation, ...] = get_args(Relation)
+
+#: How an identifier key stands in a published record: the record's own subject
+#: (``self``, its ``id_key``/``org_key``) or a related person holding a role (a
+#: ``related[].id_key``). The client's store keeps the index of this tuple on disk, so its
+#: order is fixed (``self`` first, then :data:`ROLES` in order).
+KEY_RELATIONS: tuple[str, ...] = ("self", *ROLES)
+
+#: The Chinese title of each role, as notices and reports name it.
+ROLE_TITLES: Mapping[str, str] = MappingProxyType(
+    {
+        "legal_rep": "法定代表人",
+        "principal": "主要负责人",
+        "actual_controller": "实际控制人",
+        "responsible_person": "影响债务履行的直接责任人员",
+        "director": "董事",
+        "supervisor": "监事",
+        "senior_manager": "高级管理人员",
+    }
+)
 
 _OFFICER_PREFIX = "officer:"
 _MAX_PASSAGE = 200
-_CODE_PATTERN = r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$"
-_CATEGORY_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_CATEGORY_PATTERN = r"[a-z][a-z0-9_]*"
+_CODE_PATTERN = pydantic_pattern(rf"{_CATEGORY_PATTERN}\.{_CATEGORY_PATTERN}")
+_CATEGORY_RE = re.compile(_CATEGORY_PATTERN)
 
 
 class _Frozen(BaseModel):
@@ -202,7 +211,7 @@ class _RawCatalog(_Frozen):
     @model_validator(mode="after")
     def _consistent(self) -> _RawCatalog:
         for key, title in self.categories.items():
-            if not _CATEGORY_RE.match(key) or not title.strip():
+            if not _CATEGORY_RE.fullmatch(key) or not title.strip():
                 raise ValueError(f"bad category {key!r}: {title!r}")
         seen: set[str] = set()
         for m in self.measures:

@@ -14,53 +14,34 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from .._exceptions import InvalidEntry, InvalidIdentifier
-from .catalog import measure_codes
+from .catalog import ROLES, Role, measure_codes
 from .identifiers import (
     IdNumberInfo,
     normalize_id_number,
     normalize_org_code,
     normalize_uscc,
 )
+from .names import ENTRY_ID_PATTERN, ENTRY_ID_RE, pydantic_pattern
 
 __all__ = ["ROLES", "Entry", "Related", "fast_entry_dict", "parse_entry", "validate_entry"]
 
-#: Roles a person can hold in a listed entity's ``related`` list.
-ROLES = (
-    "legal_rep",
-    "principal",
-    "actual_controller",
-    "responsible_person",
-    "director",
-    "supervisor",
-    "senior_manager",
-)
-Role = Literal[
-    "legal_rep",
-    "principal",
-    "actual_controller",
-    "responsible_person",
-    "director",
-    "supervisor",
-    "senior_manager",
-]
-
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_AMOUNT_RE = re.compile(r"^(0|[1-9]\d{0,15})(\.\d{1,2})?$")
+_DATE_PATTERN = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+_AMOUNT_PATTERN = r"(?:0|[1-9][0-9]{0,15})(?:\.[0-9]{1,2})?"
+_DATE_RE = re.compile(_DATE_PATTERN)
 _CASE_RE = re.compile(
-    r"^[(（][0-9]{4}[)）][\u4e00-\u9fff]{1,2}[0-9]{0,4}[\u4e00-\u9fff]{1,4}[0-9]+号$"
+    r"[(（][0-9]{4}[)）][\u4e00-\u9fff]{1,2}[0-9]{0,4}[\u4e00-\u9fff]{1,4}[0-9]+号"
 )
-_ENTRY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
 def _parse_date(value: object) -> object:
     if isinstance(value, str):
-        if not _DATE_RE.match(value):
+        if not _DATE_RE.fullmatch(value):
             raise ValueError("must be a date written YYYY-MM-DD")
         return _dt.date.fromisoformat(value)
     return value
@@ -102,7 +83,7 @@ class Entry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    entry_id: str = Field(pattern=_ENTRY_ID_RE.pattern)
+    entry_id: str = Field(pattern=pydantic_pattern(ENTRY_ID_PATTERN))
     case_no: str = Field(min_length=6, max_length=64)
     subject_type: Literal["person", "entity"]
     name: str = Field(min_length=1, max_length=200)
@@ -120,8 +101,8 @@ class Entry(BaseModel):
     situation: int = Field(ge=1, le=6)
     published_at: _dt.date
     filed_at: _dt.date
-    performed_amount: str = Field(pattern=_AMOUNT_RE.pattern)
-    unperformed_amount: str = Field(pattern=_AMOUNT_RE.pattern)
+    performed_amount: str = Field(pattern=pydantic_pattern(_AMOUNT_PATTERN))
+    unperformed_amount: str = Field(pattern=pydantic_pattern(_AMOUNT_PATTERN))
     severity: int = Field(ge=1, le=3)
     valid_until: _dt.date | None = None
     status: Literal["active", "revoked", "deleted"] = "active"
@@ -183,34 +164,46 @@ def _info_of_normalised(number: str) -> IdNumberInfo:
     return IdNumberInfo(number, birth, "男" if int(number[16]) % 2 == 1 else "女")
 
 
-def _semantic_reasons(e: Entry, known_measures: frozenset[str] | None) -> list[str]:
+def _person_reasons(e: Entry) -> list[str]:
+    """What is wrong with a person's entry: identifiers, age on publication, consistency."""
     reasons: list[str] = []
-    if e.subject_type == "person":
-        if e.id_number is None:
-            reasons.append("id_number: required for a person")
-        if e.uscc or e.org_code or e.legal_rep_name:
-            reasons.append("uscc/org_code/legal_rep_name: only for an entity")
-        if e.related:
-            reasons.append("related: only an entity has related persons")
-        if e.id_number is not None:
-            info = _info_of_normalised(e.id_number)
-            age = info.age_on(e.published_at)
-            if age < 18:
-                reasons.append(
-                    f"minor: the person was {age} on published_at {e.published_at}; "
-                    "minors may not be listed"
-                )
-            if e.gender is not None and e.gender != info.sex:
-                reasons.append("gender: inconsistent with the sex digit of id_number")
-            if e.age is not None and abs(e.age - age) > 1:
-                reasons.append(f"age: {e.age} inconsistent with id_number ({age} on published_at)")
-    else:
-        if e.uscc is None and e.org_code is None:
-            reasons.append("uscc/org_code: an entity needs at least one")
-        if e.id_number is not None or e.gender is not None or e.age is not None:
-            reasons.append("id_number/gender/age: only for a person")
-        if e.uscc and e.org_code and e.uscc[8:17] != e.org_code:
-            reasons.append("org_code: differs from the code embedded in uscc (positions 9-17)")
+    if e.id_number is None:
+        reasons.append("id_number: required for a person")
+    if e.uscc or e.org_code or e.legal_rep_name:
+        reasons.append("uscc/org_code/legal_rep_name: only for an entity")
+    if e.related:
+        reasons.append("related: only an entity has related persons")
+    if e.id_number is None:
+        return reasons
+    info = _info_of_normalised(e.id_number)
+    age = info.age_on(e.published_at)
+    if age < 18:
+        reasons.append(
+            f"minor: the person was {age} on published_at {e.published_at}; "
+            "minors may not be listed"
+        )
+    if e.gender is not None and e.gender != info.sex:
+        reasons.append("gender: inconsistent with the sex digit of id_number")
+    if e.age is not None and abs(e.age - age) > 1:
+        reasons.append(f"age: {e.age} inconsistent with id_number ({age} on published_at)")
+    return reasons
+
+
+def _entity_reasons(e: Entry) -> list[str]:
+    """What is wrong with an entity's entry: which codes it has, and that they agree."""
+    reasons: list[str] = []
+    if e.uscc is None and e.org_code is None:
+        reasons.append("uscc/org_code: an entity needs at least one")
+    if e.id_number is not None or e.gender is not None or e.age is not None:
+        reasons.append("id_number/gender/age: only for a person")
+    if e.uscc and e.org_code and e.uscc[8:17] != e.org_code:
+        reasons.append("org_code: differs from the code embedded in uscc (positions 9-17)")
+    return reasons
+
+
+def _listing_reasons(e: Entry) -> list[str]:
+    """What is wrong with the listing itself: dates, status, visibility, case number."""
+    reasons: list[str] = []
     if e.valid_until is not None and e.valid_until < e.published_at:
         reasons.append("valid_until: before published_at")
     if e.filed_at > e.published_at:
@@ -221,14 +214,29 @@ def _semantic_reasons(e: Entry, known_measures: frozenset[str] | None) -> list[s
         reasons.append("audience: required for a restricted entry")
     if e.visibility == "public" and e.audience:
         reasons.append("audience: only for a restricted entry")
-    if not _CASE_RE.match(e.case_no):
+    if not _CASE_RE.fullmatch(e.case_no):
         reasons.append("case_no: not a case number like (2019)冀0203执123号")
+    return reasons
+
+
+def _measure_reasons(e: Entry, known_measures: frozenset[str]) -> list[str]:
+    """Unknown measure codes, and a ``"*"`` that does not stand alone."""
+    reasons = [
+        f"measures: unknown measure code {code!r}"
+        for code in e.measures
+        if code != "*" and code not in known_measures
+    ]
+    if "*" in e.measures and len(e.measures) > 1:
+        reasons.append('measures: "*" must stand alone')
+    return reasons
+
+
+def _semantic_reasons(e: Entry, known_measures: frozenset[str] | None) -> list[str]:
+    """Every cross-field rule an entry breaks, in a fixed order (subject, listing, measures)."""
+    reasons = _person_reasons(e) if e.subject_type == "person" else _entity_reasons(e)
+    reasons += _listing_reasons(e)
     if known_measures is not None:
-        for code in e.measures:
-            if code != "*" and code not in known_measures:
-                reasons.append(f"measures: unknown measure code {code!r}")
-        if "*" in e.measures and len(e.measures) > 1:
-            reasons.append('measures: "*" must stand alone')
+        reasons += _measure_reasons(e, known_measures)
     return reasons
 
 
@@ -305,9 +313,8 @@ _NULLABLE = (
     "revoked_at",
 )
 _ROLE_SET = frozenset(ROLES)
-_FAST_ENTRY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
-_FAST_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
-_FAST_AMOUNT = re.compile(r"(?:0|[1-9][0-9]{0,15})(?:\.[0-9]{1,2})?\Z")
+_SEXES = ("女", "男")  # by the parity of the 17th digit
+_FAST_AMOUNT = re.compile(_AMOUNT_PATTERN)
 _FAST_DATETIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:Z|[+-][0-9]{2}:[0-9]{2})\Z"
 )
@@ -323,7 +330,7 @@ def _fast_date(value: object) -> bool:
         return False
     ok = _date_ok.get(value)
     if ok is None:
-        ok = _FAST_DATE.match(value) is not None
+        ok = _DATE_RE.fullmatch(value) is not None
         if ok:
             try:
                 _dt.date.fromisoformat(value)
@@ -340,7 +347,7 @@ def _fast_datetime(value: str) -> str | None:
     out = _datetime_json.get(value, "")
     if out == "":
         out = None
-        if _FAST_DATETIME.match(value):
+        if _FAST_DATETIME.fullmatch(value):
             try:
                 parsed = _parse_datetime(value)
             except ValueError:
@@ -374,9 +381,55 @@ def fast_entry_dict(obj: object, known_measures: frozenset[str]) -> dict[str, An
         return None
 
 
+class _Unsure(Exception):
+    """Raised inside the fast path for an entry it does not decide (parse_entry will)."""
+
+
 def _fast_entry_dict(obj: dict[str, Any], known: frozenset[str]) -> dict[str, Any] | None:
+    """:func:`fast_entry_dict` of a plain dict, by parts; raises for anything unusual."""
     d = dict(obj)
     g = d.get
+    texts = _fast_required(g)
+    published: str = d["published_at"]
+    valid_until = g("valid_until")
+    if valid_until is not None and (not _fast_date(valid_until) or valid_until < published):
+        return None
+    status = _fast_status(d)
+    visibility, audience = _fast_visibility(g, texts)
+    measures: Any = g("measures")
+    _fast_measures(measures, known)
+    related = g("related", [])
+    if type(related) is not list and type(related) is not tuple:
+        return None
+    subject_type = g("subject_type")
+    if type(subject_type) is not str:
+        return None
+    if subject_type == "person":
+        if related:
+            return None
+        _fast_person(d, published)
+        new_related: list[dict[str, str]] = []
+    elif subject_type == "entity":
+        _fast_entity(d, texts)
+        new_related = _fast_related(related, texts)
+    else:
+        return None
+    # The model refuses strings with lone surrogates (not valid Unicode): encoding the
+    # free-text fields raises for them (the other strings are ASCII or checked above).
+    "".join(texts).encode()
+    for key in _NULLABLE:
+        if key in d and d[key] is None:
+            del d[key]
+    d["status"] = status
+    d["visibility"] = visibility
+    d["measures"] = list(measures)
+    d["related"] = new_related
+    d["audience"] = list(audience)
+    return d
+
+
+def _fast_required(g: Callable[[str], Any]) -> list[str]:
+    """Check the fields every entry has; return its free texts (checked at the end)."""
     entry_id = g("entry_id")
     case_no: Any = g("case_no")
     name = g("name")
@@ -416,145 +469,136 @@ def _fast_entry_dict(obj: dict[str, Any], known: frozenset[str]) -> dict[str, An
         and 1 <= severity <= 3
         and performance in {"全部未履行", "部分未履行"}
         and filed <= published
-        and _FAST_ENTRY_ID.match(entry_id)
-        and _CASE_RE.match(case_no)
-        and _FAST_AMOUNT.match(performed)
-        and _FAST_AMOUNT.match(unperformed)
+        and ENTRY_ID_RE.fullmatch(entry_id)
+        and _CASE_RE.fullmatch(case_no)
+        and _FAST_AMOUNT.fullmatch(performed)
+        and _FAST_AMOUNT.fullmatch(unperformed)
         and (_date_ok.get(published) or _fast_date(published))
         and (_date_ok.get(filed) or _fast_date(filed))
     ):
-        return None
-    valid_until = g("valid_until")
-    if valid_until is not None and (not _fast_date(valid_until) or valid_until < published):
-        return None
-    texts = [name, court, doc_no, issuer, obligation]  # free text: checked at the end
+        raise _Unsure
+    return [name, court, doc_no, issuer, obligation]
 
-    status = g("status", "active")
+
+def _fast_status(d: dict[str, Any]) -> str:
+    """``status``, with ``revoked_at`` (required exactly when not active) put in JSON form."""
+    status = d.get("status", "active")
     if type(status) is not str or status not in ("active", "revoked", "deleted"):
-        return None
-    revoked_at = g("revoked_at")
-    if revoked_at is not None:
-        if type(revoked_at) is not str or status == "active":
-            return None
-        revoked_json = _fast_datetime(revoked_at)
-        if revoked_json is None:
-            return None
-        d["revoked_at"] = revoked_json
-    elif status != "active":
-        return None
+        raise _Unsure
+    revoked_at = d.get("revoked_at")
+    if revoked_at is None:
+        if status != "active":
+            raise _Unsure
+        return status
+    if type(revoked_at) is not str or status == "active":
+        raise _Unsure
+    revoked_json = _fast_datetime(revoked_at)
+    if revoked_json is None:
+        raise _Unsure
+    d["revoked_at"] = revoked_json
+    return status
 
+
+def _fast_visibility(g: Callable[..., Any], texts: list[str]) -> tuple[str, Any]:
+    """``(visibility, audience)``: a public entry has no audience, a restricted one needs it."""
     visibility = g("visibility", "public")
     audience = g("audience", [])
-    if type(audience) is not list and type(audience) is not tuple:
-        return None
-    if visibility == "public" and type(visibility) is str:
+    if type(visibility) is not str or (type(audience) is not list and type(audience) is not tuple):
+        raise _Unsure
+    if visibility == "public":
         if audience:
-            return None
-    elif visibility == "restricted" and type(visibility) is str:
-        if not audience:
-            return None
+            raise _Unsure
+    elif visibility == "restricted" and audience:
         for sub in audience:
             if type(sub) is not str:
-                return None
+                raise _Unsure
         texts += audience
     else:
-        return None
+        raise _Unsure
+    return visibility, audience
 
-    measures = g("measures")
+
+def _fast_measures(measures: Any, known: frozenset[str]) -> None:
+    """Known measure codes, or ``"*"`` alone."""
     if (type(measures) is not list and type(measures) is not tuple) or not measures:
-        return None
+        raise _Unsure
     if len(measures) == 1:
         code = measures[0]
         if type(code) is not str or (code != "*" and code not in known):
-            return None
-    else:
-        for code in measures:
-            if type(code) is not str or code not in known:  # "*" must stand alone
-                return None
+            raise _Unsure
+        return
+    for code in measures:
+        if type(code) is not str or code not in known:  # "*" must stand alone
+            raise _Unsure
 
-    related = g("related", [])
-    if type(related) is not list and type(related) is not tuple:
-        return None
+
+def _fast_person(d: dict[str, Any], published: str) -> None:
+    """A person: an adult's ID number (normalised in ``d``), consistent gender and age."""
+    g = d.get
+    if g("uscc") is not None or g("org_code") is not None or g("legal_rep_name") is not None:
+        raise _Unsure
+    raw_id = g("id_number")
+    if type(raw_id) is not str:
+        raise _Unsure
+    id_number = normalize_id_number(raw_id)
+    years = (
+        int(published[0:4])
+        - int(id_number[6:10])
+        - ((published[5:7] + published[8:10]) < id_number[10:14])
+    )
+    if years < 18:
+        raise _Unsure
     gender = g("gender")
+    if gender is not None and (type(gender) is not str or gender != _SEXES[int(id_number[16]) % 2]):
+        raise _Unsure
     age = g("age")
-    subject_type = g("subject_type")
-    if type(subject_type) is not str:
-        return None
-    if subject_type == "person":
-        if related or g("uscc") is not None or g("org_code") is not None:
-            return None
-        if g("legal_rep_name") is not None:
-            return None
-        raw_id = g("id_number")
-        if type(raw_id) is not str:
-            return None
-        id_number = normalize_id_number(raw_id)
-        years = (
-            int(published[0:4])
-            - int(id_number[6:10])
-            - ((published[5:7] + published[8:10]) < id_number[10:14])
-        )
-        if years < 18:
-            return None
-        sex = "男" if int(id_number[16]) % 2 else "女"
-        if gender is not None and (type(gender) is not str or gender != sex):
-            return None
-        if age is not None and (type(age) is not int or not 0 <= age <= 150):
-            return None
-        if age is not None and abs(age - years) > 1:
-            return None
-        d["id_number"] = id_number
-        new_related: list[dict[str, str]] = []
-    elif subject_type == "entity":
-        if g("id_number") is not None or gender is not None or age is not None:
-            return None
-        legal_rep_name = g("legal_rep_name")
-        if legal_rep_name is not None:
-            if not _str_len(legal_rep_name, 0, 100):
-                return None
-            texts.append(legal_rep_name)
-        raw_uscc = g("uscc")
-        raw_org = g("org_code")
-        if raw_uscc is None and raw_org is None:
-            return None
-        if raw_uscc is not None:
-            if type(raw_uscc) is not str:
-                return None
-            d["uscc"] = normalize_uscc(raw_uscc)
-        if raw_org is not None:
-            if type(raw_org) is not str:
-                return None
-            d["org_code"] = normalize_org_code(raw_org)
-            if raw_uscc is not None and d["uscc"][8:17] != d["org_code"]:
-                return None
-        new_related = []
-        for person in related:
-            if type(person) is not dict or not person.keys() <= _RELATED_FIELDS:
-                return None
-            role: Any = person.get("role")
-            rel_name: Any = person.get("name")
-            if type(role) is not str or role not in _ROLE_SET or not _str_len(rel_name, 1, 100):
-                return None
-            texts.append(rel_name)
-            item: dict[str, str] = {"role": role, "name": rel_name}
-            rel_id = person.get("id_number")
-            if rel_id is not None:
-                if type(rel_id) is not str:
-                    return None
-                item["id_number"] = normalize_id_number(rel_id)
-            new_related.append(item)
-    else:
-        return None
+    if age is not None and (type(age) is not int or not 0 <= age <= 150 or abs(age - years) > 1):
+        raise _Unsure
+    d["id_number"] = id_number
 
-    # The model refuses strings with lone surrogates (not valid Unicode): encoding the
-    # free-text fields raises for them (the other strings are ASCII or checked above).
-    "".join(texts).encode()
-    for key in _NULLABLE:
-        if key in d and d[key] is None:
-            del d[key]
-    d["status"] = status
-    d["visibility"] = visibility
-    d["measures"] = list(measures)
-    d["related"] = new_related
-    d["audience"] = list(audience)
-    return d
+
+def _fast_entity(d: dict[str, Any], texts: list[str]) -> None:
+    """An entity: its codes normalised in ``d`` (at least one, agreeing), no person fields."""
+    g = d.get
+    if g("id_number") is not None or g("gender") is not None or g("age") is not None:
+        raise _Unsure
+    legal_rep_name = g("legal_rep_name")
+    if legal_rep_name is not None:
+        if not _str_len(legal_rep_name, 0, 100):
+            raise _Unsure
+        texts.append(legal_rep_name)
+    raw_uscc = g("uscc")
+    raw_org = g("org_code")
+    if raw_uscc is None and raw_org is None:
+        raise _Unsure
+    if raw_uscc is not None:
+        if type(raw_uscc) is not str:
+            raise _Unsure
+        d["uscc"] = normalize_uscc(raw_uscc)
+    if raw_org is not None:
+        if type(raw_org) is not str:
+            raise _Unsure
+        d["org_code"] = normalize_org_code(raw_org)
+        if raw_uscc is not None and d["uscc"][8:17] != d["org_code"]:
+            raise _Unsure
+
+
+def _fast_related(related: Any, texts: list[str]) -> list[dict[str, str]]:
+    """An entity's related persons as the model writes them (ID numbers normalised)."""
+    out: list[dict[str, str]] = []
+    for person in related:
+        if type(person) is not dict or not person.keys() <= _RELATED_FIELDS:
+            raise _Unsure
+        role: Any = person.get("role")
+        rel_name: Any = person.get("name")
+        if type(role) is not str or role not in _ROLE_SET or not _str_len(rel_name, 1, 100):
+            raise _Unsure
+        texts.append(rel_name)
+        item: dict[str, str] = {"role": role, "name": rel_name}
+        rel_id = person.get("id_number")
+        if rel_id is not None:
+            if type(rel_id) is not str:
+                raise _Unsure
+            item["id_number"] = normalize_id_number(rel_id)
+        out.append(item)
+    return out

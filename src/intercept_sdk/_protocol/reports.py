@@ -13,14 +13,18 @@ Guarantees:
 * :func:`build_report` only returns payloads that :func:`validate_report` accepts: a
   known kind, the fields that kind needs, a fresh uuid4 ``report_id`` (the idempotency
   key: the outbox and the platform de-duplicate on it), ``created_at`` in UTC.
-* A report never carries more personal data than the platform already holds: every string
-  (and every long integer) in the payload, including the keys and values of ``details``,
-  is scanned for something shaped like a plaintext resident ID number (18 or legacy 15
-  digits with a plausible birth date) and refused with :class:`InvalidReport`. The entry
-  is named by ``entry_id``/``case_no``, which the platform published itself.
+* A report never carries more personal data than the platform already holds: every
+  free-text field (``entry_id``, ``case_no``, ``outcome``) and every key and value of
+  ``details`` at any depth (strings, and integers of 15-18 digits) is scanned for something
+  shaped like a plaintext resident ID number (18 or legacy 15 digits with a plausible
+  birth date) and refused with :class:`InvalidReport`. The entry is named by
+  ``entry_id``/``case_no``, which the platform published itself. (``report_id`` is random
+  hex, ``subscriber_id`` a registered name, ``measure`` a catalog code.)
 * ``details`` must be plain JSON (objects with string keys, arrays, strings, finite
   numbers, booleans, null), at most 16 levels deep, and the whole payload at most
-  :data:`MAX_PAYLOAD_BYTES`; nothing is converted silently.
+  :data:`MAX_PAYLOAD_BYTES`; nothing is converted silently. The top level holds exactly
+  the protocol's fields, and ``created_at`` may be at most :data:`MAX_CREATED_AHEAD`
+  ahead of the receiver's clock (:func:`validate_report`'s ``now``).
 * :func:`verify_report` trusts nothing before the signature of the subscriber named in
   the payload has verified: the payload is only parsed far enough to learn which key to
   check, then the signature over the exact received bytes is verified, and only then is
@@ -42,6 +46,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from .._exceptions import ConfigurationError, FormatError, InvalidReport, SignatureError
 from .._util import format_utc, parse_utc, utcnow
+from .names import (
+    ENTRY_ID_PATTERN,
+    ENTRY_ID_RE,
+    SUBSCRIBER_ID_PATTERN,
+    is_report_id,
+    is_subscriber_id,
+)
 from .signing import (
     REPORT_TYPE,
     Envelope,
@@ -53,6 +64,7 @@ from .signing import (
 
 __all__ = [
     "CHINA_TZ",
+    "MAX_CREATED_AHEAD",
     "MAX_ENVELOPE_BYTES",
     "MAX_PAYLOAD_BYTES",
     "REPORT_KEY_FILE",
@@ -124,13 +136,13 @@ _REQUIRED_DETAILS: Final[Mapping[str, tuple[str, ...]]] = {
     "quarterly_summary": ("year", "quarter"),
 }
 
-# Subscriber ids also name a directory on the platform's site (restricted/<subscriber>/),
-# so they are path-safe by construction.
-_SUBSCRIBER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_ENTRY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-_OUTCOME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
-_REPORT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_OUTCOME_PATTERN: Final = r"[a-z][a-z0-9_.-]{0,63}"
+_OUTCOME_RE: Final = re.compile(_OUTCOME_PATTERN)
 _MAX_DEPTH = 16
+#: How far ahead of the receiver's clock ``created_at`` may be: clocks of enforcing units
+#: drift, but a report dated more than a day ahead is a broken clock or a forgery (it
+#: would also sort after reports that are really newer).
+MAX_CREATED_AHEAD: Final = _dt.timedelta(days=1)
 
 # Something shaped like a resident ID number: area code, a plausible birth date, sequence
 # and check character (18), or the legacy 15-digit form. The checksum is deliberately not
@@ -242,11 +254,12 @@ def _measure_codes() -> frozenset[str]:
 def _check_str(
     payload: Mapping[str, Any],
     field: str,
-    pattern: re.Pattern[str] | None,
+    pattern: tuple[re.Pattern[str], str] | None,
     reasons: list[str],
     *,
     max_len: int = 64,
 ) -> None:
+    """A free-text field: a string, no ID number, of ``pattern`` (compiled, shown) if given."""
     value = payload.get(field)
     if value is None:
         return
@@ -254,50 +267,61 @@ def _check_str(
         reasons.append(f"{field} must be a string, got {type(value).__name__}")
     elif _looks_like_id_number(value):
         reasons.append(_id_reason(field))
-    elif pattern is not None and not pattern.match(value):
-        reasons.append(f"{field} {_shown(value)} does not match {pattern.pattern}")
+    elif pattern is not None and not pattern[0].fullmatch(value):
+        reasons.append(f"{field} {_shown(value)} does not match {pattern[1]}")
     elif not 1 <= len(value) <= max_len:
         reasons.append(f"{field} must be 1..{max_len} characters")
 
 
-def _validate(
-    payload: Mapping[str, Any],
-) -> tuple[dict[str, Any], list[str], bytes, _dt.datetime | None]:
-    """Check a report payload.
+def _check_fields(payload: Mapping[str, Any], reasons: list[str]) -> None:
+    """Exactly the protocol's top-level fields: none missing, none unknown."""
+    if payload.keys() == _FIELD_SET:
+        return
+    missing = [f for f in _FIELDS if f not in payload]
+    extra = sorted(str(k) for k in payload if k not in _FIELDS)
+    if missing:
+        reasons.append("missing fields: " + ", ".join(missing))
+    if extra:
+        reasons.append("unknown fields: " + ", ".join(extra))
 
-    Returns a plain-JSON copy, the list of problems, and (only meaningful without
-    problems) the copy's canonical JSON and ``created_at`` parsed.
-    """
-    reasons: list[str] = []
-    when: _dt.datetime | None = None
-    if payload.keys() != _FIELD_SET:
-        missing = [f for f in _FIELDS if f not in payload]
-        extra = sorted(str(k) for k in payload if k not in _FIELDS)
-        if missing:
-            reasons.append("missing fields: " + ", ".join(missing))
-        if extra:
-            reasons.append("unknown fields: " + ", ".join(extra))
+
+def _check_identity(payload: Mapping[str, Any], reasons: list[str]) -> None:
+    """``type``, ``kind``, ``report_id`` and ``subscriber_id``: what the report is, by whom."""
     if payload.get("type") != "report":
         reasons.append('type must be "report"')
     kind = payload.get("kind")
     if kind not in REPORT_KINDS:
         reasons.append(f"kind must be one of {', '.join(REPORT_KINDS)}, got {_shown(kind, 40)}")
-    rid = payload.get("report_id")
-    if not isinstance(rid, str) or not _REPORT_ID_RE.match(rid):
+    if not is_report_id(payload.get("report_id")):
         reasons.append("report_id must be 32 lower-case hex characters (uuid4().hex)")
-    sid = payload.get("subscriber_id")
-    if not isinstance(sid, str) or not _SUBSCRIBER_RE.match(sid):
-        reasons.append(f"subscriber_id must match {_SUBSCRIBER_RE.pattern}")
-    created = payload.get("created_at")
+    if not is_subscriber_id(payload.get("subscriber_id")):
+        reasons.append(f"subscriber_id must match {SUBSCRIBER_ID_PATTERN}")
+
+
+def _check_created(
+    created: object, now: _dt.datetime | None, reasons: list[str]
+) -> _dt.datetime | None:
+    """``created_at`` parsed; not more than :data:`MAX_CREATED_AHEAD` after ``now`` (if given)."""
     try:
         if not isinstance(created, str):
             raise ValueError
         when = parse_utc(created)
     except ValueError:
         reasons.append("created_at must be an ISO 8601 UTC time such as 2026-01-31T08:00:00Z")
-    _check_str(payload, "entry_id", _ENTRY_ID_RE, reasons)
+        return None
+    if now is not None and when > now + MAX_CREATED_AHEAD:
+        reasons.append(
+            f"created_at {created} is more than {MAX_CREATED_AHEAD.days} day ahead of the "
+            f"receiver's clock ({format_utc(now)})"
+        )
+    return when
+
+
+def _check_references(payload: Mapping[str, Any], reasons: list[str]) -> None:
+    """What the report is about: entry, case, outcome, measure, list version."""
+    _check_str(payload, "entry_id", (ENTRY_ID_RE, ENTRY_ID_PATTERN), reasons)
     _check_str(payload, "case_no", None, reasons)
-    _check_str(payload, "outcome", _OUTCOME_RE, reasons)
+    _check_str(payload, "outcome", (_OUTCOME_RE, _OUTCOME_PATTERN), reasons)
     measure = payload.get("measure")
     if measure is not None:
         if not isinstance(measure, str):
@@ -309,27 +333,54 @@ def _validate(
         not isinstance(version, int) or isinstance(version, bool) or version < 0
     ):
         reasons.append("list_version must be a non-negative integer")
-    if isinstance(kind, str) and kind in _REQUIRED:
-        for field in _REQUIRED[kind]:
+
+
+def _check_required(kind: object, payload: Mapping[str, Any], reasons: list[str]) -> None:
+    """The top-level fields ``kind`` needs (see :data:`_REQUIRED`)."""
+    if isinstance(kind, str):
+        for field in _REQUIRED.get(kind, ()):
             if payload.get(field) is None:
                 reasons.append(f"a {kind} report needs {field}")
-    details = payload.get("details")
-    plain_details: Any = {}
+
+
+def _check_details(kind: object, details: object, reasons: list[str]) -> Any:
+    """A plain-JSON copy of ``details`` (see :func:`_plain_json`), and its per-kind keys."""
     if type(details) is not dict and not isinstance(details, Mapping):
         reasons.append(f"details must be a JSON object, got {type(details).__name__}")
-    else:
-        plain_details = _plain_json(details, "details", 1, reasons)
-        if isinstance(kind, str):
-            for key in _REQUIRED_DETAILS.get(kind, ()):
-                value = details.get(key)
-                if value is None or (isinstance(value, str) and not value.strip()):
-                    reasons.append(f"a {kind} report needs details[{key!r}]")
-        if kind == "quarterly_summary":
-            year, quarter = details.get("year"), details.get("quarter")
-            if not isinstance(year, int) or isinstance(year, bool) or not 2000 <= year <= 9999:
-                reasons.append("details['year'] must be a year such as 2026")
-            if quarter not in (1, 2, 3, 4) or isinstance(quarter, bool):
-                reasons.append("details['quarter'] must be 1, 2, 3 or 4")
+        return {}
+    plain = _plain_json(details, "details", 1, reasons)
+    if isinstance(kind, str):
+        for key in _REQUIRED_DETAILS.get(kind, ()):
+            value = details.get(key)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                reasons.append(f"a {kind} report needs details[{key!r}]")
+    if kind == "quarterly_summary":
+        year, quarter = details.get("year"), details.get("quarter")
+        if not isinstance(year, int) or isinstance(year, bool) or not 2000 <= year <= 9999:
+            reasons.append("details['year'] must be a year such as 2026")
+        if quarter not in (1, 2, 3, 4) or isinstance(quarter, bool):
+            reasons.append("details['quarter'] must be 1, 2, 3 or 4")
+    return plain
+
+
+def _validate(
+    payload: Mapping[str, Any], now: _dt.datetime | None
+) -> tuple[dict[str, Any], list[str], bytes, _dt.datetime | None]:
+    """Check a report payload.
+
+    Returns a plain-JSON copy, the list of problems, and (only meaningful without
+    problems) the copy's canonical JSON and ``created_at`` parsed. ``now`` is the
+    receiver's clock for the ``created_at`` bound (None: not checked, as when the
+    payload's own ``created_at`` was just made from the builder's clock).
+    """
+    reasons: list[str] = []
+    _check_fields(payload, reasons)
+    _check_identity(payload, reasons)
+    when = _check_created(payload.get("created_at"), now, reasons)
+    _check_references(payload, reasons)
+    kind = payload.get("kind")
+    _check_required(kind, payload, reasons)
+    plain_details = _check_details(kind, payload.get("details"), reasons)
     out = {f: payload.get(f) for f in _FIELDS}
     out["details"] = plain_details
     data = b""
@@ -340,8 +391,17 @@ def _validate(
     return out, reasons, data, when
 
 
-def validate_report(payload: Mapping[str, Any]) -> dict[str, Any]:
+def validate_report(
+    payload: Mapping[str, Any], *, now: _dt.datetime | None = None
+) -> dict[str, Any]:
     """Check a report payload against the protocol; return a plain-JSON copy of it.
+
+    This is the one schema of a report, for both sides: exactly the protocol's fields
+    (an unknown or missing one is refused), the shapes of every name, only finite
+    numbers (no NaN or Infinity anywhere), no string anywhere in the payload's free text
+    or in ``details`` (keys and values, at any depth) shaped like a resident ID number,
+    and ``created_at`` at most :data:`MAX_CREATED_AHEAD` after ``now`` (an aware
+    datetime: the receiver's clock; default the current time).
 
     Raises :class:`InvalidReport` naming every problem found (never echoing a value that
     looks like an ID number). The platform uses this for received reports, after the
@@ -349,7 +409,11 @@ def validate_report(payload: Mapping[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(payload, Mapping):
         raise InvalidReport(f"a report payload must be a JSON object, got {type(payload).__name__}")
-    out, reasons, _, _ = _validate(payload)
+    if now is None:
+        now = utcnow()
+    elif not isinstance(now, _dt.datetime) or now.tzinfo is None:
+        raise InvalidReport("now must be a timezone-aware datetime")
+    out, reasons, _, _ = _validate(payload, now)
     if reasons:
         raise InvalidReport("invalid report: " + "; ".join(reasons))
     return out
@@ -482,7 +546,7 @@ def _check_kind_and_id(kind: object, report_id: object) -> None:
     """The enqueue arguments' own checks (a known kind, a well-formed report_id)."""
     if kind not in REPORT_KINDS:
         raise InvalidReport(f"unknown report kind {_shown(kind, 40)}")
-    if not isinstance(report_id, str) or not _REPORT_ID_RE.match(report_id):
+    if not is_report_id(report_id):
         raise InvalidReport("report_id must be 32 lower-case hex characters")
 
 
@@ -620,7 +684,7 @@ def build_report(
         "outcome": outcome,
         "details": {} if details is None else details,
     }
-    out, reasons, data, parsed = _validate(payload)
+    out, reasons, data, parsed = _validate(payload, None)
     if reasons:
         raise InvalidReport("invalid report: " + "; ".join(reasons))
     # Validated once, here: sign_report signs exactly these bytes unless the payload is
@@ -650,7 +714,10 @@ def sign_report(payload: Mapping[str, Any], key: Ed25519PrivateKey) -> bytes:
 
 
 def verify_report(
-    envelope_bytes: bytes, subscriber_keys: Mapping[str, Ed25519PublicKey]
+    envelope_bytes: bytes,
+    subscriber_keys: Mapping[str, Ed25519PublicKey],
+    *,
+    now: _dt.datetime | None = None,
 ) -> dict[str, Any]:
     """Verify a report envelope and return its payload.
 
@@ -659,7 +726,7 @@ def verify_report(
     and non-objects are refused here, before any other use); (3) the key registered for that
     subscriber must have signed ``PAE(REPORT_TYPE, payload)`` over the exact received
     bytes; (4) only then is the payload validated with :func:`validate_report` and
-    returned.
+    returned (``now``: the receiver's clock, see :func:`validate_report`).
 
     Raises :class:`SignatureError` for an unknown subscriber or a missing/bad signature,
     :class:`InvalidReport` for anything malformed.
@@ -681,14 +748,15 @@ def verify_report(
     except (FormatError, RecursionError):
         raise InvalidReport("report payload is not a JSON object") from None
     sid = unverified.get("subscriber_id")
-    if not isinstance(sid, str) or not _SUBSCRIBER_RE.match(sid):
-        raise InvalidReport(f"subscriber_id must match {_SUBSCRIBER_RE.pattern}")
+    if not is_subscriber_id(sid):
+        raise InvalidReport(f"subscriber_id must match {SUBSCRIBER_ID_PATTERN}")
+    assert isinstance(sid, str)
     key = subscriber_keys.get(sid)
     if key is None:
         raise SignatureError(f"unknown subscriber {_shown(sid)}: no report key registered")
     verify_single(key, envelope)
     # Authenticated from here on.
-    return validate_report(unverified)
+    return validate_report(unverified, now=now)
 
 
 #: Quarters are calendar quarters in China Standard Time (UTC+8, no daylight saving).

@@ -42,11 +42,12 @@ import os
 import random
 import tempfile
 from bisect import bisect as _bisect
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from operator import mul as _mul
 from pathlib import Path
 from typing import Any
 
+from .._protocol.catalog import ROLES
 from .._protocol.identifiers import USCC_ALPHABET
 
 __all__ = [
@@ -175,7 +176,8 @@ _CITIES: tuple[tuple[str, str, str, tuple[tuple[str, str, str], ...]], ...] = (
 )
 
 # Flattened: (place, court name, court code, area, intermediate name, intermediate code).
-_BASIC: tuple[tuple[str, str, str, str, str, str], ...] = tuple(
+_Basic = tuple[str, str, str, str, str, str]
+_BASIC: tuple[_Basic, ...] = tuple(
     (place, name, code, area, mid_name, mid_code)
     for place, mid_name, mid_code, basics in _CITIES
     for name, code, area in basics
@@ -255,14 +257,8 @@ _USCC_TYPES: Mapping[str, str] = {
 # First characters ``valid_uscc`` draws when none is given, with their weights.
 _USCC_FIRSTS = "99999999999999551NNAY"
 
-_ROLES_EXTRA = (
-    "principal",
-    "actual_controller",
-    "responsible_person",
-    "director",
-    "supervisor",
-    "senior_manager",
-)
+# Every entity gets a legal representative; these other roles sometimes (catalog order).
+_ROLES_EXTRA = tuple(role for role in ROLES if role != "legal_rep")
 _DIGITS = "0123456789"
 _EARLIEST_BIRTH = _dt.date(1950, 1, 1).toordinal()
 _FIRST_PUBLISHED = _dt.date(2015, 1, 1).toordinal()
@@ -563,6 +559,11 @@ def _generate(
     start_id: int,
     today: _dt.date,
 ) -> Iterator[dict[str, Any]]:
+    """The entries of :func:`generate_entries`, one part after the other.
+
+    Each part draws from the one stream ``rng`` in a fixed order (the tests pin the
+    output of a seed), so the parts are called in the order the fields appear.
+    """
     # Positions of minors and restricted entries come from their own stream: making entries
     # restricted changes nothing else in the run (minors do shift the later draws).
     chosen = random.Random(seed * 2 + 1).sample(range(n), minors + restricted)
@@ -572,8 +573,6 @@ def _generate(
     rand = rng.random
     basics = _BASIC
     n_basic = len(basics)
-    n_areas = len(_ID_AREAS)
-    n_obligations = len(_OBLIGATIONS)
     today_o = today.toordinal()
     pub_span = today_o - _FIRST_PUBLISHED
     days = _days()
@@ -581,98 +580,30 @@ def _generate(
     for pos in range(n):
         is_minor = pos in minor_at
         is_restricted = pos in restricted_at
-        place, basic_name, court_code, area, mid_name, mid_code = basics[int(rand() * n_basic)]
+        basic = basics[int(rand() * n_basic)]
         published_o = _FIRST_PUBLISHED + int(rand() * pub_span)
         published = days[published_o - _DAY0]
         filed = days[published_o - 1 - int(rand() * 400) - _DAY0]
-        filed_year = filed[5]
-
-        # Enforcement mostly at the basic court, sometimes at the intermediate court; the
-        # basis is a judgment of first instance, or of second instance by the higher court.
-        court_name = basic_name
-        if rand() < 0.15:
-            court_name = basis_issuer = mid_name
-            court_code = basis_code = mid_code
-            basis_kind = "民初"
-        elif rand() < 0.25:
-            basis_issuer, basis_code, basis_kind = mid_name, mid_code, "民终"
-        else:
-            basis_issuer, basis_code = basic_name, court_code
-            basis_kind = "民初" if rand() < 0.9 else "刑初"
-        case_kind = "执" if rand() < 0.85 else "执恢"
-        basis_year = max(2013, filed_year - int(rand() * 3))
-
-        # The adjudged sum in yuan (1,000 to ~30 million), in cents with interest added.
-        principal = int(10 ** (3 + rand() * 4.5))
-        total = principal * 100 + (int(rand() * 100_000) if rand() < 0.3 else 0)
-        if rand() < 0.75:
-            performance, performed = "全部未履行", 0
-        else:
-            performance, performed = "部分未履行", 1 + int(rand() * (total - 1))
-        yuan, fen = divmod(total - performed, 100)
-        unperformed_text = f"{yuan}.{fen:02d}" if fen else f"{yuan}"
-        yuan, fen = divmod(performed, 100)
-        performed_text = f"{yuan}.{fen:02d}" if fen else f"{yuan}"
-
+        court = _courts(rand, basic, filed[5])
+        amounts = _amounts(rand)
         entry: dict[str, Any] = {
             "entry_id": f"{'M' if is_minor else 'E'}{start_id + pos:08d}",
-            "case_no": f"({filed_year}){court_code}{case_kind}{1 + int(rand() * 9999)}号",
+            "case_no": f"({filed[5]}){court[1]}{court[5]}{1 + int(rand() * 9999)}号",
         }
-        related: list[dict[str, str]] = []
         if is_minor or rand() >= entity_ratio:
-            person_area = area if rand() < 0.7 else _ID_AREAS[int(rand() * n_areas)]
-            id_number, male, age = _person_id(rng, person_area, published, is_minor, days)
-            entry["subject_type"] = "person"
-            entry["name"] = _person_name(rng, male)
-            entry["id_number"] = id_number
-            entry["gender"] = "男" if male else "女"
-            entry["age"] = age
+            related: list[dict[str, str]] = []
+            _add_person(entry, rng, basic[3], published, is_minor=is_minor, days=days)
         else:
-            name, uscc = _entity_name_and_uscc(rng, place, basic_name, area)
-            entry["subject_type"] = "entity"
-            entry["name"] = name
-            r = rand()
-            if r < 0.95:
-                entry["uscc"] = uscc
-            if r >= 0.75:  # 20 % give both, 5 % (old entries) the organisation code only
-                entry["org_code"] = uscc[8:17]
-            for role in ("legal_rep", *(_ROLES_EXTRA if rand() < 0.3 else ())):
-                if role != "legal_rep" and rand() < 0.7:
-                    continue
-                rel_area = _ID_AREAS[int(rand() * n_areas)]
-                rel_id, rel_male, _ = _person_id(rng, rel_area, published, False, days)
-                person = {"role": role, "name": _person_name(rng, rel_male)}
-                if rand() < 0.85:
-                    person["id_number"] = rel_id
-                related.append(person)
-            entry["legal_rep_name"] = related[0]["name"]
-
-        situation = 1 + _bisect(_SITUATION_CUMULATIVE, rand())
-        entry["court"] = court_name
-        entry["basis_doc_no"] = f"({basis_year}){basis_code}{basis_kind}{1 + int(rand() * 19999)}号"
-        entry["basis_issuer"] = basis_issuer
-        entry["obligation"] = _OBLIGATIONS[int(rand() * n_obligations)].format(a=principal)
-        entry["performance"] = performance
-        entry["situation"] = situation
-        entry["published_at"] = published[1]
-        entry["filed_at"] = filed[1]
-        entry["performed_amount"] = performed_text
-        entry["unperformed_amount"] = unperformed_text
-        entry["severity"] = 1 + _bisect(_SEVERITY_CUMULATIVE, rand())
-        if situation != 1 and rand() < 0.5:
-            # Situations 2-6 are listed for 2 years, sometimes extended by 1-3 years.
-            extra = 0 if rand() < 0.85 else 1 + int(rand() * 3)
-            entry["valid_until"] = _shift_years(published[0], 2 + extra).isoformat()
-        if rand() < revoked_ratio:
-            revoked = days[published_o + 1 + int(rand() * (today_o - published_o)) - _DAY0]
-            seconds = 28_800 + int(rand() * 36_000)  # office hours, 08:00 to 18:00
-            entry["status"] = "revoked"
-            entry["revoked_at"] = (
-                f"{revoked[1]}T{seconds // 3600:02d}:{seconds // 60 % 60:02d}:"
-                f"{seconds % 60:02d}+08:00"
-            )
-        else:
-            entry["status"] = "active"
+            related = _add_entity(entry, rng, basic, published, days)
+        _add_listing(entry, rand, court, amounts, published=published, filed=filed)
+        _add_status(
+            entry,
+            rng,
+            published,
+            days_since=today_o - published_o,
+            revoked_ratio=revoked_ratio,
+            days=days,
+        )
         entry["visibility"] = "restricted" if is_restricted else "public"
         if rand() < 0.85:
             entry["measures"] = ["*"]
@@ -681,6 +612,153 @@ def _generate(
         entry["related"] = related
         entry["audience"] = list(audience) if is_restricted else []
         yield entry
+
+
+_Court = tuple[str, str, str, str, str, str, int]
+"""Enforcing court name and code, basis issuer, code and kind, case kind, basis year."""
+_Amounts = tuple[int, str, str, str]
+"""Principal in yuan, performance, performed and unperformed amounts as written."""
+
+
+def _courts(rand: Callable[[], float], basic: _Basic, filed_year: int) -> _Court:
+    """Enforcement mostly at the basic court, sometimes at the intermediate court; the
+    basis is a judgment of first instance, or of second instance by the higher court."""
+    _, basic_name, court_code, _, mid_name, mid_code = basic
+    court_name = basic_name
+    if rand() < 0.15:
+        court_name = basis_issuer = mid_name
+        court_code = basis_code = mid_code
+        basis_kind = "民初"
+    elif rand() < 0.25:
+        basis_issuer, basis_code, basis_kind = mid_name, mid_code, "民终"
+    else:
+        basis_issuer, basis_code = basic_name, court_code
+        basis_kind = "民初" if rand() < 0.9 else "刑初"
+    case_kind = "执" if rand() < 0.85 else "执恢"
+    basis_year = max(2013, filed_year - int(rand() * 3))
+    return court_name, court_code, basis_issuer, basis_code, basis_kind, case_kind, basis_year
+
+
+def _amounts(rand: Callable[[], float]) -> _Amounts:
+    """The adjudged sum in yuan (1,000 to ~30 million), in cents with interest added,
+    and how much of it was performed."""
+    principal = int(10 ** (3 + rand() * 4.5))
+    total = principal * 100 + (int(rand() * 100_000) if rand() < 0.3 else 0)
+    if rand() < 0.75:
+        performance, performed = "全部未履行", 0
+    else:
+        performance, performed = "部分未履行", 1 + int(rand() * (total - 1))
+    yuan, fen = divmod(total - performed, 100)
+    unperformed_text = f"{yuan}.{fen:02d}" if fen else f"{yuan}"
+    yuan, fen = divmod(performed, 100)
+    performed_text = f"{yuan}.{fen:02d}" if fen else f"{yuan}"
+    return principal, performance, performed_text, unperformed_text
+
+
+def _add_person(
+    entry: dict[str, Any],
+    rng: random.Random,
+    area: str,
+    published: _Day,
+    *,
+    is_minor: bool,
+    days: tuple[_Day, ...],
+) -> None:
+    """A person's fields: mostly born in the court's area, ID number, name, gender, age."""
+    rand = rng.random
+    person_area = area if rand() < 0.7 else _ID_AREAS[int(rand() * len(_ID_AREAS))]
+    id_number, male, age = _person_id(rng, person_area, published, is_minor, days)
+    entry["subject_type"] = "person"
+    entry["name"] = _person_name(rng, male)
+    entry["id_number"] = id_number
+    entry["gender"] = "男" if male else "女"
+    entry["age"] = age
+
+
+def _add_entity(
+    entry: dict[str, Any],
+    rng: random.Random,
+    basic: _Basic,
+    published: _Day,
+    days: tuple[_Day, ...],
+) -> list[dict[str, str]]:
+    """An entity's fields and codes; returns its related persons (legal representative
+    first, sometimes other officers, most with an ID number)."""
+    rand = rng.random
+    place, basic_name, _, area, _, _ = basic
+    name, uscc = _entity_name_and_uscc(rng, place, basic_name, area)
+    entry["subject_type"] = "entity"
+    entry["name"] = name
+    r = rand()
+    if r < 0.95:
+        entry["uscc"] = uscc
+    if r >= 0.75:  # 20 % give both, 5 % (old entries) the organisation code only
+        entry["org_code"] = uscc[8:17]
+    related: list[dict[str, str]] = []
+    for role in ("legal_rep", *(_ROLES_EXTRA if rand() < 0.3 else ())):
+        if role != "legal_rep" and rand() < 0.7:
+            continue
+        rel_area = _ID_AREAS[int(rand() * len(_ID_AREAS))]
+        rel_id, rel_male, _ = _person_id(rng, rel_area, published, False, days)
+        person = {"role": role, "name": _person_name(rng, rel_male)}
+        if rand() < 0.85:
+            person["id_number"] = rel_id
+        related.append(person)
+    entry["legal_rep_name"] = related[0]["name"]
+    return related
+
+
+def _add_listing(
+    entry: dict[str, Any],
+    rand: Callable[[], float],
+    court: _Court,
+    amounts: _Amounts,
+    *,
+    published: _Day,
+    filed: _Day,
+) -> None:
+    """Court, basis, obligation, situation, dates, amounts, severity and term."""
+    court_name, _, basis_issuer, basis_code, basis_kind, _, basis_year = court
+    principal, performance, performed_text, unperformed_text = amounts
+    situation = 1 + _bisect(_SITUATION_CUMULATIVE, rand())
+    entry["court"] = court_name
+    entry["basis_doc_no"] = f"({basis_year}){basis_code}{basis_kind}{1 + int(rand() * 19999)}号"
+    entry["basis_issuer"] = basis_issuer
+    entry["obligation"] = _OBLIGATIONS[int(rand() * len(_OBLIGATIONS))].format(a=principal)
+    entry["performance"] = performance
+    entry["situation"] = situation
+    entry["published_at"] = published[1]
+    entry["filed_at"] = filed[1]
+    entry["performed_amount"] = performed_text
+    entry["unperformed_amount"] = unperformed_text
+    entry["severity"] = 1 + _bisect(_SEVERITY_CUMULATIVE, rand())
+    if situation != 1 and rand() < 0.5:
+        # Situations 2-6 are listed for 2 years, sometimes extended by 1-3 years.
+        extra = 0 if rand() < 0.85 else 1 + int(rand() * 3)
+        entry["valid_until"] = _shift_years(published[0], 2 + extra).isoformat()
+
+
+def _add_status(
+    entry: dict[str, Any],
+    rng: random.Random,
+    published: _Day,
+    *,
+    days_since: int,
+    revoked_ratio: float,
+    days: tuple[_Day, ...],
+) -> None:
+    """``status``, and for a revoked entry ``revoked_at``: a day after ``published``
+    (``days_since`` days before today at most), in office hours, China time."""
+    rand = rng.random
+    if rand() < revoked_ratio:
+        revoked = days[published[0].toordinal() + 1 + int(rand() * days_since) - _DAY0]
+        seconds = 28_800 + int(rand() * 36_000)  # office hours, 08:00 to 18:00
+        entry["status"] = "revoked"
+        entry["revoked_at"] = (
+            f"{revoked[1]}T{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}+08:00"
+        )
+    else:
+        entry["status"] = "active"
 
 
 def write_jsonl(path: Path, entries: Iterable[Mapping[str, Any]]) -> int:

@@ -1,0 +1,79 @@
+"""The keyed hash of identifiers: one definition, two forms that give the same bytes.
+
+The publisher writes ``HMAC-SHA256(hash_key, kind ":" value)[:16]`` into every record and
+the client derives it again for every lookup; both use
+:mod:`intercept_sdk._protocol.keyedhash`. These tests pin the definition to the plain
+:mod:`hmac` and check that the fast form (pad states hashed once) agrees with it for every
+key length (shorter than, equal to and longer than SHA-256's 64-byte block) and every
+entry point the two sides use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+
+import pytest
+
+from intercept_sdk._client.decisions import KeyMaker
+from intercept_sdk._platform import publish as _site
+from intercept_sdk._protocol.keyedhash import KEY_LENGTH, KeyedHash, identifier_key
+
+KEY_SIZES = (0, 1, 16, 32, 63, 64, 65, 100, 200)
+VALUES = ("110101198001010011", "600037341", "", "é" * 40, "x" * 200)
+
+
+def test_identifier_key_is_the_truncated_hmac() -> None:
+    hk = bytes(range(32))
+    want = hmac.new(hk, b"id:110101198001010011", hashlib.sha256).digest()[:16]
+    assert identifier_key(hk, "id", "110101198001010011") == want
+    assert KEY_LENGTH == 16
+    assert identifier_key(hk, "id", "600037341") != identifier_key(hk, "org", "600037341")
+
+
+@pytest.mark.parametrize("size", KEY_SIZES)
+def test_fast_form_agrees_with_the_single_call(size: int) -> None:
+    key = random.Random(size).randbytes(size)
+    kh = KeyedHash(key)
+    hexer = kh.hexer()
+    for value in VALUES:
+        for kind in ("id", "org"):
+            want = identifier_key(key, kind, value)
+            assert kh.key(kind, value) == want
+            assert kh.message_key(f"{kind}:{value}".encode()) == want
+            assert hexer(f"{kind}:{value}".encode()) == want.hex()
+        assert kh.person(value) == identifier_key(key, "id", value)
+        assert kh.org(value) == identifier_key(key, "org", value)
+
+
+def test_fast_form_refuses_unknown_kinds_and_non_bytes_keys() -> None:
+    kh = KeyedHash(b"k" * 32)
+    with pytest.raises(ValueError, match="kind"):
+        kh.key("uscc", "x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        KeyedHash("not bytes")  # type: ignore[arg-type]
+
+
+def test_publisher_and_client_meet_on_the_same_keys() -> None:
+    """Both sides call the protocol's definition (no copy of the HMAC left elsewhere)."""
+    assert _site.identifier_key is identifier_key
+    rng = random.Random(3)
+    for size in (16, 32, 64, 65, 100):
+        hk = rng.randbytes(size)
+        km = KeyMaker(hk)
+        idn, org = "11010119800101001" + "1", f"{rng.randrange(10**8):08d}X"
+        assert km.person(idn) == identifier_key(hk, "id", idn)
+        assert km.org(org) == identifier_key(hk, "org", org)
+        assert km.person(idn) == identifier_key(hk, "id", idn)  # from the memo: the same
+
+
+def test_keyed_hash_states_are_not_shared_between_calls() -> None:
+    """Each call works on copies: interleaved and repeated calls give stable answers."""
+    kh = KeyedHash(b"s" * 32)
+    first = [kh.person(v) for v in VALUES]
+    hexer = kh.hexer()
+    for v in VALUES:
+        hexer(b"org:" + v.encode())
+        kh.message_key(b"noise")
+    assert [kh.person(v) for v in VALUES] == first
