@@ -12,8 +12,8 @@ from typing import Any as _Any
 if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; at run time names load lazily
     from ._client.client import AsyncClient, Client, LastError, Status, Watch, WatchChange
     from ._client.decisions import Decision, Entity, Match, Officer, Person
-    from ._client.fetch import RetryPolicy
     from ._client.keys import SubscriberKeys, load_subscriber_key
+    from ._client.retry import RetryPolicy
     from ._client.sync import SyncResult
     from ._exceptions import (
         BaseVersionMismatch,
@@ -86,7 +86,7 @@ _LAZY: dict[str, str] = {
     "Person": "._client.decisions",
     "Related": "._protocol.models",
     "ReportError": "._exceptions",
-    "RetryPolicy": "._client.fetch",
+    "RetryPolicy": "._client.retry",
     "RollbackError": "._exceptions",
     "RootRotationError": "._exceptions",
     "SignatureError": "._exceptions",
