@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -12,13 +14,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import intercept_sdk
-from intercept_sdk import HTTPStatusError
+from intercept_sdk import Client, HTTPStatusError, Person
 from intercept_sdk._client import fetch, outbox
 from intercept_sdk._client.fetch import HttpFetcher
 from intercept_sdk._client.keys import load_subscriber_key, subscriber_keygen
 from intercept_sdk._client.outbox import Outbox, Sender
 from intercept_sdk._client.retry import RetryPolicy, parse_retry_after
 from intercept_sdk._protocol.reports import build_report, sign_report
+from intercept_sdk.testing import TestPlatform
 
 NOW = 1_800_000_000.0
 
@@ -126,3 +129,54 @@ def test_fetcher_and_sender_agree(tmp_path: Path, header: str, expected: float) 
 def _subscriber_key(tmp_path: Path) -> Ed25519PrivateKey:
     subscriber_keygen(tmp_path / "sub")
     return load_subscriber_key(tmp_path / "sub").report
+
+
+# -- Client(retry=...) reaches the report sender -------------------------------------------
+
+
+def test_client_retry_policy_reaches_the_report_sender(tmp_path: Path) -> None:
+    """A policy asking for a long backoff keeps the sender from retrying a 503 soon;
+    with the sender's own default policy (the old behaviour) it retried within 0.5 s."""
+    with TestPlatform(tmp_path) as platform:
+        listed = platform.add_person()
+        site = platform.site_dir
+        posts: list[float] = []
+        lock = threading.Lock()
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            if request.method == "POST":
+                with lock:
+                    posts.append(time.monotonic())
+                return httpx.Response(503)
+            path = site / request.url.path.lstrip("/")
+            if not path.is_file():
+                return httpx.Response(404)
+            return httpx.Response(200, content=path.read_bytes())
+
+        policy = RetryPolicy(attempts=1, initial=1000.0, random=lambda: 1.0)
+        client = Client(
+            "https://platform.example",
+            platform.trust_root,
+            tmp_path / "cache",
+            platform.subscriber_id,
+            subscriber_key=platform.subscriber_key_dir,
+            transport=httpx.MockTransport(handler),
+            push=False,
+            retry=policy,
+        )
+        try:
+            client.sync()
+            assert client._core.sender is not None
+            assert client._core.sender.retry is policy
+            with pytest.raises(intercept_sdk.Intercepted):
+                client.block(Person(listed["id_number"]), "travel.flight")
+            deadline = time.monotonic() + 10
+            while not posts and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(1.5)
+            assert len(posts) == 1, "the sender retried before the policy's backoff"
+            assert client.status().pending_reports == 1
+        finally:
+            started = time.monotonic()
+            client.close(timeout=0.5)
+            assert time.monotonic() - started < 3  # close() cuts the backoff short
