@@ -131,7 +131,7 @@ class Client:
         audited alike; the subjects of a batch that no identifier hits share one
         (immutable) allow Decision object.
         """
-        return self._core.screen(subjects, measure, batch)
+        return self._core.decider.screen(subjects, measure, batch)
 
     def watch(
         self,
@@ -149,16 +149,16 @@ class Client:
         sync waits for it. An exception in one callback is logged and does not stop the
         other watches. Returns a :class:`Watch` (``cancel()`` stops it).
         """
-        return self._core.watch(subjects, measure, on_change)
+        return self._core.watches.watch(subjects, measure, on_change)
 
     def notice(self, decision: Decision) -> str:
         """The Chinese notice text for a decision (what ``Intercepted.notice`` holds)."""
-        return self._core.notice(decision)
+        return self._core.reporter.notice(decision)
 
     # reports
     def report(self, kind: str, decision_or_entry: Any = None, **details: Any) -> str:
         """Queue a signed report durably; returns its id once it is safely on disk."""
-        return self._core.report(kind, decision_or_entry, **details)
+        return self._core.reporter.report(kind, decision_or_entry, **details)
 
     def flush_reports(self, timeout: float = 10.0) -> bool:
         """Upload pending reports now; True when the queue is empty within ``timeout``."""
@@ -166,7 +166,7 @@ class Client:
 
     def quarterly_summary(self, year: int, quarter: int, *, upload: bool = False) -> dict[str, Any]:
         """Counts of the quarter (checks, interceptions, lifts, objections...) and due date."""
-        return self._core.quarterly_summary(year, quarter, upload=upload)
+        return self._core.reporter.quarterly_summary(year, quarter, upload=upload)
 
     # ops
     def status(self) -> Status:
@@ -237,14 +237,14 @@ class AsyncClient:
         """Like :meth:`Client.block`; the durable report write runs in a worker thread."""
         decision = self._core.check(subject, measure)
         if decision.action == "block":
-            raise await asyncio.to_thread(self._core.intercepted, decision, context)
+            raise await asyncio.to_thread(self._core.reporter.intercepted, decision, context)
         return decision
 
     def screen(
         self, subjects: Iterable[Subject], measure: str, *, batch: int = 2000
     ) -> AsyncIterator[Decision]:
         """Like :meth:`Client.screen`; validated now, iterated with ``async for``."""
-        decisions = self._core.screen(subjects, measure, batch)
+        decisions = self._core.decider.screen(subjects, measure, batch)
 
         async def stream() -> AsyncIterator[Decision]:
             for d in decisions:
@@ -258,13 +258,15 @@ class AsyncClient:
         measure: str,
         on_change: Callable[[list[WatchChange]], None],
     ) -> Watch:
-        return self._core.watch(subjects, measure, on_change)
+        return self._core.watches.watch(subjects, measure, on_change)
 
     def notice(self, decision: Decision) -> str:
-        return self._core.notice(decision)
+        return self._core.reporter.notice(decision)
 
     async def report(self, kind: str, decision_or_entry: Any = None, **details: Any) -> str:
-        return await asyncio.to_thread(self._core.report, kind, decision_or_entry, **details)
+        return await asyncio.to_thread(
+            self._core.reporter.report, kind, decision_or_entry, **details
+        )
 
     async def flush_reports(self, timeout: float = 10.0) -> bool:
         return await asyncio.to_thread(self._core.flush_reports, timeout)
@@ -272,7 +274,9 @@ class AsyncClient:
     async def quarterly_summary(
         self, year: int, quarter: int, *, upload: bool = False
     ) -> dict[str, Any]:
-        return await asyncio.to_thread(self._core.quarterly_summary, year, quarter, upload=upload)
+        return await asyncio.to_thread(
+            self._core.reporter.quarterly_summary, year, quarter, upload=upload
+        )
 
     async def status(self) -> Status:
         return self._core.status()

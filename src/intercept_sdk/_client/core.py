@@ -29,10 +29,10 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from .._exceptions import HTTPStatusError, Intercepted, InterceptError, StoreCorrupted
+from .._exceptions import HTTPStatusError, InterceptError, StoreCorrupted
 from .audit import AuditLog
 from .background import Engine, Tasks, ThreadDriver
 from .decisions import Decision, Subject
@@ -47,7 +47,7 @@ from .screening import Decider, Measures
 from .status import LastError, Lifecycle, Status
 from .store import Store, StoreState
 from .sync import SyncResult, Updater
-from .watches import Watch, WatchChange, Watches
+from .watches import Watches
 
 __all__ = ["_Core"]
 
@@ -234,39 +234,16 @@ class _Core:
         if self.background.after_fork() and not self._life.closed:
             self.start_background()
 
-    # -- decisions and reports (the faces call these) ------------------------------------
+    # -- what the faces cannot take from one part -----------------------------------------
     def block(self, subject: Subject, measure: str, **context: Any) -> Decision:
+        """``check``, and on a block the interception (reported) raised."""
         decision = self.check(subject, measure)
         if decision.action == "block":
             raise self.reporter.intercepted(decision, context)
         return decision
 
-    def intercepted(self, decision: Decision, context: Mapping[str, Any]) -> Intercepted:
-        return self.reporter.intercepted(decision, context)
-
-    def screen(
-        self, subjects: Iterable[Subject], measure: str, batch: int = 2000
-    ) -> Iterator[Decision]:
-        return self.decider.screen(subjects, measure, batch)
-
-    def watch(
-        self,
-        subjects: Iterable[Subject],
-        measure: str,
-        on_change: Callable[[list[WatchChange]], None],
-    ) -> Watch:
-        return self.watches.watch(subjects, measure, on_change)
-
-    def notice(self, decision: Decision) -> str:
-        return self.reporter.notice(decision)
-
-    def report(self, kind: str, subject_of_report: Any = None, **details: Any) -> str:
-        return self.reporter.report(kind, subject_of_report, **details)
-
-    def quarterly_summary(self, year: int, quarter: int, *, upload: bool = False) -> dict[str, Any]:
-        return self.reporter.quarterly_summary(year, quarter, upload=upload)
-
     def flush_reports(self, timeout: float = 10.0) -> bool:
+        """Upload pending reports now; True when the queue is empty within ``timeout``."""
         if self.sender is None:
             return self.outbox.pending_count() == 0
         self.sender.start()
