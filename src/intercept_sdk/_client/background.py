@@ -20,7 +20,9 @@ The schedule the engine keeps:
   the poll timer). A channel that fails (refused, broken, ended, a line past the cap) is
   reconnected after the client's :class:`~.retry.RetryPolicy` backoff (full jitter,
   ``Retry-After`` honoured), counted over consecutive failures and reset by a healthy
-  listen; polling goes on meanwhile, so a dead channel costs freshness nothing.
+  listen; once that backoff has grown to the poll interval, the channel is tried once per
+  poll (after its sync). Polling goes on meanwhile, so a dead channel costs freshness
+  nothing.
 * **Wake**: a wake-up (``wake()``) during a wait or a listen syncs now.
 * **Stop**: once stopped, the engine only answers :class:`Stop`.
 
@@ -148,8 +150,13 @@ class Engine:
         """A listen ended as ``heard`` says."""
         if heard.outcome == "failed":
             self.push_failures += 1
+            now = self._clock()
             wait = self.retry.delay(self.push_failures, heard.retry_after)
-            self._push_retry_at = self._clock() + wait
+            if self.retry.ceiling(self.push_failures) >= self.poll_interval:
+                # The backoff has grown to the poll: one attempt per poll from now on
+                # (right after its sync), as for a channel that is simply not there.
+                wait = max(wait, self._next_poll - now)
+            self._push_retry_at = now + wait
             return
         if heard.outcome == "interrupted":
             self._due = "wake"

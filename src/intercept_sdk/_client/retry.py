@@ -88,15 +88,18 @@ class RetryPolicy:
     random: Callable[[], float] = _random.random
     wall_clock: Callable[[], float] = time.time
 
-    def backoff(self, attempt: int) -> float:
-        """A full-jitter wait before retry number ``attempt`` (1-based)."""
+    def ceiling(self, attempt: int) -> float:
+        """The longest backoff before retry number ``attempt`` (1-based), before jitter."""
         exponent = min(max(attempt, 1) - 1, 64)
         try:
             growth = self.multiplier**exponent
         except OverflowError:
             growth = math.inf
-        ceiling = min(self.maximum, self.initial * growth)
-        return max(0.0, ceiling * self.random())
+        return min(self.maximum, self.initial * growth)
+
+    def backoff(self, attempt: int) -> float:
+        """A full-jitter wait before retry number ``attempt`` (1-based)."""
+        return max(0.0, self.ceiling(attempt) * self.random())
 
     def parse_retry_after(self, header: str | None) -> float | None:
         """:func:`parse_retry_after` on this policy's wall clock, capped at
