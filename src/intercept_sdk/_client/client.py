@@ -65,7 +65,9 @@ class Client:
       ``background`` (start the sync thread and the report sender now);
     * ``unit_name`` - who applies the measure, named in notices as where to ask for 复核;
     * ``transport``/``report_transport`` (an ``httpx`` transport, for tests), ``proxy``,
-      ``ca_bundle``, timeouts, ``retry``; ``clock`` (a UTC clock, for tests); ``audit``.
+      ``ca_bundle``, timeouts (the push channel uses the same transport, proxy, CA and
+      connect timeout); ``retry`` (a :class:`RetryPolicy`, used by sync requests, report
+      uploads and push reconnects alike); ``clock`` (a UTC clock, for tests); ``audit``.
 
     Guarantees: decisions never touch the network; without a verified list every
     decision raises :class:`NeverSynced` instead of allowing; every decision is written to

@@ -283,10 +283,6 @@ class _Core:
             raise StoreCorrupted("the cached state does not match the signed manifest's digest")
         return state
 
-    @property
-    def closed(self) -> bool:
-        return self._life.closed
-
     def close(self, timeout: float = 5.0) -> None:
         if self._life.closed:
             return
