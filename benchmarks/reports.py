@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import statistics
 import time
@@ -29,8 +28,8 @@ from typing import Any
 import httpx
 
 from intercept_sdk import Client, Person
-from intercept_sdk._client.client import _Core
 from intercept_sdk._client.keys import load_subscriber_key
+from intercept_sdk._client.options import ClientOptions
 from intercept_sdk._client.outbox import Outbox, Sender
 from intercept_sdk._platform.publish import publish
 from intercept_sdk._protocol.reports import build_report, sign_report
@@ -43,7 +42,7 @@ BATCH = 500
 
 
 def _default_report_rate() -> float:
-    return float(inspect.signature(_Core.__init__).parameters["report_rate"].default)
+    return float(ClientOptions.report_rate)
 
 
 def _signed(key: Any, n: int) -> list[tuple[str, bytes]]:

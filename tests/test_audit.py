@@ -79,13 +79,13 @@ def test_every_decision_is_recorded_without_plaintext_ids(tmp_path: Path) -> Non
         assert first["measure"] == "consumption.star_hotel"
         assert first["entries"] == [listed["entry_id"]] and first["version"] == d1.list_version
         assert _dt.datetime.fromisoformat(str(first["t"])) == d1.checked_at
-        km = c._core._keymaker()
+        km = c._core.lookup.keymaker()
         assert first["key"] == km.person(listed["id_number"]).hex()  # the keyed hash
         assert records[2]["key"] == km.org(company.effective_org_code).hex()
         report = verify_audit(cache / "audit")
         assert report.ok and report.records == 5 and report.files == 1
         assert report.checkpoints >= 1  # a subscriber key signs every flushed batch
-        assert c._core.checks_in(NOW.replace(year=2000), NOW.replace(year=2100)) == 5
+        assert c._core.reporter.checks_in(NOW.replace(year=2000), NOW.replace(year=2100)) == 5
 
 
 def test_records_reach_disk_within_about_a_second(tmp_path: Path) -> None:

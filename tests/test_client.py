@@ -388,8 +388,8 @@ def test_a_new_hash_key_is_picked_up_between_checks(tmp_path: Path) -> None:
         listed = p.add_person()
         client = p.client()
         assert client.check(Person(listed["id_number"]), "travel.flight").blocked
-        km = client._core._keymaker()
-        client._core._km = type(km)(b"another hash key of 32 bytes....")  # stale key maker
+        km = client._core.lookup.keymaker()
+        client._core.lookup.km = type(km)(b"another hash key of 32 bytes....")  # stale key maker
         assert client.check(Person(listed["id_number"]), "travel.flight").blocked
 
 

@@ -33,13 +33,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from intercept_sdk._client.fetch import (
-    FileFetcher,
-    HttpFetcher,
-    RetryPolicy,
-    make_fetcher,
-    parse_retry_after,
-)
+from intercept_sdk._client.fetch import FileFetcher, HttpFetcher, make_fetcher
+from intercept_sdk._client.retry import RetryPolicy, parse_retry_after
 from intercept_sdk._client.trust import Artefact
 from intercept_sdk._exceptions import (
     ConfigurationError,

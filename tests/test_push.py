@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from intercept_sdk import AsyncClient, Person
-from intercept_sdk._client.push import MAX_LINE, alines, lines
+from intercept_sdk._client.push import MAX_LINE, EventReader, alines, lines
 from intercept_sdk._exceptions import TooLarge
 from intercept_sdk.testing import TestPlatform
 
@@ -143,7 +143,7 @@ def test_client_drops_a_push_line_past_the_cap_and_keeps_polling(
                 break
             time.sleep(0.1)
         assert client.check(Person(listed["id_number"]), "consumption.star_hotel").blocked
-        client.close()
+        client.close(timeout=0.5)  # the queued quarterly summary has nowhere to go
 
 
 def test_async_client_drops_a_push_line_past_the_cap(
@@ -161,11 +161,43 @@ def test_async_client_drops_a_push_line_past_the_cap(
             subscriber_key=platform.subscriber_key_dir,
             poll_interval=0.5,
         )
-        await client.sync()
-        with caplog.at_level(logging.INFO, "intercept_sdk"):
-            await asyncio.wait_for(client._listen(url.rstrip("/") + "/events"), 30)
-        await client.aclose()
+        client.start_background()
+        try:
+            deadline = time.monotonic() + 20
+            while not sent and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            # ... and the task lives on: a new version arrives by polling.
+            listed = await asyncio.to_thread(platform.add_person)
+            person = Person(listed["id_number"])
+            while time.monotonic() < deadline:
+                if (await client.check(person, "consumption.star_hotel")).blocked:
+                    break
+                await asyncio.sleep(0.1)
+            assert (await client.check(person, "consumption.star_hotel")).blocked
+        finally:
+            await client.aclose(timeout=0.5)
 
-    asyncio.run(run())
+    with caplog.at_level(logging.INFO, "intercept_sdk"):
+        asyncio.run(run())
     assert sent and sent[0] < 32 * 1024 * 1024
     assert "longer than" in caplog.text
+
+
+def test_event_reader_reads_only_version_events() -> None:
+    reader = EventReader()
+    feed = [
+        ("event: version", -1),
+        ('data: {"version": 7}', 7),
+        ("", -1),
+        ('data: {"version": 8}', -1),  # after a blank line the event type is reset
+        ("event: other", -1),
+        ('data: {"version": 9}', -1),
+        ("event: version", -1),
+        ("data: not json", -1),
+        ('data: {"version": true}', -1),
+        ('data: {"version": 1e999}', -1),
+        ('data: {"version": ' + "[" * 5000 + "}", -1),
+        (": ping", -1),
+        ('data:{"version": 10}', 10),
+    ]
+    assert [reader.feed(line) for line, _ in feed] == [v for _, v in feed]

@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; at run time names load lazily
-    from ._client.client import AsyncClient, Client, LastError, Status, Watch, WatchChange
+    from ._client.client import AsyncClient, Client
     from ._client.decisions import Decision, Entity, Match, Officer, Person
-    from ._client.fetch import RetryPolicy
     from ._client.keys import SubscriberKeys, load_subscriber_key
+    from ._client.retry import RetryPolicy
+    from ._client.status import LastError, Status
     from ._client.sync import SyncResult
+    from ._client.watches import Watch, WatchChange
     from ._exceptions import (
         BaseVersionMismatch,
         ClientClosed,
@@ -76,7 +78,7 @@ _LAZY: dict[str, str] = {
     "InvalidIdentifier": "._exceptions",
     "InvalidInput": "._exceptions",
     "InvalidReport": "._exceptions",
-    "LastError": "._client.client",
+    "LastError": "._client.status",
     "Match": "._client.decisions",
     "Measure": "._protocol.catalog",
     "NetworkError": "._exceptions",
@@ -86,11 +88,11 @@ _LAZY: dict[str, str] = {
     "Person": "._client.decisions",
     "Related": "._protocol.models",
     "ReportError": "._exceptions",
-    "RetryPolicy": "._client.fetch",
+    "RetryPolicy": "._client.retry",
     "RollbackError": "._exceptions",
     "RootRotationError": "._exceptions",
     "SignatureError": "._exceptions",
-    "Status": "._client.client",
+    "Status": "._client.status",
     "StoreCorrupted": "._exceptions",
     "StoreError": "._exceptions",
     "SubscriberKeys": "._client.keys",
@@ -100,8 +102,8 @@ _LAZY: dict[str, str] = {
     "TrustRootError": "._exceptions",
     "UnknownMeasure": "._exceptions",
     "VerificationError": "._exceptions",
-    "Watch": "._client.client",
-    "WatchChange": "._client.client",
+    "Watch": "._client.watches",
+    "WatchChange": "._client.watches",
     "get_measure": "._protocol.catalog",
     "id_number_info": "._protocol.identifiers",
     "load_subscriber_key": "._client.keys",

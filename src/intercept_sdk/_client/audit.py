@@ -58,7 +58,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -510,63 +510,103 @@ def verify_audit(
 ) -> AuditReport:
     """Re-check every file's chain (and checkpoint signatures when ``public_key`` is given).
 
-    Raises :class:`StoreCorrupted` on a problem when ``raise_on_error`` is true.
+    Each file is checked from its first line until its end or its first problem (what
+    follows a break in the chain proves nothing). Raises :class:`StoreCorrupted` on a
+    problem when ``raise_on_error`` is true.
     """
-    files = records = checkpoints = 0
-    problems: list[str] = []
-    warnings: list[str] = []
+    tally = _Tally()
+    files = 0
     for path in sorted(Path(directory).glob(_GLOB)):
         files += 1
-        prev = _ZERO
-        expected_seq = 1
-        with path.open("rb") as f:
-            lines = iter(f)
-            raw = next(lines, None)
-            n = 0
-            while raw is not None:
-                following = next(lines, None)
-                n += 1
-                where = f"{path.name}:{n}"
-                if not raw.endswith(b"\n"):  # only the very last line can lack one
-                    warnings.append(f"{where}: torn last line (the writer crashed mid-write)")
-                    break
-                try:
-                    obj = json.loads(raw)
-                    h = obj.pop("h")
-                except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
-                    if following is None:
-                        # What a power loss can leave (a zero-filled block); nothing
-                        # follows it, so it hides nothing.
-                        warnings.append(f"{where}: unreadable last line (crash or power loss)")
-                    else:
-                        problems.append(f"{where}: not an audit record")
-                    break
-                if obj.get("prev") != prev or _chain(prev, obj) != h:
-                    problems.append(
-                        f"{where}: hash chain broken (line edited, inserted or removed)"
-                    )
-                    break
-                if obj.get("seq") != expected_seq:
-                    problems.append(
-                        f"{where}: sequence number {obj.get('seq')!r}, expected {expected_seq}"
-                    )
-                    break
-                expected_seq += 1
-                if "checkpoint" in obj:
-                    checkpoints += 1
-                    if public_key is not None:
-                        try:
-                            public_key.verify(bytes.fromhex(obj["sig"]), prev.encode())
-                        except (InvalidSignature, ValueError, KeyError, TypeError):
-                            problems.append(f"{where}: checkpoint signature invalid")
-                            break
-                elif "gap" in obj:
-                    warnings.append(f"{where}: {obj['gap']} records dropped (buffer overflow)")
-                else:
-                    records += 1
-                prev = h
-                raw = following
-    report = AuditReport(files, records, checkpoints, tuple(problems), tuple(warnings))
-    if raise_on_error and problems:
-        raise StoreCorrupted("audit log: " + "; ".join(problems))
+        _verify_file(path, public_key, tally)
+    report = AuditReport(
+        files, tally.records, tally.checkpoints, tuple(tally.problems), tuple(tally.warnings)
+    )
+    if raise_on_error and tally.problems:
+        raise StoreCorrupted("audit log: " + "; ".join(tally.problems))
     return report
+
+
+@dataclass
+class _Tally:
+    """What :func:`verify_audit` found so far, over all files."""
+
+    records: int = 0
+    checkpoints: int = 0
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _verify_file(path: Path, public_key: Ed25519PublicKey | None, tally: _Tally) -> None:
+    """Walk one file's chain, line by line, until its end or its first problem."""
+    prev = _ZERO
+    seq = 1
+    with path.open("rb") as f:
+        lines = iter(f)
+        raw = next(lines, None)
+        n = 0
+        while raw is not None:
+            following = next(lines, None)
+            n += 1
+            h = _verify_line(
+                raw, following is None, f"{path.name}:{n}", prev, seq, public_key, tally
+            )
+            if h is None:
+                return
+            prev, seq, raw = h, seq + 1, following
+
+
+def _verify_line(  # noqa: PLR0917 - one call per line, the chain's state positional
+    raw: bytes,
+    last: bool,
+    where: str,
+    prev: str,
+    seq: int,
+    public_key: Ed25519PublicKey | None,
+    tally: _Tally,
+) -> str | None:
+    """Check one line against the chain so far (``prev``, expected number ``seq``).
+
+    Returns its hash ``h`` when the chain goes on; None when it ends here, with the
+    reason in ``tally`` (a torn or unreadable *last* line is a warning: what a crash
+    leaves; anything else is a problem).
+    """
+    if not raw.endswith(b"\n"):  # only the very last line can lack one
+        tally.warnings.append(f"{where}: torn last line (the writer crashed mid-write)")
+        return None
+    try:
+        obj = json.loads(raw)
+        h = obj.pop("h")
+    except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
+        if last:
+            # What a power loss can leave (a zero-filled block); nothing follows it, so
+            # it hides nothing.
+            tally.warnings.append(f"{where}: unreadable last line (crash or power loss)")
+        else:
+            tally.problems.append(f"{where}: not an audit record")
+        return None
+    if obj.get("prev") != prev or _chain(prev, obj) != h:
+        tally.problems.append(f"{where}: hash chain broken (line edited, inserted or removed)")
+        return None
+    if obj.get("seq") != seq:
+        tally.problems.append(f"{where}: sequence number {obj.get('seq')!r}, expected {seq}")
+        return None
+    if "checkpoint" in obj:
+        tally.checkpoints += 1
+        if public_key is not None and not _signed_by(public_key, obj, prev):
+            tally.problems.append(f"{where}: checkpoint signature invalid")
+            return None
+    elif "gap" in obj:
+        tally.warnings.append(f"{where}: {obj['gap']} records dropped (buffer overflow)")
+    else:
+        tally.records += 1
+    return str(h)
+
+
+def _signed_by(public_key: Ed25519PublicKey, checkpoint: dict[str, Any], prev: str) -> bool:
+    """True when the checkpoint's signature covers the chain head ``prev``."""
+    try:
+        public_key.verify(bytes.fromhex(checkpoint["sig"]), prev.encode())
+    except (InvalidSignature, ValueError, KeyError, TypeError):
+        return False
+    return True

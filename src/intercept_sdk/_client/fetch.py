@@ -5,8 +5,9 @@ version, and an artefact streamed into a file with a hard length cap. Everything
 bounded: connect/read/write timeouts, a total deadline per request (so a slow-drip server
 cannot hold the caller), a byte cap per download, and a bounded number of retries.
 
-Retries (tenacity): network errors, 5xx, 408 and 429 are retried with exponential backoff
-and full jitter, honouring ``Retry-After``; other 4xx (401/403/404...) stop at once and
+Retries (tenacity, waiting as the client's one :class:`~.retry.RetryPolicy` says):
+network errors, 5xx, 408 and 429 are retried with exponential backoff and full jitter,
+honouring ``Retry-After``; other 4xx (401/403/404...) stop at once and
 surface as :class:`HTTPStatusError`. Redirects are not followed: a site is plain files,
 so a redirect (possibly to another host) is treated as an error.
 
@@ -26,10 +27,8 @@ Foreign exceptions (httpx, OSError while reading a local site) are translated he
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import os
-import random
 import ssl
 import time
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from .._exceptions import (
     TooLarge,
     VerificationError,
 )
+from .retry import RetryPolicy, parse_retry_after
 from .trust import Artefact, ArtefactCheck
 
 __all__ = [
@@ -73,37 +73,10 @@ class ManifestResponse:
     etag: str | None
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How requests are retried. ``sleep`` is injectable for tests."""
-
-    attempts: int = 5
-    initial: float = 0.5
-    maximum: float = 30.0
-    max_retry_after: float = 300.0
-    sleep: Callable[[float], None] = time.sleep
-
-    def wait_for(self, attempt: int, exc: BaseException | None) -> float:
-        """Full-jitter exponential backoff, or the server's Retry-After if longer."""
-        backoff = random.uniform(0, min(self.maximum, self.initial * (2 ** (attempt - 1))))
-        retry_after = getattr(exc, "retry_after", None)
-        if isinstance(retry_after, (int, float)):
-            return min(max(float(retry_after), backoff), self.max_retry_after)
-        return backoff
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+def _retry_after_of(exc: BaseException | None) -> float | None:
+    """The server's ``Retry-After`` (seconds) carried by a failure, if any."""
+    value = getattr(exc, "retry_after", None)
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -258,8 +231,8 @@ class HttpFetcher:
         policy = self.retry
         return tenacity.Retrying(
             stop=tenacity.stop_after_attempt(policy.attempts),
-            wait=lambda rs: policy.wait_for(
-                rs.attempt_number, rs.outcome.exception() if rs.outcome else None
+            wait=lambda rs: policy.delay(
+                rs.attempt_number, _retry_after_of(rs.outcome.exception() if rs.outcome else None)
             ),
             retry=tenacity.retry_if_exception(is_retryable),
             sleep=policy.sleep,
@@ -269,12 +242,11 @@ class HttpFetcher:
             ),
         )
 
-    @staticmethod
-    def _status_error(resp: httpx.Response, what: str) -> HTTPStatusError:
+    def _status_error(self, resp: httpx.Response, what: str) -> HTTPStatusError:
         return HTTPStatusError(
             f"{what}: HTTP {resp.status_code}",
             resp.status_code,
-            parse_retry_after(resp.headers.get("Retry-After")),
+            parse_retry_after(resp.headers.get("Retry-After"), now=self.retry.wall_clock()),
         )
 
     def _stream(

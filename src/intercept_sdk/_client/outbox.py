@@ -40,13 +40,11 @@ import base64
 import binascii
 import contextlib
 import datetime as _dt
-import email.utils
 import fcntl
 import json
 import logging
 import math
 import os
-import random
 import re
 import sqlite3
 import threading
@@ -70,6 +68,7 @@ from .._protocol.reports import (
 )
 from .._protocol.signing import REPORT_TYPE
 from .._util import format_utc, fsync_dir, parse_utc, utcnow
+from .retry import RetryPolicy
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -179,7 +178,7 @@ _CANONICAL_ENVELOPE: Final = re.compile(
     + rb'","signatures":\[' + _SIG + rb"(?:," + _SIG + rb")*\]\}"
 )  # fmt: skip
 _ENVELOPE_KEYS: Final = frozenset({"payload", "payload_type", "signatures"})
-_UTC_TEXT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+_UTC_TEXT_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 
 
 # The last text _now_text made and the second it names (several reports per second).
@@ -522,7 +521,7 @@ class Outbox:
             raise InvalidReport("envelope payload is not a report")
         _check_kind_and_id(kind, report_id)
         # Fast path: the caller passed the payload's own text (the usual case).
-        signed = signed_created if _UTC_TEXT_RE.match(signed_created) else None
+        signed = signed_created if _UTC_TEXT_RE.fullmatch(signed_created) else None
         if signed is None:
             signed = _utc_text(signed_created)
         created = signed if created_at == signed else _utc_text(created_at)
@@ -764,66 +763,6 @@ class Outbox:
         return f"Outbox({str(self.path)!r})"
 
 
-# --------------------------------------------------------------------------- retry policy
-
-
-@dataclass
-class RetryPolicy:
-    """Exponential backoff with full jitter, honouring ``Retry-After``.
-
-    The delay before retry number ``attempt`` (1-based) is uniform in
-    ``[0, min(maximum, initial * multiplier ** (attempt - 1))]`` ("full jitter", which
-    spreads a fleet of clients after an outage); when the platform sent ``Retry-After``
-    (seconds or an HTTP date) the delay is at least that, capped at ``max_retry_after`` so
-    a wrong header cannot park the sender for days. ``random`` and ``wall_clock`` are
-    injectable for tests.
-    """
-
-    initial: float = 0.5
-    maximum: float = 300.0
-    multiplier: float = 2.0
-    max_retry_after: float = 900.0
-    random: Callable[[], float] = random.random
-    wall_clock: Callable[[], float] = time.time
-
-    def backoff(self, attempt: int) -> float:
-        """A full-jitter delay before retry number ``attempt`` (1-based)."""
-        exponent = min(max(attempt, 1) - 1, 64)
-        try:
-            growth = self.multiplier**exponent
-        except OverflowError:
-            growth = math.inf
-        ceiling = min(self.maximum, self.initial * growth)
-        return max(0.0, ceiling * self.random())
-
-    def parse_retry_after(self, header: str | None) -> float | None:
-        """Seconds to wait from a ``Retry-After`` value, or None if absent/unreadable."""
-        if header is None:
-            return None
-        text = header.strip()
-        if not text:
-            return None
-        try:
-            seconds = float(text)
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(text)
-            except (TypeError, ValueError, IndexError):
-                return None
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=_dt.timezone.utc)
-            seconds = when.timestamp() - self.wall_clock()
-        if not math.isfinite(seconds):
-            return None
-        return min(max(seconds, 0.0), self.max_retry_after)
-
-    def delay(self, attempt: int, retry_after: str | None = None) -> float:
-        """Seconds to wait before retry ``attempt``, given the response's ``Retry-After``."""
-        wait = self.backoff(attempt)
-        hinted = self.parse_retry_after(retry_after)
-        return wait if hinted is None else max(wait, hinted)
-
-
 # --------------------------------------------------------------------------- sender
 
 
@@ -901,7 +840,9 @@ class Sender:
       ``accepted`` or ``duplicates``; anything else leaves it pending (or dead-lettered).
     * Retries network errors, timeouts, ``408``, ``429``, ``5xx`` (and ``404/405/410``,
       3xx and malformed ``200`` bodies, which mean a misconfigured URL or proxy) with
-      :class:`RetryPolicy`: exponential backoff, full jitter, ``Retry-After`` honoured.
+      the client's one :class:`~.retry.RetryPolicy` (``Client(retry=...)`` reaches it):
+      exponential backoff, full jitter, ``Retry-After`` honoured; it waits on its own stop
+      event (not the policy's ``sleep``), so ``close()`` interrupts a backoff.
       ``notify()`` never cuts a backoff short.
     * ``400/403/413/422`` refuse the batch: it is split in halves until the refused
       reports are isolated, which go to the dead-letter table with status and reason;
@@ -1117,7 +1058,9 @@ class Sender:
                 return SendResult(
                     sent=sent,
                     dead=dead,
-                    retry_in=self.retry.delay(self._failures, answer.retry_after),
+                    retry_in=self.retry.delay(
+                        self._failures, self.retry.parse_retry_after(answer.retry_after)
+                    ),
                 )
             elif answer.splittable and len(part) > 1:
                 half = len(part) // 2
