@@ -1,10 +1,10 @@
 """Fetching site files (:mod:`intercept_sdk._client.fetch`): real servers on loopback.
 
 The site is a real published one (:class:`TestPlatform`) served by the reference platform
-(:class:`PlatformServer`, with :class:`Faults` to inject 401/403/429/503 and count
-requests), by a TLS server with a private CA, through a forward proxy, and by raw sockets
-for misbehaving servers (slow drip, silence). ``httpx`` transports wrap the real one only
-to cut a connection or to redirect.
+(:class:`PlatformServer`, with the :class:`FaultSimulator` to inject 401/403/429/503, a
+slow drip or silence, to cut a connection and to count requests), by a TLS server with a
+private CA, and through a forward proxy. ``httpx`` mock transports stand in for a CDN
+only where a test needs an answer no server gives (a redirect, gzip, a wrong range).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,9 +44,10 @@ from intercept_sdk._exceptions import (
     SyncError,
     TooLarge,
 )
-from intercept_sdk._platform.server import Faults, PlatformServer
+from intercept_sdk._platform.server import PlatformServer
 from intercept_sdk._protocol.signing import Envelope
 from intercept_sdk.testing import TestPlatform
+from intercept_sdk.testing.faults import FaultSimulator
 
 # =========================================================================== fixtures
 
@@ -55,7 +56,7 @@ from intercept_sdk.testing import TestPlatform
 class Served:
     platform: TestPlatform
     server: PlatformServer
-    faults: Faults
+    faults: FaultSimulator
     snapshot: Artefact
     snapshot_bytes: bytes
 
@@ -72,8 +73,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     result = platform.publish()
     snap = result.snapshot
     artefact = Artefact(snap.path, snap.sha256, snap.length, snap.raw_length)
-    faults = Faults()
-    server = PlatformServer(platform.site_dir, faults=faults)
+    faults = FaultSimulator()
+    server = PlatformServer(platform.site_dir, middleware=[faults.middleware()])
     server.start()
     try:
         data = (platform.site_dir / snap.path).read_bytes()
@@ -84,7 +85,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 
 @pytest.fixture
-def faults(served: Served) -> Iterator[Faults]:
+def faults(served: Served) -> Iterator[FaultSimulator]:
     served.faults.clear()
     yield served.faults
     served.faults.clear()
@@ -100,58 +101,6 @@ class Sleeps:
         self.delays.append(seconds)
 
 
-@dataclass
-class Seen:
-    path: str
-    headers: dict[str, str]
-    status: int
-
-
-class Recorder(httpx.BaseTransport):
-    """The real HTTP transport, recording each request; optionally cutting one response
-    after ``cut_after`` bytes (a dropped connection mid-download)."""
-
-    def __init__(self, cut_path: str | None = None, cut_after: int = 0) -> None:
-        self.inner = httpx.HTTPTransport()
-        self.seen: list[Seen] = []
-        self.cut_path = cut_path
-        self.cut_after = cut_after
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        resp = self.inner.handle_request(request)
-        self.seen.append(Seen(request.url.path, dict(request.headers), resp.status_code))
-        if self.cut_path is not None and request.url.path.endswith(self.cut_path):
-            self.cut_path = None  # once
-            assert isinstance(resp.stream, httpx.SyncByteStream)
-            return httpx.Response(
-                resp.status_code,
-                headers=resp.headers,
-                stream=_Cut(resp.stream, self.cut_after),
-                extensions=resp.extensions,
-            )
-        return resp
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class _Cut(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, limit: int) -> None:
-        self.inner, self.limit = inner, limit
-
-    def __iter__(self) -> Iterator[bytes]:
-        sent = 0
-        for chunk in self.inner:
-            if sent + len(chunk) >= self.limit:
-                yield chunk[: self.limit - sent]
-                raise httpx.ReadError("connection reset (cut by the test)")
-            sent += len(chunk)
-            yield chunk
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 def fetcher(url: str, sleeps: Sleeps | None = None, **kw: Any) -> HttpFetcher:
     kw.setdefault("retry", RetryPolicy(attempts=4, sleep=sleeps or Sleeps()))
     return HttpFetcher(url, **kw)
@@ -160,7 +109,7 @@ def fetcher(url: str, sleeps: Sleeps | None = None, **kw: Any) -> HttpFetcher:
 # =========================================================================== manifest, ETag
 
 
-def test_manifest_conditional_request_gets_304(served: Served, faults: Faults) -> None:
+def test_manifest_conditional_request_gets_304(served: Served, faults: FaultSimulator) -> None:
     f = fetcher(served.url)
     first = f.manifest(None, 1 << 20)
     assert first.data == (served.platform.site_dir / "manifest.json").read_bytes()
@@ -198,12 +147,12 @@ def test_chunked_manifest_over_the_cap_is_cut(served: Served) -> None:
 
 
 def test_files_are_asked_uncompressed_and_decoded_if_compressed_anyway(
-    served: Served,
+    served: Served, faults: FaultSimulator
 ) -> None:
     """Signed lengths and Range offsets are those of the files: every request asks for
     ``identity``; a CDN that gzips the manifest anyway is decoded, not misread."""
     genuine = (served.platform.site_dir / "manifest.json").read_bytes()
-    rec = Recorder()
+    rec = faults.transport()  # the real transport, recording
     f = fetcher(served.url, transport=rec)
     assert f.manifest(None, 1 << 20).data == genuine
     assert rec.seen[0].headers["accept-encoding"] == "identity"
@@ -228,7 +177,7 @@ def test_root_absent_is_none_and_present_is_bytes(served: Served) -> None:
 # =========================================================================== retries
 
 
-def test_429_retry_after_is_honoured(served: Served, faults: Faults) -> None:
+def test_429_retry_after_is_honoured(served: Served, faults: FaultSimulator) -> None:
     sleeps = Sleeps()
     f = fetcher(served.url, sleeps)
     faults.fail_next(1, status=429, retry_after=7, target="site")
@@ -237,7 +186,7 @@ def test_429_retry_after_is_honoured(served: Served, faults: Faults) -> None:
     f.close()
 
 
-def test_503_backs_off_exponentially_with_jitter(served: Served, faults: Faults) -> None:
+def test_503_backs_off_exponentially_with_jitter(served: Served, faults: FaultSimulator) -> None:
     sleeps = Sleeps()
     policy = RetryPolicy(attempts=5, initial=1.0, maximum=30.0, sleep=sleeps)
     f = HttpFetcher(served.url, retry=policy)
@@ -249,7 +198,7 @@ def test_503_backs_off_exponentially_with_jitter(served: Served, faults: Faults)
     f.close()
 
 
-def test_retry_after_is_capped(served: Served, faults: Faults) -> None:
+def test_retry_after_is_capped(served: Served, faults: FaultSimulator) -> None:
     sleeps = Sleeps()
     policy = RetryPolicy(attempts=2, max_retry_after=60.0, sleep=sleeps)
     f = HttpFetcher(served.url, retry=policy)
@@ -259,7 +208,7 @@ def test_retry_after_is_capped(served: Served, faults: Faults) -> None:
     f.close()
 
 
-def test_retries_stop_after_the_attempts(served: Served, faults: Faults) -> None:
+def test_retries_stop_after_the_attempts(served: Served, faults: FaultSimulator) -> None:
     sleeps = Sleeps()
     f = fetcher(served.url, sleeps)
     before = faults.requests("site")
@@ -273,7 +222,7 @@ def test_retries_stop_after_the_attempts(served: Served, faults: Faults) -> None
 
 
 @pytest.mark.parametrize("status", [401, 403, 404, 410])
-def test_permanent_4xx_is_not_retried(served: Served, faults: Faults, status: int) -> None:
+def test_permanent_4xx_is_not_retried(served: Served, faults: FaultSimulator, status: int) -> None:
     sleeps = Sleeps()
     f = fetcher(served.url, sleeps)
     before = faults.requests("site")
@@ -316,73 +265,30 @@ def test_redirect_to_another_host_is_refused(served: Served) -> None:
     f.close()
 
 
-@contextlib.contextmanager
-def raw_server(handle: Callable[[socket.socket], None]) -> Iterator[str]:
-    """A TCP server on loopback running ``handle(conn)`` per connection; yields its URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    sock.settimeout(0.2)
-    stop = threading.Event()
-    conns: list[socket.socket] = []
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = sock.accept()
-            except OSError:
-                continue
-            conns.append(conn)
-            threading.Thread(target=_guard, args=(handle, conn), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(2)
-        for c in conns:
-            with contextlib.suppress(OSError):
-                c.close()
-        sock.close()
-
-
-def _guard(handle: Callable[[socket.socket], None], conn: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        conn.recv(65536)  # the request
-        handle(conn)
-
-
-def test_slow_drip_is_cut_at_the_total_deadline() -> None:
+def test_slow_drip_is_cut_at_the_total_deadline(served: Served, faults: FaultSimulator) -> None:
     """A server that sends one byte every 50 ms never trips the read timeout; the total
     deadline (0.5 s) ends the request anyway."""
-
-    def drip(conn: socket.socket) -> None:
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
-        for _ in range(2000):
-            conn.sendall(b"x")
-            time.sleep(0.05)
-
-    with raw_server(drip) as url:
-        f = fetcher(url, read_timeout=2.0, total_timeout=0.5, retry=RetryPolicy(attempts=1))
-        started = time.monotonic()
-        with pytest.raises(NetworkError, match="total deadline"):
-            f.manifest(None, 1 << 20)
-        assert time.monotonic() - started < 2.0
-        f.close()
+    faults.add("drip", "manifest", interval=0.05, seconds=5)
+    f = fetcher(served.url, read_timeout=2.0, total_timeout=0.5, retry=RetryPolicy(attempts=1))
+    started = time.monotonic()
+    with pytest.raises(NetworkError, match="total deadline"):
+        f.manifest(None, 1 << 20)
+    assert time.monotonic() - started < 2.0
+    assert faults.hits("drip") == 1
+    f.close()
 
 
-def test_silent_server_hits_the_read_timeout() -> None:
-    with raw_server(lambda conn: time.sleep(3)) as url:
-        sleeps = Sleeps()
-        f = fetcher(url, sleeps, read_timeout=0.3, retry=RetryPolicy(attempts=2, sleep=sleeps))
-        started = time.monotonic()
-        with pytest.raises(NetworkError, match="timeout"):
-            f.manifest(None, 1 << 20)
-        assert time.monotonic() - started < 2.5
-        assert len(sleeps.delays) == 1  # a network error is retried
-        f.close()
+def test_silent_server_hits_the_read_timeout(served: Served, faults: FaultSimulator) -> None:
+    faults.add("hang", "manifest", 2, seconds=3)
+    sleeps = Sleeps()
+    f = fetcher(served.url, sleeps, read_timeout=0.3, retry=RetryPolicy(attempts=2, sleep=sleeps))
+    started = time.monotonic()
+    with pytest.raises(NetworkError, match="timeout"):
+        f.manifest(None, 1 << 20)
+    assert time.monotonic() - started < 2.5
+    assert len(sleeps.delays) == 1  # a network error is retried
+    assert faults.hits("hang") == 2
+    f.close()
 
 
 def test_refused_connection_is_a_network_error() -> None:
@@ -408,9 +314,12 @@ def test_download_streams_and_verifies(served: Served, tmp_path: Path) -> None:
     f.close()
 
 
-def test_download_resumes_after_a_cut_connection(served: Served, tmp_path: Path) -> None:
+def test_download_resumes_after_a_cut_connection(
+    served: Served, faults: FaultSimulator, tmp_path: Path
+) -> None:
     cut = 1000
-    rec = Recorder(cut_path=served.snapshot.path, cut_after=cut)
+    faults.add("reset", "/" + served.snapshot.path, after=cut)
+    rec = faults.transport()
     sleeps = Sleeps()
     f = fetcher(served.url, sleeps, transport=rec)
     dest = tmp_path / "snap.part"
@@ -424,11 +333,11 @@ def test_download_resumes_after_a_cut_connection(served: Served, tmp_path: Path)
 
 
 def test_download_resumes_a_partial_file_from_an_earlier_attempt(
-    served: Served, tmp_path: Path
+    served: Served, faults: FaultSimulator, tmp_path: Path
 ) -> None:
     dest = tmp_path / "snap.part"
     dest.write_bytes(served.snapshot_bytes[:777])
-    rec = Recorder()
+    rec = faults.transport()
     f = fetcher(served.url, transport=rec)
     f.download(served.snapshot, dest)
     assert dest.read_bytes() == served.snapshot_bytes
@@ -436,12 +345,14 @@ def test_download_resumes_a_partial_file_from_an_earlier_attempt(
     f.close()
 
 
-def test_a_bad_partial_file_is_refetched_whole(served: Served, tmp_path: Path) -> None:
+def test_a_bad_partial_file_is_refetched_whole(
+    served: Served, faults: FaultSimulator, tmp_path: Path
+) -> None:
     """The kept prefix is corrupt: the resumed result fails its hash, so the artefact is
     fetched again from zero (not left to fail forever)."""
     dest = tmp_path / "snap.part"
     dest.write_bytes(b"\0" * 500)
-    rec = Recorder()
+    rec = faults.transport()
     f = fetcher(served.url, transport=rec)
     f.download(served.snapshot, dest)
     assert dest.read_bytes() == served.snapshot_bytes
@@ -452,10 +363,12 @@ def test_a_bad_partial_file_is_refetched_whole(served: Served, tmp_path: Path) -
     f.close()
 
 
-def test_a_complete_but_wrong_file_is_not_trusted(served: Served, tmp_path: Path) -> None:
+def test_a_complete_but_wrong_file_is_not_trusted(
+    served: Served, faults: FaultSimulator, tmp_path: Path
+) -> None:
     dest = tmp_path / "snap.part"
     dest.write_bytes(b"\1" * served.snapshot.length)  # right length, wrong bytes
-    rec = Recorder()
+    rec = faults.transport()
     f = fetcher(served.url, transport=rec)
     f.download(served.snapshot, dest)
     assert dest.read_bytes() == served.snapshot_bytes
@@ -528,7 +441,7 @@ def test_206_for_another_range_is_not_appended(served: Served, tmp_path: Path) -
 
 
 def test_download_http_error_keeps_the_partial_file(
-    served: Served, faults: Faults, tmp_path: Path
+    served: Served, faults: FaultSimulator, tmp_path: Path
 ) -> None:
     dest = tmp_path / "snap.part"
     dest.write_bytes(served.snapshot_bytes[:300])

@@ -27,16 +27,18 @@ from _servers import (
     register_subscriber,
     write_manifest,
 )
-from intercept_sdk._exceptions import ConfigurationError
+from intercept_sdk._exceptions import ConfigurationError, InvalidReport
 from intercept_sdk._platform.server import (
     VERIFY_BACKEND,
-    Faults,
     Limits,
     PlatformServer,
-    _Keys,
     create_app,
     run_server_process,
 )
+from intercept_sdk._platform.server import intake as intake_mod
+from intercept_sdk._platform.server import subscribers as subscribers_mod
+from intercept_sdk._platform.server.subscribers import SubscriberKeys
+from intercept_sdk._protocol.reports import validate_report
 from intercept_sdk._protocol.signing import (
     REPORT_TYPE,
     Envelope,
@@ -45,6 +47,8 @@ from intercept_sdk._protocol.signing import (
     sign_envelope,
     write_public_key,
 )
+from intercept_sdk._util import format_utc, utcnow
+from intercept_sdk.testing.faults import FaultSimulator
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 
@@ -67,14 +71,19 @@ def hotel(subs: Path) -> SigningKey:
 
 
 @pytest.fixture
-def faults() -> Faults:
-    return Faults()
+def faults() -> FaultSimulator:
+    return FaultSimulator()
 
 
 @pytest.fixture
-def server(site: FakeSite, subs: Path, tmp_path: Path, faults: Faults) -> Iterator[PlatformServer]:
+def server(
+    site: FakeSite, subs: Path, tmp_path: Path, faults: FaultSimulator
+) -> Iterator[PlatformServer]:
     with PlatformServer(
-        site.root, subscribers_dir=subs, state_dir=tmp_path / "state", faults=faults
+        site.root,
+        subscribers_dir=subs,
+        state_dir=tmp_path / "state",
+        middleware=[faults.middleware()],
     ) as srv:
         yield srv
 
@@ -379,6 +388,14 @@ def _sdk_body(reports: list[dict[str, Any]]) -> bytes:
     return b'{"reports":[' + b",".join(canonical_json(r) for r in reports) + b"]}"
 
 
+def _schema_error(report: dict[str, Any]) -> str:
+    """What the protocol's own report schema says about a signed report's payload."""
+    payload = Envelope.from_bytes(canonical_json(report)).payload_json()
+    with pytest.raises(InvalidReport) as err:
+        validate_report(payload)
+    return str(err.value)
+
+
 def _flip_signature(report: dict[str, Any]) -> None:
     sig = bytearray(base64.b64decode(report["signatures"][0]["sig"]))
     sig[10] ^= 1
@@ -386,65 +403,62 @@ def _flip_signature(report: dict[str, Any]) -> None:
 
 
 @pytest.fixture
-def platform(site: FakeSite, subs: Path, tmp_path: Path) -> Iterator[Any]:
-    """The app's _Platform with its verification threads started (as in the lifespan)."""
+def intake(site: FakeSite, subs: Path, tmp_path: Path) -> Iterator[Any]:
+    """The app's report intake with its verification threads started (as in the lifespan)."""
     app = create_app(site.root, subscribers_dir=subs, state_dir=tmp_path / "direct")
     plat = app.state.platform
-    plat.start_pool()
-    yield plat
-    plat.stop_pool()
+    plat.intake.start_pool()
+    yield plat.intake
+    plat.intake.stop_pool()
     plat.store.close()
 
 
 def test_sdk_bodies_are_read_without_json_and_give_the_same_rows(
-    platform: Any, hotel: SigningKey, monkeypatch: pytest.MonkeyPatch
+    intake: Any, hotel: SigningKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import intercept_sdk._platform.server as platform_mod
-
     reports = [make_report(hotel, "hotel-001", details={"i": i}) for i in range(60)]
-    general = platform._verify_batch(json.dumps({"reports": reports}).encode())
+    general = intake.verify_batch(json.dumps({"reports": reports}).encode())
     parsed: list[bytes] = []
-    real = platform_mod._Platform._parsed_envelopes
+    real = intake_mod.Intake.parsed_envelopes
     monkeypatch.setattr(
-        platform_mod._Platform, "_parsed_envelopes",
+        intake_mod.Intake, "parsed_envelopes",
         lambda self, body: parsed.append(body) or real(self, body),
     )  # fmt: skip
-    fast = platform._verify_batch(_sdk_body(reports))
+    fast = intake.verify_batch(_sdk_body(reports))
     assert parsed == []  # the canonical body took the fast path
     assert fast == general
     assert [r.envelope for r in fast] == [canonical_json(r) for r in reports]
     # Anything else about the body sends it down the general path, with the same result.
     for body in (b" " + _sdk_body(reports), _sdk_body(reports).replace(b"},{", b"}, {", 1)):
         parsed.clear()
-        assert platform._verify_batch(body) == general
+        assert intake.verify_batch(body) == general
         assert parsed == [body]
     parsed.clear()
     body = _sdk_body(reports)[:-2] + b",]}"  # not JSON: refused by the general path
-    with pytest.raises(platform_mod._Refused, match="not JSON"):
-        platform._verify_batch(body)
+    with pytest.raises(intake_mod.Refused, match="not JSON"):
+        intake.verify_batch(body)
     assert parsed == [body]
 
 
 @pytest.mark.parametrize("canonical", [True, False], ids=["sdk-body", "json-body"])
 def test_pooled_batch_names_the_first_failure_of_the_earliest_step(
-    platform: Any, hotel: SigningKey, canonical: bool
+    intake: Any, hotel: SigningKey, canonical: bool
 ) -> None:
     """Signatures are checked before payloads, whichever report comes first in the batch."""
-    import intercept_sdk._platform.server as platform_mod
 
     def body(reports: list[dict[str, Any]]) -> bytes:
         return _sdk_body(reports) if canonical else json.dumps({"reports": reports}).encode()
 
     def refusal(reports: list[dict[str, Any]]) -> tuple[int, str]:
-        with pytest.raises(platform_mod._Refused) as err:
-            platform._verify_batch(body(reports))
+        with pytest.raises(intake_mod.Refused) as err:
+            intake.verify_batch(body(reports))
         return err.value.status, err.value.message
 
-    n = 3 * platform_mod._PARALLEL_MIN
+    n = 3 * intake_mod.PARALLEL_MIN
     reports = [make_report(hotel, "hotel-001") for _ in range(n)]
     reports[5] = make_report(hotel, "hotel-001", kind="gossip")  # signed, bad payload
-    assert refusal(reports) == (400, "report 5: kind must be one of " + ", ".join(
-        sorted(platform_mod.REPORT_KINDS)))  # fmt: skip
+    assert refusal(reports) == (400, f"report 5: {_schema_error(reports[5])}")
+    assert "kind must be one of" in _schema_error(reports[5])
     for bad in (n - 2, n // 2, 7):  # in the last chunk, a middle one, the first chunk
         forged = [dict(r, signatures=[dict(r["signatures"][0])]) for r in reports]
         _flip_signature(forged[bad])
@@ -456,28 +470,26 @@ def test_pooled_batch_names_the_first_failure_of_the_earliest_step(
         403, f"report {n - 6}: not signed by any registered subscriber")  # fmt: skip
     # Without the bad ones, all are rows.
     del reports[5]
-    assert len(platform._verify_batch(body(reports))) == n - 1
+    assert len(intake.verify_batch(body(reports))) == n - 1
 
 
 def test_batches_are_verified_on_several_threads(
-    platform: Any, hotel: SigningKey, monkeypatch: pytest.MonkeyPatch
+    intake: Any, hotel: SigningKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import intercept_sdk._platform.server as platform_mod
-
-    if platform_mod._POOL_WORKERS < 2:
+    if intake_mod.POOL_WORKERS < 2:
         pytest.skip("one usable core: batches are verified inline")
     threads: set[str] = set()
-    real = platform_mod._Platform._authenticate
+    real = intake_mod.Intake.signers
 
     def spy(*args: Any) -> Any:
         threads.add(threading.current_thread().name)
         return real(*args)
 
-    monkeypatch.setattr(platform_mod._Platform, "_authenticate", staticmethod(spy))
+    monkeypatch.setattr(intake_mod.Intake, "signers", staticmethod(spy))
     reports = [make_report(hotel, "hotel-001") for _ in range(400)]
     for _ in range(20):  # the calling thread may take a chunk back if no thread started it
         threads.clear()
-        assert len(platform._verify_batch(_sdk_body(reports))) == 400
+        assert len(intake.verify_batch(_sdk_body(reports))) == 400
         if any(name.startswith("intercept-platform-verify") for name in threads):
             break
     assert any(name.startswith("intercept-platform-verify") for name in threads), threads
@@ -485,40 +497,38 @@ def test_batches_are_verified_on_several_threads(
 
 
 def test_verification_pool_stops_quickly_and_batches_still_complete(
-    platform: Any, hotel: SigningKey
+    intake: Any, hotel: SigningKey
 ) -> None:
-    import intercept_sdk._platform.server as platform_mod
-
-    if platform_mod._POOL_WORKERS < 2:
+    if intake_mod.POOL_WORKERS < 2:
         pytest.skip("one usable core: no verification threads")
     reports = [make_report(hotel, "hotel-001") for _ in range(200)]
     body = _sdk_body(reports)
     # Every verification thread busy: the batch takes its chunks back and finishes alone.
     gate = threading.Event()
-    assert platform._pool is not None
-    blockers = [platform._pool.submit(gate.wait, 10) for _ in range(platform_mod._POOL_WORKERS - 1)]
+    assert intake._pool is not None
+    blockers = [intake._pool.submit(gate.wait, 10) for _ in range(intake_mod.POOL_WORKERS - 1)]
     try:
         t0 = time.monotonic()
-        assert len(platform._verify_batch(body)) == 200
+        assert len(intake.verify_batch(body)) == 200
         assert time.monotonic() - t0 < 5
         # Stopping the pool while its threads are busy returns at once (no waiting).
         t0 = time.monotonic()
-        platform.stop_pool()
+        intake.stop_pool()
         assert time.monotonic() - t0 < 0.5
-        assert platform._pool is None
+        assert intake._pool is None
     finally:
         gate.set()
     for b in blockers:
         assert b.result(timeout=5) is True
     # Without the pool the batch is verified inline, bad signatures included.
-    assert len(platform._verify_batch(body)) == 200
+    assert len(intake.verify_batch(body)) == 200
     _flip_signature(reports[150])
-    with pytest.raises(platform_mod._Refused, match="report 150: signature does not verify"):
-        platform._verify_batch(_sdk_body(reports))
-    platform.start_pool()
-    platform.start_pool()  # idempotent
-    with pytest.raises(platform_mod._Refused, match="report 150: signature does not verify"):
-        platform._verify_batch(_sdk_body(reports))
+    with pytest.raises(intake_mod.Refused, match="report 150: signature does not verify"):
+        intake.verify_batch(_sdk_body(reports))
+    intake.start_pool()
+    intake.start_pool()  # idempotent
+    with pytest.raises(intake_mod.Refused, match="report 150: signature does not verify"):
+        intake.verify_batch(_sdk_body(reports))
 
 
 def test_server_refuses_a_bad_signature_inside_a_large_sdk_batch(
@@ -558,10 +568,8 @@ def test_server_stop_ends_the_verification_threads(
 
 @pytest.mark.parametrize("canonical", [True, False], ids=["sdk-body", "json-body"])
 def test_bad_base64_is_named_the_same_on_both_paths(
-    platform: Any, hotel: SigningKey, canonical: bool
+    intake: Any, hotel: SigningKey, canonical: bool
 ) -> None:
-    import intercept_sdk._platform.server as platform_mod
-
     for field, message in (("payload", "payload"), ("sig", "signature")):
         reports = [make_report(hotel, "hotel-001") for _ in range(3)]
         if field == "payload":
@@ -569,8 +577,8 @@ def test_bad_base64_is_named_the_same_on_both_paths(
         else:
             reports[1]["signatures"][0]["sig"] = "A"
         body = _sdk_body(reports) if canonical else json.dumps({"reports": reports}).encode()
-        with pytest.raises(platform_mod._Refused) as err:
-            platform._verify_batch(body)
+        with pytest.raises(intake_mod.Refused) as err:
+            intake.verify_batch(body)
         assert (err.value.status, err.value.message) == (
             400, f"report 1: {message} is not valid base64")  # fmt: skip
 
@@ -689,6 +697,64 @@ def test_malformed_is_400(client: httpx.Client, hotel: SigningKey, make_body: An
     assert client.get("/reports").json() == []
 
 
+def _full_payload(**changes: Any) -> dict[str, Any]:
+    """A complete interception payload as the SDK builds it, then ``changes``."""
+    return {
+        "type": "report",
+        "report_id": uuid.uuid4().hex,
+        "subscriber_id": "hotel-001",
+        "kind": "interception",
+        "created_at": format_utc(utcnow()),
+        "measure": "consumption.star_hotel",
+        "entry_id": "E1",
+        "case_no": "(2019)冀0203执123号",
+        "list_version": 1,
+        "outcome": "blocked",
+        "details": {},
+        **changes,
+    }
+
+
+# Signed with a registered key, so they pass the signature: the protocol's report schema
+# (validate_report, the one the SDK applies before signing) must refuse them.
+SCHEMA_BREAKERS: dict[str, bytes] = {
+    "nan": json.dumps(_full_payload(details={"score": float("nan")})).encode(),
+    "unknown-field": canonical_json(_full_payload(channel="front-desk")),
+    "id-number-in-details": canonical_json(
+        _full_payload(details={"note": "guest 110101199003071234 at the desk"})
+    ),
+    "created-in-2099": canonical_json(_full_payload(created_at="2099-01-01T00:00:00Z")),
+}
+
+
+@pytest.mark.parametrize("canonical", [True, False], ids=["sdk-body", "json-body"])
+@pytest.mark.parametrize("name", list(SCHEMA_BREAKERS))
+def test_signed_payload_that_breaks_the_report_schema_is_refused(
+    client: httpx.Client, hotel: SigningKey, name: str, canonical: bool
+) -> None:
+    raw = SCHEMA_BREAKERS[name]
+    if name == "nan":
+        assert b"NaN" in raw
+    try:
+        validate_report(json.loads(raw))
+    except InvalidReport as exc:
+        expected = f"report 1: {exc}"
+    else:  # pragma: no cover - until validate_report refuses it too
+        pytest.xfail(f"validate_report itself accepts the {name} payload")
+    good = make_report(hotel, "hotel-001")
+    bad = _signed(hotel, raw)
+    if canonical:
+        r = client.post(
+            "/reports", content=_sdk_body([good, bad]), headers={"Content-Type": "application/json"}
+        )
+    else:
+        r = post_reports(client, [good, bad])
+    assert (r.status_code, r.json()) == (400, {"error": expected})
+    assert "110101199003071234" not in r.text  # the ID number is never echoed
+    assert client.get("/reports").json() == []  # the batch is refused as a whole
+    assert post_reports(client, [good]).status_code == 200
+
+
 def test_oversize_is_413(client: httpx.Client, hotel: SigningKey) -> None:
     big = b'{"reports": [' + b" " * (8 * 1024 * 1024) + b"]}"
     r = client.post("/reports", content=big)
@@ -749,14 +815,12 @@ def test_reports_persist_across_restarts(site: FakeSite, subs: Path, hotel: Sign
 @pytest.mark.parametrize("backend", ["cryptography", "libsodium"])
 def test_verification_backends_agree(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both verifiers accept exactly the good signature by a registered key."""
-    import intercept_sdk._platform.server as platform_mod
-
     if backend == "cryptography":
-        monkeypatch.setattr(platform_mod, "_sodium_open", None)
-    elif platform_mod._sodium_open is None:
+        monkeypatch.setattr(subscribers_mod, "_sodium_open", None)
+    elif subscribers_mod._sodium_open is None:
         pytest.skip("PyNaCl is not installed")
     good, other = SigningKey.generate(), SigningKey.generate()
-    keys = _Keys(
+    keys = SubscriberKeys(
         {good.keyid: good.public},
         {good.keyid: bytes.fromhex(good.public_hex)},
         {good.keyid: frozenset({"hotel-001"})},
@@ -783,7 +847,7 @@ def test_verification_backends_agree(backend: str, monkeypatch: pytest.MonkeyPat
 
 
 def test_faults_fail_stall_and_lost_response(
-    client: httpx.Client, hotel: SigningKey, faults: Faults
+    client: httpx.Client, hotel: SigningKey, faults: FaultSimulator
 ) -> None:
     report = make_report(hotel, "hotel-001")
     faults.fail_next(2, status=503, retry_after=3)
@@ -858,7 +922,7 @@ def _verifications_per_cpu_second() -> float:
     """Ed25519 verifications per CPU second with the server's own backend (best of 3)."""
     signer = SigningKey.generate()
     kid = signer.keyid
-    keys = _Keys(
+    keys = SubscriberKeys(
         {kid: signer.public}, {kid: bytes.fromhex(signer.public_hex)}, {kid: frozenset({"x"})}
     )
     env = Envelope.from_bytes(canonical_json(make_report(signer, "x")))

@@ -1,12 +1,12 @@
 """The sync engine (:mod:`intercept_sdk._client.sync`) through the real client, end to end.
 
 Real site (:class:`TestPlatform`: real keys, real publisher), real servers on loopback
-(the reference platform, with :class:`Faults` for 401/403/429 and request counts), real
-SQLite caches. An ``httpx`` transport wraps the real one only to watch requests or to cut
-a connection. Covers: snapshot then delta catch-up, fallback to the snapshot, resume after
-a cut connection, ETag/304, Retry-After, permanent 4xx, local directory and file:// sites,
-the one-syncer-per-cache lock, ``status()``, change events, push-driven background sync,
-and ``AsyncClient.sync()``.
+(the reference platform, with the :class:`FaultSimulator` for 401/403/429, request counts
+and a connection cut mid-body), real SQLite caches. The simulator's ``httpx`` transport
+wraps the real one to watch requests and to cut a connection. Covers: snapshot then delta
+catch-up, fallback to the snapshot, resume after a cut connection, ETag/304, Retry-After,
+permanent 4xx, local directory and file:// sites, the one-syncer-per-cache lock,
+``status()``, change events, push-driven background sync, and ``AsyncClient.sync()``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from intercept_sdk._client.client import AsyncClient, Client, WatchChange
@@ -43,10 +42,11 @@ from intercept_sdk._exceptions import (
     VerificationError,
 )
 from intercept_sdk._platform.keys import rotate_root
-from intercept_sdk._platform.server import Faults, Limits, PlatformServer
+from intercept_sdk._platform.server import Limits, PlatformServer
 from intercept_sdk._protocol.signing import Envelope
 from intercept_sdk._util import utcnow
 from intercept_sdk.testing import TestPlatform
+from intercept_sdk.testing.faults import FaultSimulator, SimulatedTransport
 
 MEASURE = "consumption.star_hotel"
 
@@ -63,65 +63,11 @@ class Sleeps:
 
 
 @dataclass
-class Seen:
-    path: str
-    headers: dict[str, str]
-    status: int
-
-
-class Recorder(httpx.BaseTransport):
-    """The real transport, recording requests; can cut one response after N bytes."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.HTTPTransport()
-        self.seen: list[Seen] = []
-        self.cut: tuple[str, int] | None = None
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        resp = self.inner.handle_request(request)
-        self.seen.append(Seen(request.url.path, dict(request.headers), resp.status_code))
-        if self.cut is not None and request.url.path.endswith(self.cut[0]):
-            limit = self.cut[1]
-            self.cut = None
-            assert isinstance(resp.stream, httpx.SyncByteStream)
-            return httpx.Response(
-                resp.status_code,
-                headers=resp.headers,
-                stream=_Cut(resp.stream, limit),
-                extensions=resp.extensions,
-            )
-        return resp
-
-    def paths(self) -> list[str]:
-        return [s.path for s in self.seen]
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class _Cut(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, limit: int) -> None:
-        self.inner, self.limit = inner, limit
-
-    def __iter__(self) -> Iterator[bytes]:
-        sent = 0
-        for chunk in self.inner:
-            if sent + len(chunk) >= self.limit:
-                yield chunk[: self.limit - sent]
-                raise httpx.ReadError("connection reset (cut by the test)")
-            sent += len(chunk)
-            yield chunk
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-@dataclass
 class Env:
     platform: TestPlatform
     server: PlatformServer
-    faults: Faults
-    recorder: Recorder
+    faults: FaultSimulator
+    recorder: SimulatedTransport  # the real transport, recording requests
     sleeps: Sleeps
 
     def client(self, **options: Any) -> Client:
@@ -136,10 +82,12 @@ class Env:
 def env(tmp_path: Path) -> Iterator[Env]:
     platform = TestPlatform(tmp_path)
     platform.site_dir.mkdir()  # served before the first publish: versions start at 1
-    faults = Faults()
+    faults = FaultSimulator()
     limits = Limits(poll_interval=0.05)
-    with PlatformServer(platform.site_dir, faults=faults, limits=limits) as server:
-        recorder = Recorder()
+    with PlatformServer(
+        platform.site_dir, middleware=[faults.middleware()], limits=limits
+    ) as server:
+        recorder = faults.transport()
         try:
             yield Env(platform, server, faults, recorder, Sleeps())
         finally:
@@ -359,7 +307,7 @@ def test_resume_after_a_cut_connection(env: Env) -> None:
     assert result.restricted
     snap = result.snapshot
     assert snap.length > 8000
-    env.recorder.cut = (snap.path, 5000)
+    env.faults.add("reset", "/" + snap.path, after=5000)
     client = env.client(retry=RetryPolicy(attempts=1))
     with pytest.raises(NetworkError, match="ReadError"):
         client.sync()
@@ -693,7 +641,7 @@ def test_failed_sync_right_after_a_root_rotation_keeps_the_old_version(env: Env)
     first.sync()
     rotate_root(p.keys_dir, rotate_online=True)
     p.revoke(a["entry_id"])  # v2 under root 2, signed by the new online key
-    env.recorder.cut = (p.last.deltas[1].path, 10)  # type: ignore[union-attr]
+    env.faults.add("reset", "/" + p.last.deltas[1].path, after=10)  # type: ignore[union-attr]
     with pytest.raises(NetworkError):
         first.sync()
     assert first._core.updater.trusted.root.version == 2  # the walk itself succeeded

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 from intercept_sdk._client.audit import verify_audit
-from intercept_sdk._platform.server import Faults, Limits, PlatformServer
+from intercept_sdk._platform.server import Limits, PlatformServer
 from intercept_sdk._protocol.signing import Envelope
 from intercept_sdk.testing import TestPlatform
+from intercept_sdk.testing.faults import FaultSimulator
 
 from . import _jobs
 from ._support import (
@@ -203,17 +204,19 @@ def _kill_syncs(
 
 
 @pytest.fixture
-def report_platform(tmp_path: Path) -> Iterator[tuple[TestPlatform, PlatformServer, Faults]]:
+def report_platform(
+    tmp_path: Path,
+) -> Iterator[tuple[TestPlatform, PlatformServer, FaultSimulator]]:
     p = TestPlatform(tmp_path / "platform")
     for _ in range(5):
         p.add_person(publish=False)
     p.publish()
-    faults = Faults()
+    faults = FaultSimulator()
     server = PlatformServer(
         p.site_dir,
         subscribers_dir=p.keys_dir / "subscribers",
         state_dir=tmp_path / "platform-state",
-        faults=faults,
+        middleware=[faults.middleware()],
         limits=Limits(poll_interval=1),
     )
     server.start()
@@ -240,7 +243,7 @@ def _final_drain(p: TestPlatform, url: str, cache: Path, logs: Path) -> None:
 
 
 def test_kill9_of_the_report_sender(
-    report_platform: tuple[TestPlatform, PlatformServer, Faults], tmp_path: Path
+    report_platform: tuple[TestPlatform, PlatformServer, FaultSimulator], tmp_path: Path
 ) -> None:
     p, server, faults = report_platform
     tally = Tally("crash: kill -9 of the report sender")
@@ -307,7 +310,7 @@ def test_kill9_of_the_report_sender(
 
 
 def test_kill9_inside_report(
-    report_platform: tuple[TestPlatform, PlatformServer, Faults], tmp_path: Path
+    report_platform: tuple[TestPlatform, PlatformServer, FaultSimulator], tmp_path: Path
 ) -> None:
     p, server, _faults = report_platform
     tally = Tally("crash: kill -9 inside report()/block()")

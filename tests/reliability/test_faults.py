@@ -1,4 +1,10 @@
-"""Faults: a misbehaving real server on loopback and respx-injected transport failures.
+"""Faults: the reference platform made to misbehave, and failures of the network itself.
+
+Every fault comes from the one :class:`~intercept_sdk.testing.faults.FaultSimulator`: its
+server hook wraps the real platform server on loopback (5xx, 429, a lost answer, a body
+cut short, a wrong Content-Length, a slow drip, silence, a redirect, an older manifest, a
+stale ETag, a push channel sending garbage), its ``httpx`` transport hook raises what only
+the network can (connect/read timeouts, refused connections, a reset mid-body).
 
 Each run publishes the next version, turns a fault on, and syncs. Under the fault the
 client keeps its last good version (every decision is that version's, the cache
@@ -31,10 +37,10 @@ from intercept_sdk._exceptions import (
     RollbackError,
     TooLarge,
 )
-from intercept_sdk._platform.server import Faults, Limits, PlatformServer
+from intercept_sdk._platform.server import Limits, PlatformServer
 from intercept_sdk.testing import TestPlatform
+from intercept_sdk.testing.faults import ALWAYS, FaultSimulator
 
-from ._faulty import FaultyServer, RespxSite, etag_of
 from ._support import (
     Chain,
     Tally,
@@ -76,39 +82,45 @@ class Sleeps:
 class Env:
     chain: Chain
     served: Path
-    server: FaultyServer | RespxSite
+    faults: FaultSimulator
     client: Client
     sleeps: Sleeps
     version: int
 
 
 @contextlib.contextmanager
-def _env(chain: Chain, tmp_path: Path, transport: str) -> Iterator[Env]:
+def _serving(served: Path, faults: FaultSimulator) -> Iterator[PlatformServer]:
+    """The reference platform serving ``served``, with ``faults`` wrapped around it."""
+    with PlatformServer(
+        served, middleware=[faults.middleware()], limits=Limits(poll_interval=0.05)
+    ) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _env(chain: Chain, tmp_path: Path, hook: str) -> Iterator[Env]:
     served = chain.make_served(tmp_path / "served")
     chain.install(served, 2)
-    server: FaultyServer | RespxSite = (
-        FaultyServer(served) if transport == "socket" else RespxSite(served)
-    )
+    faults = FaultSimulator()
     sleeps = Sleeps()
     options: dict[str, Any] = {}
-    if isinstance(server, RespxSite):
-        options["transport"] = server.transport
-    client = chain.client(
-        server.url,
-        chain.copy_cache(2, tmp_path / "cache"),
-        connect_timeout=READ_TIMEOUT,
-        read_timeout=READ_TIMEOUT,
-        total_timeout=TOTAL_TIMEOUT,
-        retry=RetryPolicy(attempts=ATTEMPTS, sleep=sleeps),
-        **options,
-    )
-    try:
-        assert client.sync().mode == "none"  # up to date; the client now holds an ETag
-        yield Env(chain, served, server, client, sleeps, 2)
-    finally:
-        client.close()
-        if isinstance(server, FaultyServer):
-            server.stop()
+    if hook == "transport":  # else the SDK's own transport, over real sockets
+        options["transport"] = faults.transport()
+    with _serving(served, faults) as server:
+        client = chain.client(
+            server.url,
+            chain.copy_cache(2, tmp_path / "cache"),
+            connect_timeout=READ_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
+            total_timeout=TOTAL_TIMEOUT,
+            retry=RetryPolicy(attempts=ATTEMPTS, sleep=sleeps),
+            **options,
+        )
+        try:
+            assert client.sync().mode == "none"  # up to date; the client now holds an ETag
+            yield Env(chain, served, faults, client, sleeps, 2)
+        finally:
+            client.close()
 
 
 Arm = Callable[[Env], None]
@@ -117,39 +129,38 @@ Arm = Callable[[Env], None]
 @dataclass(frozen=True)
 class Case:
     name: str
-    transport: str  # socket | respx
+    hook: str  # server (the platform misbehaves) | transport (the network fails)
     kind: str
     target: str
     expect: tuple[type[Exception], ...] | None  # None: benign, the sync goes through
     params: dict[str, Any] = field(default_factory=dict)
-    count: int = 1_000_000
+    count: int = ALWAYS
     bound: float = 10.0  # seconds the failing sync may take
     min_sleep: float | None = None  # a Retry-After that must have been honoured
     known_bug: Known | None = None
 
 
 CASES = [
-    # ---- a real server on loopback
-    Case("server never answers (read timeout)", "socket", "hang", "manifest", (NetworkError,)),
-    Case("connection reset mid-body", "socket", "reset", "artefact", (NetworkError,)),
+    # ---- the platform server misbehaves (real sockets, the SDK's own transport)
+    Case("server never answers (read timeout)", "server", "hang", "manifest", (NetworkError,)),
     Case(
         "manifest truncated (connection closed early)",
-        "socket",
+        "server",
         "truncate",
         "manifest",
         (NetworkError,),
     ),
     Case(
         "artefact truncated (connection closed early)",
-        "socket",
+        "server",
         "truncate",
         "artefact",
         (NetworkError,),
     ),
-    Case("oversized artefact (more than signed)", "socket", "oversize", "artefact", (TooLarge,)),
+    Case("oversized artefact (more than signed)", "server", "oversize", "artefact", (TooLarge,)),
     Case(
         "oversized manifest (over the cap)",
-        "socket",
+        "server",
         "oversize",
         "manifest",
         (TooLarge,),
@@ -157,22 +168,22 @@ CASES = [
     ),
     Case(
         "wrong Content-Length, short (manifest)",
-        "socket",
+        "server",
         "short_length",
         "manifest",
         (FormatError,),
     ),
     Case(
         "wrong Content-Length, short (artefact)",
-        "socket",
+        "server",
         "short_length",
         "artefact",
         (DigestMismatch,),
     ),
-    Case("wrong Content-Length, long", "socket", "long_length", "any", (NetworkError,)),
+    Case("wrong Content-Length, long", "server", "long_length", "any", (NetworkError,)),
     Case(
         "slow drip past the total deadline (manifest)",
-        "socket",
+        "server",
         "drip",
         "manifest",
         (NetworkError,),
@@ -181,28 +192,28 @@ CASES = [
     ),
     Case(
         "slow drip past the total deadline (artefact)",
-        "socket",
+        "server",
         "drip",
         "artefact",
         (NetworkError,),
         {"interval": 0.05},
         bound=12.0,
     ),
-    Case("5xx storm", "socket", "status", "any", (HTTPStatusError,), {"status": 503}),
+    Case("5xx storm", "server", "status", "any", (HTTPStatusError,), {"status": 503}),
     Case(
         "429 with Retry-After",
-        "socket",
+        "server",
         "status",
         "manifest",
         (HTTPStatusError,),
         {"status": 429, "retry_after": 7},
         min_sleep=7.0,
     ),
-    Case("redirect to another host", "socket", "redirect", "manifest", (HTTPStatusError,)),
-    Case("CDN serves an older manifest", "socket", "older", "manifest", (RollbackError,)),
+    Case("redirect to another host", "server", "redirect", "manifest", (HTTPStatusError,)),
+    Case("CDN serves an older manifest", "server", "older", "manifest", (RollbackError,)),
     Case(
         "manifest of deeply nested JSON",
-        "socket",
+        "server",
         "older",
         "manifest",
         (FormatError,),
@@ -211,7 +222,7 @@ CASES = [
     # ---- benign: absorbed by the retries, or nothing new seen
     Case(
         "5xx burst shorter than the retries",
-        "socket",
+        "server",
         "status",
         "any",
         None,
@@ -220,7 +231,7 @@ CASES = [
     ),
     Case(
         "429 once, Retry-After honoured",
-        "socket",
+        "server",
         "status",
         "artefact",
         None,
@@ -228,14 +239,21 @@ CASES = [
         count=1,
         min_sleep=5.0,
     ),
-    Case("manifest with a stale ETag (304)", "socket", "stale_etag", "manifest", None),
-    # ---- respx: failures raised inside the transport
-    Case("connect timeout (respx)", "respx", "connect_timeout", "manifest", (NetworkError,)),
-    Case("read timeout (respx)", "respx", "read_timeout", "artefact", (NetworkError,)),
-    Case("connection refused (respx)", "respx", "connect_error", "any", (NetworkError,)),
-    Case("connection reset mid-body (respx)", "respx", "reset", "artefact", (NetworkError,)),
-    Case("5xx storm (respx)", "respx", "status", "artefact", (HTTPStatusError,), {"status": 500}),
-    Case("redirect to another host (respx)", "respx", "redirect", "artefact", (HTTPStatusError,)),
+    Case("manifest with a stale ETag (304)", "server", "stale_etag", "manifest", None),
+    Case(
+        "5xx storm on artefacts only",
+        "server",
+        "status",
+        "artefact",
+        (HTTPStatusError,),
+        {"status": 500},
+    ),
+    Case("redirect of an artefact", "server", "redirect", "artefact", (HTTPStatusError,)),
+    # ---- the network fails (the simulator's transport hook in front of the real one)
+    Case("connect timeout", "transport", "connect_timeout", "manifest", (NetworkError,)),
+    Case("read timeout", "transport", "read_timeout", "artefact", (NetworkError,)),
+    Case("connection refused", "transport", "connect_error", "any", (NetworkError,)),
+    Case("connection reset mid-body", "transport", "reset", "artefact", (NetworkError,)),
 ]
 
 
@@ -243,7 +261,7 @@ CASES = [
 def test_fault(case: Case, chain: Chain, tmp_path: Path) -> None:
     tally = Tally(f"fault: {case.name}")
     rng = random.Random(case.name)
-    with _env(chain, tmp_path, case.transport) as env:
+    with _env(chain, tmp_path, case.hook) as env:
         for rep in range(REPS):
             with tally.run(f"rep {rep}", known=case.known_bug):
                 _cycle(env, case, rng)
@@ -256,24 +274,22 @@ def _arm(env: Env, case: Case, rng: random.Random) -> None:
         params["status"] = rng.choice([500, 502, 503, 504])
     if case.kind == "older" and "data" not in params:
         params["data"] = env.chain.manifests[env.version - 1]
-    if case.kind == "stale_etag":
-        params["etag"] = etag_of(env.chain.manifests[env.version])
-    env.server.add(case.kind, case.target, case.count, **params)
+    env.faults.add(case.kind, case.target, case.count, **params)  # type: ignore[arg-type]
 
 
 def _cycle(env: Env, case: Case, rng: random.Random) -> None:
     v = env.version
     client = env.client
-    env.server.clear()
+    env.faults.clear()
     env.chain.install(env.served, v + 1)  # the platform publishes the next version
-    hits = env.server.hits(case.kind)
+    hits = env.faults.hits(case.kind)
     _arm(env, case, rng)
     env.sleeps.delays.clear()
     start = time.monotonic()
     if case.expect is None:
         result = client.sync()
         elapsed = time.monotonic() - start
-        assert env.server.hits(case.kind) > hits, "the fault was never hit"
+        assert env.faults.hits(case.kind) > hits, "the fault was never hit"
         if case.kind == "stale_etag":
             # The CDN says "not modified": nothing new is seen, nothing fails.
             assert result.mode == "none", result
@@ -289,7 +305,7 @@ def _cycle(env: Env, case: Case, rng: random.Random) -> None:
         else:
             raise AssertionError(f"the sync succeeded under '{case.name}'")
         elapsed = time.monotonic() - start
-        assert env.server.hits(case.kind) > hits, "the fault was never hit"
+        assert env.faults.hits(case.kind) > hits, "the fault was never hit"
         assert elapsed < case.bound, f"the failing sync took {elapsed:.1f}s"
         # Under the fault: the last good version, whole, and the error in status().
         status = client.status()
@@ -304,7 +320,7 @@ def _cycle(env: Env, case: Case, rng: random.Random) -> None:
         assert max(env.sleeps.delays, default=0) >= case.min_sleep, env.sleeps.delays
     assert elapsed < case.bound + 5
     # The fault ends: the next sync recovers.
-    env.server.clear()
+    env.faults.clear()
     if client.status().list_version == v:
         client.sync()
     status = client.status()
@@ -322,7 +338,9 @@ def test_fault_right_after_a_root_rotation(tmp_path: Path) -> None:
         tmp_path / "chain", n_public=10, n_restricted=0, versions=2, rotate_at=2, period=2
     )
     served = chain.make_served(tmp_path / "served")
-    with FaultyServer(served) as server:
+    chain.install(served, 1)
+    faults = FaultSimulator()
+    with _serving(served, faults) as server:
         for rep in range(REPS):
             chain.install(served, 1)
             cache = chain.copy_cache(1, tmp_path / "cache")
@@ -331,11 +349,11 @@ def test_fault_right_after_a_root_rotation(tmp_path: Path) -> None:
                 tally.run(f"rep {rep}"),
             ):
                 chain.install(served, 2)
-                server.add("status", "artefact", status=503)
+                faults.add("status", "artefact", ALWAYS, status=503)
                 with pytest.raises(HTTPStatusError):
                     client.sync()
                 check_decisions(client, chain, 1)
-                server.clear()
+                faults.clear()
                 client.sync()
                 check_decisions(client, chain, 2)
     tally.finish()
@@ -374,7 +392,9 @@ def test_push_channel_faults(what: str, chain: Chain, tmp_path: Path) -> None:
     events, known = PUSH_EVENTS[what]
     tally = Tally(f"fault: push channel sends {what}")
     served = chain.make_served(tmp_path / "served")
-    with FaultyServer(served) as server:
+    chain.install(served, 2)
+    faults = FaultSimulator()
+    with _serving(served, faults) as server:
         for rep in range(REPS):
             chain.install(served, 2)
             client = chain.client(
@@ -386,14 +406,14 @@ def test_push_channel_faults(what: str, chain: Chain, tmp_path: Path) -> None:
             )
             try:
                 with tally.run(f"rep {rep}", known=known):
-                    server.clear()
-                    server.add("events", "events", 1, events=events, hold=0.5)
-                    before = server.hits("events")
+                    faults.clear()
+                    faults.add("events", "events", 1, events=events, hold=0.5)
+                    before = faults.hits("events")
                     client.start_background()
                     deadline = time.monotonic() + 10
-                    while server.hits("events") == before and time.monotonic() < deadline:
+                    while faults.hits("events") == before and time.monotonic() < deadline:
                         time.sleep(0.02)
-                    assert server.hits("events") > before, "the client never listened"
+                    assert faults.hits("events") > before, "the client never listened"
                     time.sleep(0.3)  # the event is read before the next version appears
                     chain.install(served, 3)
                     deadline = time.monotonic() + 8
@@ -425,13 +445,13 @@ def test_report_upload_faults(tmp_path: Path) -> None:
     tally = Tally("fault: report uploads (5xx, 429 Retry-After, lost answer)")
     p = TestPlatform(tmp_path / "platform")
     p.add_person()
-    faults = Faults()
+    faults = FaultSimulator()
     state = tmp_path / "platform-state"
     with PlatformServer(
         p.site_dir,
         subscribers_dir=p.keys_dir / "subscribers",
         state_dir=state,
-        faults=faults,
+        middleware=[faults.middleware()],
         limits=Limits(poll_interval=1),
     ) as server:
         client = p.client(platform=server.url, push=False, audit=False)

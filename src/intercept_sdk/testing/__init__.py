@@ -17,7 +17,8 @@ What an integrator needs in their own test suite, without network or real keys::
 Everything is real: Ed25519 keys, the publisher, signatures, the verifying client and the
 SQLite store; only the location (a temporary directory, synced with the ``file`` platform)
 differs from production. ``serve()`` runs the reference platform on loopback when a test
-needs HTTP (reports, push).
+needs HTTP (reports, push); ``serve(faults=FaultSimulator())`` makes it misbehave on
+purpose (:mod:`intercept_sdk.testing.faults`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import random
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._client.client import Client
 from .._client.keys import subscriber_keygen
@@ -36,6 +37,9 @@ from .._platform.keys import add_subscriber, keygen
 from .._platform.publish import PublishResult, publish
 from .._protocol.identifiers import id_check
 from .synth import valid_id_number, valid_uscc
+
+if TYPE_CHECKING:
+    from .faults import FaultSimulator
 
 __all__ = ["TestPlatform", "entry_fields", "make_id_number", "make_uscc"]
 
@@ -269,12 +273,18 @@ class TestPlatform:
         return client
 
     @contextmanager
-    def serve(self, **options: Any) -> Iterator[Any]:
-        """Run the reference platform for this site on a free loopback port."""
+    def serve(self, *, faults: FaultSimulator | None = None, **options: Any) -> Iterator[Any]:
+        """Run the reference platform for this site on a free loopback port.
+
+        ``faults``: a :class:`~intercept_sdk.testing.faults.FaultSimulator` whose server
+        side wraps the app; ``options`` go to ``PlatformServer``.
+        """
         from .._platform.server import PlatformServer
 
         if self.last is None:
             self.publish()
+        if faults is not None:
+            options["middleware"] = [*options.get("middleware", ()), faults.middleware()]
         server = PlatformServer(
             self.site_dir,
             subscribers_dir=self.keys_dir / "subscribers",
