@@ -44,6 +44,7 @@ for the whole directory, appended under a lock by every process)::
 ``open`` is written before the file's first byte (with whether its batches are signed),
 ``head`` after every flushed batch (the number and ``h`` of the file's last line), and
 ``close`` when the log is closed or the process exits: the file is never written again.
+INDEX grows by one short line (~230 bytes) per flushed batch, less than the batch itself.
 
 Guarantees:
 
