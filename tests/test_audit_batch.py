@@ -4,7 +4,7 @@ one writes, and the line formatter's reuse of shared parts never changes a byte.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
+import hmac
 import json
 import random
 from collections.abc import Sequence
@@ -13,17 +13,22 @@ from typing import Any
 
 import pytest
 
+import _audit_forge as forge
 from intercept_sdk._client.audit import (
     AuditLog,
     _dumps,
+    _Keys,
     _LineFormat,
     _record_line,
     _TimeFormat,
+    read_audit_key,
     verify_audit,
 )
 
 NOW = _dt.datetime(2026, 1, 31, 8, 0, 0, 123456, tzinfo=_dt.timezone.utc)
 MEASURE = "travel.flight"
+KEYS = _Keys(bytes(range(32)))
+CHAIN_KEY = forge.chain_key(bytes(range(32)))
 
 
 def _batch(n: int, seed: int = 1) -> tuple[list[bytes], list[str], list[Sequence[str]]]:
@@ -76,7 +81,10 @@ def test_record_many_writes_exactly_what_record_writes(tmp_path: Path, signed: b
     assert report.ok and report.records == 1 + 300 + 2000 + 1
     lines = [json.loads(x) for x in many.path.read_bytes().splitlines()]
     records = [x for x in lines if "checkpoint" not in x]
-    assert [r["key"] for r in records[1:301]] == [k.hex() for k in _batch(300, seed=1)[0]]
+    secret = read_audit_key(tmp_path / "audit.key")  # both logs share it: same pseudonyms
+    assert [r["key"] for r in records[1:301]] == [
+        hmac.digest(secret, k, "sha256")[:16].hex() for k in _batch(300, seed=1)[0]
+    ]
 
 
 def test_record_many_overflow_drops_like_record(tmp_path: Path) -> None:
@@ -133,7 +141,7 @@ def test_line_format_reusing_shared_parts_is_the_canonical_json() -> None:
     versions: list[object] = [7, 8, True, 2**70]
     times = [NOW + _dt.timedelta(microseconds=i * 999_999) for i in range(4)]
     times.append(times[0].astimezone(_dt.timezone(_dt.timedelta(hours=8))))
-    fmt = _LineFormat()
+    fmt = _LineFormat(KEYS)
     prev = "0" * 64
     for seq in range(1, 3000):
         item = (
@@ -145,12 +153,12 @@ def test_line_format_reusing_shared_parts_is_the_canonical_json() -> None:
             rng.choice(versions) if seq % 11 == 0 else 7,
         )
         line, h = fmt(prev, seq, item)  # type: ignore[arg-type]
-        again, h2 = _record_line(prev, seq, item, _TimeFormat())  # type: ignore[arg-type]
+        again, h2 = _record_line(KEYS, prev, seq, item, _TimeFormat())  # type: ignore[arg-type]
         assert (line, h) == (again, h2)
         body = json.loads(line)
         assert body.pop("h") == h
         assert _dumps(body) == line[: line.rindex(b',"h":')] + b"}"
-        assert h == hashlib.sha256(prev.encode() + _dumps(body)).hexdigest()
+        assert h == hmac.digest(CHAIN_KEY, prev.encode() + _dumps(body), "sha256").hex()
         assert body["seq"] == seq and body["version"] == item[5]
         assert _dt.datetime.fromisoformat(str(body["t"])) == item[0]
         prev = h
@@ -181,12 +189,17 @@ def test_line_format_many_equals_one_call_per_record() -> None:
                     rng.choice([7, 8, True]) if i % 11 == 0 else 7,
                 )
             )
-    one = _LineFormat()
+    one = _LineFormat(KEYS)
     prev, lines = "f" * 64, []
     for seq, item in enumerate(items, 41):
         line, prev = one(prev, seq, item)
         lines.append(line)
-    data, last, seq = _LineFormat().many("f" * 64, 40, items)
+    data, last, seq = _LineFormat(KEYS).many("f" * 64, 40, items)
     assert data == b"".join(lines)
     assert (last, seq) == (prev, 40 + len(items))
-    assert _LineFormat().many(prev, seq, []) == (b"", prev, seq)
+    assert _LineFormat(KEYS).many(prev, seq, []) == (b"", prev, seq)
+    # the inline HMACs of a screened run are the standard ones
+    for line in data.splitlines()[:5]:
+        body = json.loads(line)
+        h = body.pop("h")
+        assert h == hmac.digest(CHAIN_KEY, body["prev"].encode() + _dumps(body), "sha256").hex()

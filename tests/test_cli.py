@@ -200,7 +200,7 @@ def test_status_verify_audit(platform: dict) -> None:
     st = json.loads(run("status", "--json", env=env).stdout)
     assert st["list_version"] >= 1 and st["stale"] is False and st["last_error"] is None
     assert "ok: version" in run("verify", env=env).stdout
-    out = run("audit", "verify", "--cache-dir", env["INTERCEPT_CACHE_DIR"]).stdout
+    out = run("audit", "verify", "--cache-dir", env["INTERCEPT_CACHE_DIR"], env=env).stdout
     assert "PROBLEM" not in out
     # tamper with an audit line: audit verify must fail
     audit_dir = Path(env["INTERCEPT_CACHE_DIR"]) / "audit"
@@ -208,7 +208,7 @@ def test_status_verify_audit(platform: dict) -> None:
     assert files
     text = files[0].read_text().replace('"action":"block"', '"action":"allow"', 1)
     files[0].write_text(text)
-    r = run("audit", "verify", "--cache-dir", env["INTERCEPT_CACHE_DIR"], check=False)
+    r = run("audit", "verify", "--cache-dir", env["INTERCEPT_CACHE_DIR"], env=env, check=False)
     assert r.returncode == 1 and "hash chain broken" in r.stdout
 
 

@@ -193,7 +193,7 @@ def test_checks_while_deltas_apply_and_reports_flow(tmp_path: Path) -> None:
         str(p.site_dir), p.trust_root, cache, SUBSCRIBER, subscriber_key=key, audit=False
     ) as c:
         assert c.verify().version == len(applied) + 1
-    audit = verify_audit(cache / "audit")
+    audit = verify_audit(cache / "audit", public_key=key)
     assert audit.ok, audit.problems
     finish_all(decisions, versions, reports)
 

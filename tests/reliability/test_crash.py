@@ -354,7 +354,7 @@ def test_kill9_inside_report(
             assert set(stored) <= queued and journal["sent"] <= set(stored)
             with p.client(cache_dir=cache, sync=False, push=False, audit=False) as c:
                 assert c.verify().version == 1
-            audit = verify_audit(cache / "audit")
+            audit = verify_audit(cache / "audit", public_key=p.subscriber_key_dir)
             assert audit.ok, audit.problems
     with tally.run("final drain"):
         _final_drain(p, server.url, cache, tmp_path / "logs")

@@ -34,7 +34,7 @@ import httpx
 import pytest
 
 from intercept_sdk import Client, Person
-from intercept_sdk._client.audit import _line as _audit_line
+from intercept_sdk._client.audit import _dumps as _audit_dumps
 from intercept_sdk._client.audit import verify_audit
 from intercept_sdk._client.fetch import RetryPolicy
 from intercept_sdk._client.keys import load_subscriber_key, subscriber_keygen
@@ -709,15 +709,16 @@ def test_tampered_cache_files(env: Env) -> None:
 
 
 def _rechain(lines: list[bytes]) -> list[bytes]:
-    """Recompute every hash after an edit: what a tamperer who knows the format does.
-    Only the signed checkpoints can then tell."""
+    """Recompute every hash after an edit: what a tamperer who knows the format but not
+    the cache's audit.key does. The keyed chain (and the signed checkpoints) tell."""
     out, prev = [], "0" * 64
     for raw in lines:
         obj = json.loads(raw)
         obj.pop("h")
         obj["prev"] = prev
-        line, prev = _audit_line(prev, obj)
-        out.append(line)
+        body = _audit_dumps(obj)  # without audit.key only the unkeyed SHA-256 chain
+        prev = hashlib.sha256(prev.encode() + body).hexdigest()
+        out.append(body[:-1] + b',"h":"' + prev.encode() + b'"}\n')
     return out
 
 

@@ -429,12 +429,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from .._client.audit import verify_audit
-    from .._protocol.signing import load_public_key
+    """Verify the audit log: the keyed chains, INDEX, and every checkpoint signature.
 
-    key = load_public_key(args.public_key) if args.public_key else None
-    directory = Path(args.cache_dir or ".") / "audit" if not args.dir else Path(args.dir)
-    report = verify_audit(directory, public_key=key)
+    Needs the subscriber's public key (``--public-key``, else derived from the configured
+    subscriber key) and the cache's ``audit.key``; without a key it refuses (exit 2)
+    rather than pass a log it could not check.
+    """
+    from .._client.audit import AUDIT_KEY_FILE, load_verifying_key, verify_audit
+
+    source = args.public_key or args.subscriber_key
+    if not source:
+        raise ConfigurationError(
+            "audit verify needs the subscriber's public key to check the signed checkpoints: "
+            "give --public-key (report.ed25519.pub.pem or the key directory) or set "
+            "INTERCEPT_SUBSCRIBER_KEY"
+        )
+    key = load_verifying_key(source)
+    directory = Path(args.dir) if args.dir else Path(args.cache_dir or ".") / "audit"
+    audit_key = Path(args.audit_key) if args.audit_key else directory.parent / AUDIT_KEY_FILE
+    report = verify_audit(directory, public_key=key, audit_key=audit_key)
     print(
         f"{report.files} files, {report.records:,} records, {report.checkpoints} signed checkpoints"
     )
@@ -644,10 +657,16 @@ def _add_record_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     """What the unit keeps and sends: the audit log, feedback reports."""
     s = sub.add_parser("audit", help="audit log operations")
     au = s.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
-    v = au.add_parser("verify", help="check the audit log's hash chains")
+    v = au.add_parser("verify", help="check the audit log's chains, INDEX and signatures")
     v.add_argument("--cache-dir", default=_env("INTERCEPT_CACHE_DIR"))
     v.add_argument("--dir", help="audit directory (default CACHE_DIR/audit)")
-    v.add_argument("--public-key", help="subscriber report public key, to check checkpoints")
+    v.add_argument("--audit-key", help="the cache's audit secret (default audit.key beside DIR)")
+    v.add_argument("--public-key", help="subscriber report public key (file or key directory)")
+    v.add_argument(
+        "--subscriber-key",
+        default=_env("INTERCEPT_SUBSCRIBER_KEY"),
+        help="subscriber key directory, when no --public-key [INTERCEPT_SUBSCRIBER_KEY]",
+    )
     v.set_defaults(func=cmd_audit_verify)
 
     s = sub.add_parser("reports", help="feedback reports: list, flush, summary")
