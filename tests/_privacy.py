@@ -28,7 +28,7 @@ _CHECK = "10X98765432"
 
 
 def _check_char(body17: str) -> str:
-    return _CHECK[sum(int(c) * w for c, w in zip(body17, _WEIGHTS)) % 11]
+    return _CHECK[sum(int(c) * w for c, w in zip(body17, _WEIGHTS, strict=True)) % 11]
 
 
 def _manifest_payload(site: Path) -> dict[str, Any]:
@@ -114,9 +114,7 @@ def recover_ids_from_audit_log(
     """
     if hash_key is None:
         return {}
-    by_key = {
-        hmac.digest(hash_key, f"id:{c}".encode(), "sha256")[:16].hex(): c for c in candidates
-    }
+    by_key = {hmac.digest(hash_key, f"id:{c}".encode(), "sha256")[:16].hex(): c for c in candidates}
     found: dict[str, str] = {}
     for path in sorted(audit_dir.glob("*.jsonl")):
         for line in path.read_bytes().splitlines():
