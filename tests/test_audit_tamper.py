@@ -233,7 +233,7 @@ def test_a_copied_audit_log_yields_no_id_numbers(tmp_path: Path) -> None:
         state = c._core.store.state()
         assert state is not None
         hash_key = state.hash_key
-        km = c._core._keymaker()
+        km = c._core.lookup.keymaker()
         cache = Path(c.status().cache_dir)
         c.close()
         stolen = shutil.copytree(cache / "audit", tmp_path / "stolen")
