@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.server
 import json
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -248,6 +250,23 @@ def _nginx_error(proc: subprocess.Popen[bytes], tmp: str) -> str:
     with contextlib.suppress(OSError):
         err += Path(tmp, "error.log").read_text(errors="replace")
     return err.strip()[-2000:]
+
+
+@contextlib.contextmanager
+def stdlib_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` on a loopback port from a daemon thread; yield its base URL.
+
+    For tests that need a server misbehaving in a way the reference platform never does
+    (no push channel, an endless line); shut down and closed on exit.
+    """
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def publish_letting_minors_through(p: TestPlatform, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from _servers import stdlib_server
 from intercept_sdk import AsyncClient, Person, RetryPolicy
 from intercept_sdk._client.background import (
     Engine,
@@ -319,15 +320,10 @@ def no_push_server(tmp_path: Path) -> Iterator[tuple[TestPlatform, str, list[flo
     platform = TestPlatform(tmp_path)
     platform.add_person()
     handler = type("Handler", (_NoPushHandler,), {"site": platform.site_dir, "events": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield platform, f"http://127.0.0.1:{server.server_address[1]}/", handler.events
+        with stdlib_server(handler) as url:
+            yield platform, url, handler.events
     finally:
-        server.shutdown()
-        server.server_close()
         platform.close()
 
 

@@ -6,7 +6,6 @@ import asyncio
 import http.server
 import itertools
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from _servers import stdlib_server
 from intercept_sdk import AsyncClient, Person
 from intercept_sdk._client.push import MAX_LINE, EventReader, alines, lines
 from intercept_sdk._exceptions import TooLarge
@@ -109,15 +109,10 @@ def endless_server(tmp_path: Path) -> Iterator[tuple[TestPlatform, str, list[int
     platform = TestPlatform(tmp_path)
     platform.add_person()
     handler = type("Handler", (_EndlessLineHandler,), {"site": platform.site_dir, "sent": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield platform, f"http://127.0.0.1:{server.server_address[1]}/", handler.sent
+        with stdlib_server(handler) as url:
+            yield platform, url, handler.sent
     finally:
-        server.shutdown()
-        server.server_close()
         platform.close()
 
 
