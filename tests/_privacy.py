@@ -103,6 +103,12 @@ def recover_ids_from_public_site(site: Path) -> dict[str, str]:
     return found
 
 
+def _candidate_forms(hash_key: bytes, candidate: str) -> list[str]:
+    """Every way a format-1 or format-2 keyed hash of ``candidate`` is written (hex)."""
+    full = hmac.digest(hash_key, f"id:{candidate}".encode(), "sha256")
+    return [full.hex(), full[:16].hex(), full[:4].hex()]
+
+
 def recover_ids_from_audit_log(
     audit_dir: Path, hash_key: bytes | None, candidates: Iterable[str]
 ) -> dict[str, str]:
@@ -110,14 +116,23 @@ def recover_ids_from_audit_log(
 
     The attacker is given the best case: a candidate list that contains the true ID
     numbers of the people checked, and the list's hash key (public in format 1; leaked
-    in format 2). A log keyed by a per-cache secret the attacker lacks yields nothing.
+    in format 2). Keys are matched in every form a keyed hash takes (whole, truncated to
+    16 bytes, 4-byte tag) and the plain and masked ID numbers are searched for too. A log
+    keyed by a per-cache secret the attacker lacks yields nothing.
     """
-    if hash_key is None:
-        return {}
-    by_key = {hmac.digest(hash_key, f"id:{c}".encode(), "sha256")[:16].hex(): c for c in candidates}
+    candidates = list(candidates)
+    by_key: dict[str, str] = {}
+    if hash_key is not None:
+        for c in candidates:
+            for form in _candidate_forms(hash_key, c):
+                by_key[form] = c
     found: dict[str, str] = {}
-    for path in sorted(audit_dir.glob("*.jsonl")):
-        for line in path.read_bytes().splitlines():
+    for path in sorted(p for p in audit_dir.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        for c in candidates:
+            if c.encode() in data or (c[:4] + "*" * 10 + c[-4:]).encode() in data:
+                found[c] = c
+        for line in data.splitlines():
             try:
                 rec = json.loads(line)
             except ValueError:
@@ -125,4 +140,27 @@ def recover_ids_from_audit_log(
             key = rec.get("key") if isinstance(rec, dict) else None
             if isinstance(key, str) and key in by_key:
                 found[key] = by_key[key]
+    return found
+
+
+def plaintext_leaks(directory: Path, secrets: Iterable[str]) -> dict[str, list[str]]:
+    """``{secret: [file, ...]}`` for every secret string found in any file below
+    ``directory``, read as stored and, for gzip files, decompressed.
+
+    The generic attack: whatever the format, a value the files carry in the clear (an ID
+    number, a name, a case number, a subscriber id) is found by a substring search.
+    """
+    needles = [(s, s.encode()) for s in secrets if s]
+    found: dict[str, list[str]] = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        blobs = [data]
+        if data[:2] == b"\x1f\x8b":
+            try:
+                blobs.append(gzip.decompress(data))
+            except (OSError, EOFError):
+                pass
+        for secret, needle in needles:
+            if any(needle in blob for blob in blobs):
+                found.setdefault(secret, []).append(str(path.relative_to(directory)))
     return found

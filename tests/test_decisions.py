@@ -38,7 +38,7 @@ from intercept_sdk._client.decisions import (
     notice_text,
     strongest,
 )
-from intercept_sdk._platform.publish import identifier_key
+from intercept_sdk._protocol.keyedhash import identifier_key
 from intercept_sdk._protocol.signing import Envelope
 from intercept_sdk.testing import TestPlatform, make_id_number, make_uscc
 

@@ -81,7 +81,9 @@ def test_platform_round_trip_add_update_revoke_remove(tmp_path: Path) -> None:
         assert c.check(who, "travel.flight").action == "block"
         p.revoke(e["entry_id"])
         c.sync()
-        assert c.check(who, "travel.flight").reasons == ("revoked",)
+        # site format 2: a revoked entry leaves the list (decision 0011)
+        revoked = c.check(who, "travel.flight")
+        assert (revoked.action, revoked.reasons) == ("allow", ())
         p.remove(e["entry_id"])
         c.sync()
         assert c.check(who, "travel.flight").reasons == ()

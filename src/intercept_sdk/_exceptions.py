@@ -26,7 +26,9 @@ catch what is drawn here::
     │   └── NeverSynced           no verified version yet: the SDK never answers "allow" blind
     ├── SyncError                 a sync attempt failed; the last good version stays in force
     │   ├── NetworkError          connect / read timeout, reset, total deadline exceeded
-    │   └── HTTPStatusError       the platform answered with an error status (``status_code``)
+    │   ├── HTTPStatusError       the platform answered with an error status (``status_code``)
+    │   └── NotRegistered         the list has no sealed box for this unit: not (or no longer)
+    │                             registered, or registered with another X25519 key
     ├── ReportError               the outbox cannot take the report
     │   └── OutboxFull            disk cap reached; nothing was dropped, the caller must act
     └── ClientClosed              the client was used after ``close()``
@@ -63,6 +65,7 @@ __all__ = [
     "InvalidReport",
     "NetworkError",
     "NeverSynced",
+    "NotRegistered",
     "OutboxFull",
     "ReportError",
     "RollbackError",
@@ -189,6 +192,12 @@ class HTTPStatusError(SyncError):
         self.status_code = status_code
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class NotRegistered(SyncError):
+    """The signed list carries no box for this unit (site format 2): the platform does not
+    know its subscriber id and X25519 key, or removed it. Without the box the list cannot
+    be read; the last verified version (if any) stays in force until it goes stale."""
 
 
 class ReportError(InterceptError):

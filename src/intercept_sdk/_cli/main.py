@@ -190,6 +190,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
         expires=parse_duration(args.expires),
         keep_deltas=args.keep_deltas,
         progress=bar.update,
+        work_factor=args.work_factor,
+        rotate_after=parse_duration(args.rotate_after),
     )
     bar.close()
     if not args.quiet:
@@ -197,7 +199,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
             f"published version {result.version}: {result.entries:,} public entries, "
             f"{result.restricted_entries} restricted, {len(result.quarantined)} quarantined "
             f"({result.quarantine_path}), snapshot {result.snapshot.length:,} bytes, "
-            f"{len(result.deltas)} deltas, {result.seconds:.1f}s"
+            f"{len(result.deltas)} deltas, {len(result.boxes)} subscriber boxes, key epoch "
+            f"{result.key_epoch}{' (new)' if result.rotated else ''}, {result.seconds:.1f}s"
         )
         for item in result.quarantined[:10]:
             print(f"  quarantined line {item[0]} {item[1]}: {'; '.join(item[2])}")
@@ -574,6 +577,17 @@ def _add_platform_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     s.add_argument("--site", required=True)
     s.add_argument("--expires", default="24h", help="manifest lifetime (default 24h)")
     s.add_argument("--keep-deltas", type=int, default=8)
+    s.add_argument(
+        "--work-factor",
+        default="hmac",
+        help="cost of opening one record: hmac (default) or scrypt[:log2n[:r[:p]]], "
+        "log2n 10-17 (decision 0011)",
+    )
+    s.add_argument(
+        "--rotate-after",
+        default="30d",
+        help="how long one hash key serves before a new key epoch (default 30d)",
+    )
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_publish)
 

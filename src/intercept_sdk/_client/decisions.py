@@ -865,17 +865,19 @@ def _match(
     matched_person: str | None = None
     compare_with: object = listed_name
     if stored_relation != "self":
-        key_hex = key.hex()
+        # Site format 2 names only the legal representative among related persons; the
+        # relation comes from the wrap the identifier opened (decision 0011).
         for rel in rec.get("related") or ():
-            if (
-                isinstance(rel, dict)
-                and rel.get("role") == stored_relation
-                and rel.get("id_key") == key_hex
-            ):
+            if isinstance(rel, dict) and rel.get("role") == stored_relation:
                 matched_person = rel.get("name")
                 break
         compare_with = matched_person
-    masked = rec.get("id_masked") or rec.get("uscc") or rec.get("org_code")
+    person = probe.person
+    if stored_relation == "self" and person is not None:
+        # the record carries no masked ID: the one in hand is masked (it matched)
+        masked: object = mask_identifier(person.id_number)
+    else:
+        masked = rec.get("uscc") or rec.get("org_code")
     m: Match = _new(Match)
     m.__dict__.update(  # see _make_decision: same frozen Match, without per-field setattr
         entry_id=r.entry_id,

@@ -1,26 +1,45 @@
-"""Looking subjects up in the verified local list: keys, one read, and the state checked.
+"""Looking subjects up in the verified local list: secrets, one read, records opened.
 
 Why a module: every decision (``check``, ``screen``, a watch) starts the same way: derive
-the subject's keyed identifiers under the current list's hash key, read their hits in one
-read transaction, and make sure the state read from is the verified one. Doing that in
-one place is what makes ``screen()`` equal to ``check()`` subject by subject.
+the subject's identifier secrets under the current key epoch's hash key, read the sealed
+records their 32-bit tags index in one read transaction, open the ones the identifiers
+actually open (site format 2, decision 0011), and make sure the state read from is the
+verified one. Doing that in one place is what makes ``screen()`` equal to ``check()``
+subject by subject.
 
 Guarantees:
 
 * No answer without a verified list: :class:`NeverSynced` when the cache holds none.
-* A state not seen before is checked against its signed manifest (version, digest, hash
-  key); a cache replaced or rolled back outside the SDK raises :class:`StoreCorrupted`
-  and no decision is made from it.
+* The hash key is held only in memory: it is taken from the subscriber's sealed box
+  stored with the list (opened with the unit's X25519 key) when a state of a new key
+  epoch is first read, never written anywhere.
+* A record is opened only by an identifier it was sealed for: a tag shared by chance
+  with an unrelated identifier does not open (the wrap is authenticated) and is no hit.
+  A miss costs one HMAC and one index probe; only a tag that is present pays the work
+  factor (one KEK derivation, remembered for the next check of the same identifier).
+* A state not seen before is checked against its signed manifest (version, digest, key
+  epoch, box); a cache replaced or rolled back outside the SDK raises
+  :class:`StoreCorrupted` and no decision is made from it.
 * A forward update racing a read (another process committed a newer version) is not an
-  error: the read is made again from the newer version; so is a read under a hash key
-  that changed meanwhile (the keys are derived again).
+  error: the read is made again from the newer version; so is a read under a key epoch
+  that changed meanwhile (the secrets are derived again).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
-from .._exceptions import InvalidInput, NeverSynced, StoreCorrupted, StoreError
+from .._exceptions import (
+    FormatError,
+    InvalidInput,
+    NeverSynced,
+    StoreCorrupted,
+    StoreError,
+    VerificationError,
+)
+from .._protocol.catalog import KEY_RELATIONS
+from .._protocol.sealing import TAG_BYTES, WorkFactor, kek, open_body, open_wrap, parse_sealed
 from .decisions import Entity, KeyMaker, Person, Probe, Subject, probes_for
 from .store import Hit, Store, StoreState
 from .sync import Updater
@@ -34,6 +53,70 @@ NEVER_SYNCED = (
 
 _RETRIES = 3
 """Reads made again after a racing update before giving up (never reached in practice)."""
+_KEK_MEMO = 4096
+"""KEKs of recently hit identifiers kept in memory (a guest checked again at the lift)."""
+
+
+class Opener:
+    """Opens the sealed records a secret's tag found, under one work factor.
+
+    Keeps a bounded in-memory memo of KEKs by secret, so a costly work factor is paid
+    once per listed identifier per process, not per check.
+    """
+
+    __slots__ = ("_keks", "work")
+
+    def __init__(self, work: WorkFactor) -> None:
+        self.work = work
+        self._keks: dict[bytes, bytes] = {}
+
+    def _kek(self, secret: bytes) -> bytes:
+        k = self._keks.get(secret)
+        if k is None:
+            if len(self._keks) >= _KEK_MEMO:
+                self._keks.clear()
+            k = self._keks[secret] = kek(secret, self.work)
+        return k
+
+    def open(self, secret: bytes, rows: Sequence[Hit]) -> list[Hit]:
+        """The hits ``secret`` really opens among the rows its tag found: one per
+        (record, relation), with the record's plaintext as ``record``."""
+        out: list[Hit] = []
+        opened: set[bytes] = set()
+        t = int.from_bytes(secret[:TAG_BYTES], "big")
+        for row in rows:
+            if row.record in opened:
+                continue  # a tag listed twice in one record: one index row each
+            opened.add(row.record)
+            out.extend(self._open_one(secret, t, row.record))
+        return out
+
+    def _open_one(self, secret: bytes, t: int, line: bytes) -> list[Hit]:
+        try:
+            sealed = parse_sealed(line)
+        except FormatError as exc:
+            raise StoreCorrupted(f"a stored sealed record is malformed: {exc}") from None
+        key = self._kek(secret)
+        record_key: bytes | None = None
+        relations: list[str] = []
+        for wt, blob in sealed.wraps:
+            if wt != t:
+                continue
+            got = open_wrap(key, sealed.rid, wt, blob)
+            if got is None:
+                continue  # another identifier sharing the 32-bit tag
+            record_key, rel = got
+            if rel >= len(KEY_RELATIONS):
+                raise StoreCorrupted("a sealed record names an unknown relation")
+            relations.append(KEY_RELATIONS[rel])
+        if record_key is None:
+            return []
+        try:
+            plain = open_body(record_key, sealed.rid, sealed.body)
+        except VerificationError:
+            raise StoreCorrupted("a stored sealed record body does not open") from None
+        rid = sealed.rid.hex()
+        return [Hit(rid, relation, secret, plain) for relation in relations]
 
 
 class Lookup:
@@ -43,8 +126,22 @@ class Lookup:
         self.store = store
         self.updater = updater
         self.km: KeyMaker | None = None
-        """The key maker of the hash key last read under (None before the first read)."""
+        """The key maker of the key epoch last read under (None before the first read)."""
+        self._epoch: tuple[int, bytes] | None = None  # (key_epoch, box digest) of self.km
+        self.opener: Opener | None = None
         self._validated: StoreState | None = None
+
+    def _rekey(self, state: StoreState) -> KeyMaker:
+        """Open ``state``'s box (in memory only) and make the key maker of its hash key."""
+        try:
+            contents = self.updater.open_box(state.version, state.box)
+        except (VerificationError, FormatError) as exc:
+            raise StoreCorrupted(
+                f"the stored box of version {state.version} does not open: {exc}"
+            ) from None
+        km = self.km = KeyMaker(contents.hash_key)
+        self._epoch = (state.key_epoch, hashlib.sha256(state.box).digest())
+        return km
 
     def keymaker(self) -> KeyMaker:
         """The key maker of the current list's hash key (NeverSynced without a list)."""
@@ -53,7 +150,7 @@ class Lookup:
             state = self.store.state()
             if state is None:
                 raise NeverSynced(NEVER_SYNCED)
-            km = self.km = KeyMaker(state.hash_key)
+            km = self._rekey(state)
         return km
 
     def subject_key(self, subject: Subject) -> bytes:
@@ -73,8 +170,8 @@ class Lookup:
         Runs once per new state object (a new version, or a database file swapped under a
         running client): the manifest stored with the list must be the one this client
         verified, or must verify now against the trusted root, and must describe exactly
-        this list (version, digest, hash key). Otherwise the cache was replaced or
-        tampered with, and no decision is made from it.
+        this list (version, digest, key epoch, and this unit's box). Otherwise the cache
+        was replaced or tampered with, and no decision is made from it.
         """
         trusted = self.updater.trusted.manifest
         if trusted is None or trusted.raw != state.manifest:
@@ -82,11 +179,14 @@ class Lookup:
             # touched, so threads and processes moving between versions do not race).
             # Raises VerificationError when it does not verify: fail closed.
             trusted = self.updater.trusted.verify_manifest_bytes(state.manifest)
+        box = trusted.boxes.get(self.updater.locator()) if trusted is not None else None
         if (
             trusted is None
             or trusted.version != state.version
             or trusted.state_sha256 != state.state_sha256
-            or trusted.hash_key != state.hash_key
+            or trusted.key_epoch != state.key_epoch
+            or box is None
+            or box.sha256 != hashlib.sha256(state.box).hexdigest()
         ):
             raise StoreCorrupted("the cached list does not match its verified manifest")
         applied = self.updater._applied_version()
@@ -102,19 +202,38 @@ class Lookup:
                     "already applied to this cache: it was rolled back outside the SDK"
                 )
             return False  # a forward update raced this read: read again from it
+        if self.opener is None or self.opener.work != trusted.work:
+            self.opener = Opener(trusted.work)
         self._validated = state
         return True
 
     def _usable(self, state: StoreState, km: KeyMaker) -> bool:
-        """True when ``state`` is verified and read under ``km``'s hash key; otherwise
-        prepares the next read (re-keyed if the hash key changed) and returns False."""
+        """True when ``state`` is verified and read under ``km``'s key epoch; otherwise
+        prepares the next read (re-keyed if the key epoch changed) and returns False."""
         if state is not self._validated and not self.validate(state):
             return False
-        if state.hash_key == km.hash_key:
+        epoch = self._epoch
+        if epoch is not None and km is self.km and epoch[0] == state.key_epoch:
             return True
-        # A version with a new hash key was applied meanwhile: re-key and look again.
-        self.km = KeyMaker(state.hash_key)
+        # A version of a new key epoch was applied meanwhile: re-key and look again.
+        self._rekey(state)
         return False
+
+    def _open(self, secrets: Sequence[bytes], rows: list[Hit]) -> list[Hit]:
+        """The opened hits of ``secrets`` among index ``rows`` (keyed by tag)."""
+        if not rows:
+            return rows
+        opener = self.opener
+        assert opener is not None  # set by validate()
+        by_tag: dict[bytes, list[Hit]] = {}
+        for row in rows:
+            by_tag.setdefault(row.key, []).append(row)
+        out: list[Hit] = []
+        for secret in dict.fromkeys(secrets):
+            found = by_tag.get(secret[:TAG_BYTES])
+            if found:
+                out.extend(opener.open(secret, found))
+        return out
 
     def subject(
         self, subject: Subject
@@ -134,11 +253,11 @@ class Lookup:
                 probes = probes_for(subject, km.person, km.org)
                 keys = [p.key for p in probes]
             try:
-                state, hits = self.store.lookup(keys)
+                state, rows = self.store.lookup([k[:TAG_BYTES] for k in keys])
             except NeverSynced:
                 raise NeverSynced(NEVER_SYNCED) from None
             if self._usable(state, km):
-                return probes, keys, state, hits
+                return probes, keys, state, self._open(keys, rows)
         raise StoreError(  # pragma: no cover
             "the list keeps changing under this read; cannot answer"
         )
@@ -162,11 +281,29 @@ class Lookup:
             if several:  # entities with officers: their officers' keys too
                 wanted = keys + [p.key for ps in several.values() for p in ps[1:]]
             try:
-                state, by_key = self.store.lookup_batch(wanted)
+                state, by_tag = self.store.lookup_batch([k[:TAG_BYTES] for k in wanted])
             except NeverSynced:
                 raise NeverSynced(NEVER_SYNCED) from None
             if self._usable(state, km):
-                return keys, several, state, by_key
+                return keys, several, state, self._open_batch(wanted, by_tag)
         raise StoreError(  # pragma: no cover
             "the list keeps changing under this read; cannot answer"
         )
+
+    def _open_batch(
+        self, secrets: Sequence[bytes], by_tag: dict[bytes, list[Hit]]
+    ) -> dict[bytes, list[Hit]]:
+        """The opened hits of each secret whose tag is in ``by_tag``; secrets that open
+        nothing (a tag shared by chance) are absent, as misses are."""
+        if not by_tag:
+            return {}
+        opener = self.opener
+        assert opener is not None  # set by validate()
+        out: dict[bytes, list[Hit]] = {}
+        for secret in dict.fromkeys(secrets):
+            rows = by_tag.get(secret[:TAG_BYTES])
+            if rows:
+                hits = opener.open(secret, rows)
+                if hits:
+                    out[secret] = hits
+        return out

@@ -19,9 +19,11 @@ store is what a blocked (or wrongly allowed) person ultimately depends on. It gu
   (gunicorn workers) read concurrently through WAL.
 * **No eviction, no pickle.** SQLite never drops rows on its own, and bodies are record
   bytes (compressed, see below), never unpickled objects.
-* **No plaintext identifiers.** Records carry only keyed hashes (``id_key``, ``org_key``);
-  a record holding an ``id_number`` field is refused. The cache directory is mode 0700 and
-  the database files 0600.
+* **Nothing readable without an identifier in hand.** Records are the sealed lines of
+  site format 2 exactly as published (decision 0011): the index holds record ids and
+  32-bit tags, the bodies are ciphertext, and the hash key that derives tags and keys is
+  kept only inside the subscriber's sealed box (``StoreState.box``). The cache directory
+  is mode 0700 and the database files 0600.
 * **Tampering is detected.** :meth:`Store.verify` re-scans everything and recomputes the
   signed digests and the key index; any difference raises :class:`StoreCorrupted`.
 
@@ -61,12 +63,12 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import pydantic
 import pydantic_core
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 try:  # Python 3.14+
     from compression import zstd  # type: ignore[import-not-found,unused-ignore]
@@ -86,6 +88,7 @@ from .._protocol.catalog import KEY_RELATIONS
 from .._protocol.digest import SUM_MODULUS as _SUM_MOD
 from .._protocol.digest import record_int as _record_int
 from .._protocol.digest import record_total, sum_hex
+from .._protocol.sealing import MAX_WRAPS, parse_sealed
 from .._util import atomic_write, ensure_private_dir, fsync_dir
 
 __all__ = ["RELATIONS", "ChangeSet", "Hit", "Store", "StoreState"]
@@ -95,7 +98,6 @@ _log = logging.getLogger("intercept_sdk.store")
 #: Relation of a matched key to its record; ``keys.rel`` is an index into this tuple
 #: (the protocol's :data:`~intercept_sdk._protocol.catalog.KEY_RELATIONS`, order fixed).
 RELATIONS = KEY_RELATIONS
-_REL_INDEX = {name: i for i, name in enumerate(RELATIONS)}
 
 _CURRENT = "CURRENT"
 _DAMAGED = "DAMAGED"  # names a database file that failed verify()
@@ -105,16 +107,16 @@ _BUILD_PREFIX = ".build-"
 _APPLICATION_ID = 0x49435054  # "ICPT": a foreign SQLite file is refused
 # The store schema: ``PRAGMA user_version`` of every list file (``application_id`` says
 # the file is ours at all). Bumped whenever another SDK version could misread a file:
-# 2 = bodies in zstd forms 3-4 only, dictionary in meta ``zstd_dict``; 1 = files of the
+# 3 = site format 2 (sealed lines, record ids, tags; meta ``box`` and ``key_epoch``, no
+# hash key); 2 = format-1 records, bodies in zstd forms 3-4 only, dictionary in meta ``zstd_dict``; 1 = files of the
 # unreleased 0.1/0.2 development versions (deflate bodies and meta ``zdict`` possible).
 # A file of another schema is never read: see _other_schema().
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 _POINTER_CHECK_S = 0.05  # a swapped CURRENT is noticed within 50 ms
 _PARAM_CHUNK = 500  # well below SQLite's bound-parameter limit
 _SMALL_LOOKUP = 16  # lookup() with more keys goes through the batch path
 _BATCH_ROWS = 5000  # executemany batch while building
 _MAX_RECORD = 1 << 20  # decompression cap: a tampered body cannot balloon
-_KEY_RE = re.compile(r"[0-9a-f]{32}")
 _ENTRY_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -499,7 +501,9 @@ class StoreState:
 
     ``state_sha256``/``state_sum``/``entries`` are the signed values of that version;
     ``manifest`` is the signed manifest envelope exactly as received (callers re-verify its
-    signatures); ``restricted_*`` describe this subscriber's restricted partition
+    signatures); ``box`` is this subscriber's sealed box of that version exactly as
+    downloaded (the hash key of ``key_epoch`` is inside: the store never holds it in the
+    clear); ``restricted_*`` describe this subscriber's restricted partition
     (``restricted_sha256`` is ``None`` when no restricted data was ever stored).
     """
 
@@ -507,7 +511,8 @@ class StoreState:
     entries: int
     state_sha256: str
     state_sum: str
-    hash_key: bytes
+    key_epoch: int
+    box: bytes
     manifest: bytes
     applied_at: _dt.datetime
     restricted_sha256: str | None
@@ -542,141 +547,62 @@ class Hit:
     record: bytes
 
 
-# The fast path of _parse_record: pydantic-core checks, in Rust, everything the store
+# The fast path of _parse_record: pydantic-core checks, in Rust, the fields the store
 # relies on (the patterns are anchored, as ``fullmatch`` is: in Rust's regex ``$`` is the
 # end of the text, never before a final newline as in Python's ``re``; a test checks it);
-# a record it rejects goes through the slow path below, which accepts a superset of these
-# (null keys, say) and words a precise error.
-_KeyHex = Annotated[str, pydantic.StringConstraints(pattern=r"^[0-9a-f]{32}$")]
-# The roles of RELATIONS ("self" is not a role), as one anchored alternation.
-_Role = Annotated[
-    str,
-    pydantic.StringConstraints(pattern="^(?:" + "|".join(map(re.escape, RELATIONS[1:])) + ")$"),
-]
+# a line it rejects goes through the strict protocol parser, which words a precise error.
+# The body and wraps are checked in full (base64, sizes) by the lookup that opens them.
+_RidHex = Annotated[str, pydantic.StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+_TagHex = Annotated[str, pydantic.StringConstraints(pattern=r"^[0-9a-f]{8}$")]
 
 
-class _RelatedView(TypedDict):
-    role: _Role
-    id_key: NotRequired[_KeyHex]
-    id_number: NotRequired[Any]
-
-
-class _RecordView(TypedDict):
-    entry_id: Annotated[
-        str, pydantic.StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-    ]
-    id_key: NotRequired[_KeyHex]
-    org_key: NotRequired[_KeyHex]
-    id_number: NotRequired[Any]
-    related: NotRequired[list[_RelatedView]]
-    visibility: NotRequired[Literal["public", "restricted"]]
+@pydantic.with_config(pydantic.ConfigDict(extra="forbid"))
+class _SealedView(TypedDict):
+    b: str
+    r: _RidHex
+    w: Annotated[list[tuple[_TagHex, str]], pydantic.Field(min_length=1, max_length=MAX_WRAPS)]
 
 
 _VIEW: Callable[[bytes], Any] | None = None
 
 
-def _record_view(record: bytes) -> _RecordView | None:
+def _sealed_view(record: bytes) -> _SealedView | None:
     """The fields the store reads, checked, or ``None`` if ``record`` is not of that shape.
 
     One pass in pydantic-core over the whole JSON text (every byte is still parsed and
     checked: JSON syntax, UTF-8, no raw control characters), building Python objects
-    only for these fields, and checking their patterns and values in Rust: ~5 us per
-    record here against 15 us for a full parse, and a full snapshot parses every record.
+    only for these fields.
     """
     global _VIEW
     if _VIEW is None:
-        _VIEW = pydantic.TypeAdapter(_RecordView).validator.validate_json
+        _VIEW = pydantic.TypeAdapter(_SealedView).validator.validate_json
     try:
-        view: _RecordView = _VIEW(record)
+        view: _SealedView = _VIEW(record)
     except pydantic.ValidationError:
         return None
     return view
 
 
 def _parse_record(record: bytes) -> tuple[str, list[tuple[bytes, int]], bool]:
-    """``(entry_id, [(key, rel)], restricted)`` of one record; :class:`FormatError` if bad.
+    """``(record id hex, [(tag, 0)], False)`` of one sealed line; :class:`FormatError` if bad.
 
-    Only what the store relies on is checked: one line, a JSON object, a valid entry_id,
-    keys of exactly 32 lowercase hex digits, known roles, and no plaintext ID number.
-    A record that parses has no raw bytes 0x00-0x1f (JSON forbids them), so none of the
+    A sealed line (site format 2) says nothing of the entry: the store indexes its record
+    id and the 4-byte tags of its wraps (relation 0: which relation a wrap carries is
+    inside it). Which partition a line belongs to is where it came from (snapshot or
+    delta: public; the box: restricted), so the last member is always False.
+    A line that parses has no raw bytes 0x00-0x1f (JSON forbids them), so none of the
     codec's marker bytes either.
     """
     if b"\n" in record:
         raise FormatError("a record must be one line")
-    view = _record_view(record)
-    if view is None or "id_number" in view:
-        return _parse_record_slow(record)
-    keys: list[tuple[bytes, int]] = []
-    if "id_key" in view:
-        keys.append((bytes.fromhex(view["id_key"]), 0))
-    if "org_key" in view:
-        keys.append((bytes.fromhex(view["org_key"]), 0))
-    related = view.get("related")
-    if related:
-        rel_index = _REL_INDEX
-        for item in related:
-            if "id_number" in item:
-                return _parse_record_slow(record)
-            if "id_key" in item:
-                keys.append((bytes.fromhex(item["id_key"]), rel_index[item["role"]]))
+    view = _sealed_view(record)
+    if view is None:
+        parse_sealed(record)  # raises the precise FormatError
+        raise FormatError("a sealed record is malformed")  # pragma: no cover
+    keys = [(bytes.fromhex(t), 0) for t, _ in view["w"]]
     if len(keys) > 1:
-        keys = list(dict.fromkeys(keys))  # one person twice in one role: one index row
-    return view["entry_id"], keys, view.get("visibility") == "restricted"
-
-
-def _parse_record_slow(record: bytes) -> tuple[str, list[tuple[bytes, int]], bool]:
-    """:func:`_parse_record` by a full parse and checks in Python, for precise errors."""
-    try:
-        obj = pydantic_core.from_json(record)
-    except ValueError as exc:
-        raise FormatError(f"a record is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise FormatError("a record must be a JSON object")
-    eid = obj.get("entry_id")
-    if not isinstance(eid, str) or not _ENTRY_ID_RE.fullmatch(eid):
-        raise FormatError("a record has no valid entry_id")
-    if "id_number" in obj:
-        raise FormatError(f"record {eid} carries a plaintext id_number")
-    keys: list[tuple[bytes, int]] = []
-    for field in ("id_key", "org_key"):
-        value = obj.get(field)
-        if value is not None:
-            keys.append((_key_bytes(value, eid, field), 0))
-    related = obj.get("related")
-    if related is not None:
-        keys += _related_keys(related, eid)
-    visibility = obj.get("visibility", "public")
-    if visibility not in ("public", "restricted"):
-        raise FormatError(f"record {eid}: unknown visibility {visibility!r}")
-    if len(keys) > 1:
-        keys = list(dict.fromkeys(keys))  # one person twice in one role: one index row
-    return eid, keys, visibility == "restricted"
-
-
-def _related_keys(related: object, eid: str) -> list[tuple[bytes, int]]:
-    """The ``(key, rel)`` rows of a record's ``related`` member (slow path, exact errors)."""
-    if not isinstance(related, list):
-        raise FormatError(f"record {eid}: related must be a list")
-    keys: list[tuple[bytes, int]] = []
-    for item in related:
-        if not isinstance(item, dict):
-            raise FormatError(f"record {eid}: related items must be objects")
-        if "id_number" in item:
-            raise FormatError(f"record {eid} carries a plaintext id_number")
-        role = item.get("role")
-        rel = _REL_INDEX.get(role) if isinstance(role, str) else None
-        if not rel:  # None, or 0 ("self" is not a role)
-            raise FormatError(f"record {eid}: unknown related role {role!r}")
-        value = item.get("id_key")
-        if value is not None:
-            keys.append((_key_bytes(value, eid, "related.id_key"), rel))
-    return keys
-
-
-def _key_bytes(value: object, eid: str, field: str) -> bytes:
-    if not isinstance(value, str) or not _KEY_RE.fullmatch(value):
-        raise FormatError(f"record {eid}: {field} must be 32 lowercase hex digits")
-    return bytes.fromhex(value)
+        keys = list(dict.fromkeys(keys))  # one identifier in two relations: one index row
+    return view["r"], keys, False
 
 
 class _Digest:
@@ -810,7 +736,8 @@ def _read_state(conn: sqlite3.Connection) -> tuple[int, StoreState]:
             entries=int(meta["entries"]),
             state_sha256=str(meta["state_sha256"]),
             state_sum=str(meta["state_sum"]),
-            hash_key=bytes(meta["hash_key"]),
+            key_epoch=int(meta["key_epoch"]),
+            box=bytes(meta["box"]),
             manifest=bytes(meta["manifest"]),
             applied_at=_dt.datetime.fromisoformat(str(meta["applied_at"])),
             restricted_sha256=None if rsha is None else str(rsha),
@@ -1217,7 +1144,8 @@ class Store:
         records: Iterable[bytes],
         *,
         manifest: bytes,
-        hash_key: bytes,
+        box: bytes,
+        key_epoch: int,
         expected_sha256: str,
         expected_sum: str,
         restricted: Iterable[bytes] | None = None,
@@ -1226,7 +1154,8 @@ class Store:
     ) -> ChangeSet:
         """Build ``version`` from a full snapshot in a new file, then make it current.
 
-        ``records`` are the public records in entry_id order (as in the snapshot file).
+        ``records`` are the public sealed records in record id order (as in the snapshot
+        file); ``box`` the subscriber's sealed box of the version, kept as it is.
         Both signed digests (``state.sha256`` and ``state.sum``) are checked before
         anything is swapped: on a mismatch the new file is deleted, the previous version
         stays in force, and :class:`DigestMismatch` is raised. ``restricted`` replaces the
@@ -1255,7 +1184,8 @@ class Store:
                     records=records,
                     old=old,
                     manifest=manifest,
-                    hash_key=hash_key,
+                    box=box,
+                    key_epoch=key_epoch,
                     expected_sha256=expected_sha256,
                     expected_sum=expected_sum,
                     restricted=restricted,
@@ -1297,7 +1227,8 @@ class Store:
         records: Iterable[bytes],
         old: _OldFile | None,
         manifest: bytes,
-        hash_key: bytes,
+        box: bytes,
+        key_epoch: int,
         expected_sha256: str,
         expected_sum: str,
         restricted: Iterable[bytes] | None,
@@ -1374,7 +1305,8 @@ class Store:
                         "entries": pub.count,
                         "state_sha256": expected_sha256,
                         "state_sum": expected_sum,
-                        "hash_key": bytes(hash_key),
+                        "key_epoch": key_epoch,
+                        "box": bytes(box),
                         "manifest": bytes(manifest),
                         "applied_at": _now_iso(),
                         "file_id": token,
@@ -1429,6 +1361,8 @@ class Store:
         ops: Iterable[tuple[str, bytes]],
         *,
         manifest: bytes,
+        box: bytes,
+        key_epoch: int,
         expected_sum: str,
         expected_entries: int,
         expected_sha256: str,
@@ -1436,6 +1370,10 @@ class Store:
         restricted_sha256: str | None = None,
     ) -> ChangeSet:
         """Apply the delta ``from_version -> to_version`` in place, atomically.
+
+        A delta never crosses a key epoch (its record ids and tags are of one hash key):
+        :class:`BaseVersionMismatch` if the local version is of another ``key_epoch``.
+        ``box`` is the subscriber's sealed box of ``to_version``, kept as it is.
 
         ``ops`` are ``("P", record)`` (put: add or replace) and ``("D", entry_id)``
         (remove). The whole delta is one SQLite transaction that commits only if the
@@ -1470,6 +1408,8 @@ class Store:
                             to_version,
                             ops,
                             manifest=manifest,
+                            box=box,
+                            key_epoch=key_epoch,
                             expected_sum=expected_sum,
                             expected_entries=expected_entries,
                             expected_sha256=expected_sha256,
@@ -1806,9 +1746,7 @@ def _restricted_rows(
     rows: list[_Row] = []
     rid = last_rid
     for record in records:
-        eid, keys, is_restricted = _parse_record(record)
-        if not is_restricted:
-            raise FormatError(f"record {eid} in the restricted partition is not restricted")
+        eid, keys, _ = _parse_record(record)
         digest.add(eid, record)
         rid += 1
         rows.append((rid, eid, record, codec.encode(record, eid), keys))
@@ -2034,6 +1972,8 @@ def _apply_delta(
     ops: Iterable[tuple[str, bytes]],
     *,
     manifest: bytes,
+    box: bytes,
+    key_epoch: int,
     expected_sum: str,
     expected_entries: int,
     expected_sha256: str,
@@ -2045,6 +1985,11 @@ def _apply_delta(
     if st.version != from_version:
         raise BaseVersionMismatch(
             f"delta from version {from_version}, but the local version is {st.version}"
+        )
+    if st.key_epoch != key_epoch:
+        raise BaseVersionMismatch(
+            f"delta {from_version}->{to_version} is of key epoch {key_epoch}, the local "
+            f"version of key epoch {st.key_epoch}"
         )
     d = _Delta(conn, codec, st, f"delta {from_version}->{to_version}")
     if restricted is not None and st.restricted_entries:
@@ -2087,6 +2032,7 @@ def _apply_delta(
             "state_sha256": expected_sha256,
             "state_sum": new_sum,
             "manifest": bytes(manifest),
+            "box": bytes(box),
             "applied_at": _now_iso(),
             "gen": gen + 1,
             **rmeta,
@@ -2256,7 +2202,7 @@ def _verify_scan(conn: sqlite3.Connection, codec: _Codec, st: StoreState) -> Non
             parsed_id, keys, is_restricted = _parse_record(record)
         except FormatError as exc:
             raise StoreCorrupted(f"stored record {eid} is malformed: {exc}") from None
-        if parsed_id != eid or part != (1 if is_restricted else 0):
+        if parsed_id != eid or is_restricted:
             raise StoreCorrupted(f"stored record {eid} does not match its row")
         (res if part else pub).add(eid, record)
         for k, rel in keys:
@@ -2301,9 +2247,14 @@ def _verify_manifest(st: StoreState) -> None:
             problems.append("state.sum")
     else:
         problems.append("state")
-    hash_key = payload.get("hash_key")
-    if isinstance(hash_key, str) and hash_key.lower() != st.hash_key.hex():
-        problems.append("hash_key")
+    if payload.get("key_epoch") != st.key_epoch:
+        problems.append("key_epoch")
+    boxes = payload.get("boxes")
+    box_sha = hashlib.sha256(st.box).hexdigest()
+    if not isinstance(boxes, dict) or not any(
+        isinstance(b, dict) and b.get("sha256") == box_sha for b in boxes.values()
+    ):
+        problems.append("box")
     if problems:
         raise StoreCorrupted(
             "the stored state differs from the stored manifest: " + ", ".join(problems)

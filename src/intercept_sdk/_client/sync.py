@@ -44,7 +44,6 @@ import errno
 import fcntl
 import gzip
 import hashlib
-import io
 import logging
 import os
 import queue
@@ -59,14 +58,18 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .._exceptions import (
     BaseVersionMismatch,
+    ConfigurationError,
     DigestMismatch,
     FormatError,
     InterceptError,
+    NotRegistered,
     StoreCorrupted,
+    StoreError,
     TooLarge,
     TrustRootError,
     VerificationError,
 )
+from .._protocol.sealing import BoxContents, box_context, box_locator, parse_box_payload, unpad
 from .._protocol.signing import open_box
 from .._util import atomic_write, ensure_private_dir, utcnow
 from .fetch import Fetcher
@@ -497,7 +500,8 @@ class Updater:
         repair: bool = False,
     ) -> SyncResult:
         self._discard_stale_parts(manifest)
-        restricted, restricted_sha = self._restricted(manifest)
+        box, contents = self._box(manifest)
+        restricted, restricted_sha = list(contents.restricted), contents.restricted_sha256
         fallback: str | None = None
         delta_error: InterceptError | None = None
         downloaded = 0
@@ -508,6 +512,10 @@ class Updater:
             artefact = manifest.delta_from(local)  # BaseVersionMismatch: refuse the manifest
             if artefact is None:
                 fallback = f"manifest {manifest.version} has no delta from version {local}"
+            elif self._local_epoch() != manifest.key_epoch:
+                # cannot happen with a well-behaved publisher (deltas stay in one epoch)
+                fallback = f"manifest {manifest.version} starts key epoch {manifest.key_epoch}"
+                artefact = None
             else:
                 path = self._download(artefact, progress)
                 downloaded += artefact.length
@@ -522,6 +530,8 @@ class Updater:
                             manifest.version,
                             ops,
                             manifest=manifest.raw,
+                            box=box,
+                            key_epoch=manifest.key_epoch,
                             expected_sum=manifest.state_sum,
                             expected_sha256=manifest.state_sha256,
                             expected_entries=manifest.entries,
@@ -553,7 +563,8 @@ class Updater:
                     manifest.version,
                     (rec for _, rec in lines),
                     manifest=manifest.raw,
-                    hash_key=manifest.hash_key,
+                    box=box,
+                    key_epoch=manifest.key_epoch,
                     expected_sha256=manifest.state_sha256,
                     expected_sum=manifest.state_sum,
                     restricted=restricted,
@@ -585,7 +596,7 @@ class Updater:
         """Delete partial downloads of artefacts ``manifest`` does not name."""
         keep = {self._part_name(manifest.snapshot)}
         keep.update(self._part_name(a) for a in manifest.deltas.values())
-        keep.update(self._part_name(b.artefact) for b in manifest.restricted.values())
+        keep.update(self._part_name(b) for b in manifest.boxes.values())
         for old in self._downloads.glob("*.part"):
             if old.name not in keep:
                 old.unlink(missing_ok=True)
@@ -607,43 +618,49 @@ class Updater:
         self.fetcher.download(artefact, dest, tick)
         return dest
 
-    def _restricted(self, manifest: Manifest) -> tuple[list[bytes], str]:
-        """This subscriber's restricted records for ``manifest`` (empty when none).
+    def _local_epoch(self) -> int | None:
+        try:
+            state = self.store.state()
+        except StoreError:
+            return None
+        return None if state is None else state.key_epoch
+
+    def locator(self) -> str:
+        """This subscriber's box locator (ConfigurationError without its id and key)."""
+        if self.subscriber_id is None or self.restricted_key is None:
+            raise ConfigurationError(
+                "site format 2 needs the unit's subscriber id and its X25519 key "
+                "(subscriber_keys=): the list is readable only with the hash key in the "
+                "unit's sealed box"
+            )
+        public = self.restricted_key.public_key().public_bytes_raw()
+        return box_locator(self.subscriber_id, public)
+
+    def open_box(self, version: int, sealed: bytes) -> BoxContents:
+        """The contents of this subscriber's box of ``version`` (VerificationError if it
+        does not open: another unit's box, another version's, or tampered)."""
+        locator = self.locator()
+        assert self.restricted_key is not None
+        plain = open_box(self.restricted_key, sealed, box_context(locator, version))
+        return parse_box_payload(unpad(plain), version=version)
+
+    def _box(self, manifest: Manifest) -> tuple[bytes, BoxContents]:
+        """This subscriber's sealed box of ``manifest`` and what it holds.
 
         The box is verified (length, SHA-256), opened with the subscriber's X25519 key
-        (the box is bound to ``"<subscriber>|<version>"``, so another subscriber's or
-        another version's box does not open), and its entry count checked; the store
-        checks the records against the signed ``state_sha256``.
+        (bound to its locator and the version) and parsed strictly; the store checks the
+        restricted records against the digest inside. A unit the manifest has no box for
+        is not registered with the platform (or was removed): :class:`NotRegistered`.
         """
-        if self.subscriber_id is None or self.subscriber_id not in manifest.restricted:
-            return [], _EMPTY_SHA256
-        box = manifest.restricted[self.subscriber_id]
-        if self.restricted_key is None:
-            log.warning(
-                "the manifest lists restricted entries for %s but no subscriber X25519 key "
-                "was configured; they cannot be read",
-                self.subscriber_id,
+        locator = self.locator()
+        artefact = manifest.boxes.get(locator)
+        if artefact is None:
+            raise NotRegistered(
+                f"list version {manifest.version} has no box for subscriber "
+                f"{self.subscriber_id!r}: the unit is not registered with this platform (or "
+                "was removed, or registered another X25519 key); without its box the list "
+                "cannot be read"
             )
-            return [], _EMPTY_SHA256
-        path = self._download(box.artefact, None)
+        path = self._download(artefact, None)
         sealed = path.read_bytes()
-        plain = open_box(
-            self.restricted_key, sealed, f"{self.subscriber_id}|{manifest.version}".encode()
-        )
-        # Each record is at most MAX_RECORD bytes plus its newline: that caps decompression.
-        cap = box.artefact.raw_length
-        if cap is None:
-            cap = box.entries * (MAX_RECORD + 1)
-        records = [
-            r
-            for _, r in _iter_lines(
-                gzip.GzipFile(fileobj=io.BytesIO(plain)),
-                cap,
-                delta=False,
-                name="restricted box",
-                exact=box.artefact.raw_length is not None,
-            )
-        ]
-        if len(records) != box.entries:
-            raise DigestMismatch("restricted box: entry count differs from the signed one")
-        return records, box.state_sha256
+        return sealed, self.open_box(manifest.version, sealed)

@@ -58,6 +58,7 @@ from .._exceptions import (
     TrustRootError,
     VerificationError,
 )
+from .._protocol.sealing import SITE_SPEC, WorkFactor
 from .._protocol.signing import MANIFEST_TYPE, ROOT_TYPE, Envelope, keyid_of
 from .._util import parse_utc, utcnow
 
@@ -69,15 +70,17 @@ __all__ = [
     "TrustedState",
 ]
 
-SPEC_VERSION = 1
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+SPEC_VERSION = 1  # of the root metadata
+#: Largest box accepted: a subscriber's restricted records plus the header, padded.
+MAX_BOX_BYTES = 64 << 20
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_LOCATOR = re.compile(r"[0-9a-f]{32}")
 _ARTEFACT_PATH = re.compile(
-    r"^(snapshots|deltas|restricted/[A-Za-z0-9][A-Za-z0-9_.-]{0,63})/[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$"
+    r"(snapshots|deltas|boxes/[0-9]{1,18})/[A-Za-z0-9][A-Za-z0-9_.-]{0,200}"
 )
 # protocol.md names a delta ``deltas/<F>-<V>.<sha256>.ndjson.gz``: the name says which base
 # it was made for, so a delta listed under another base is caught before it is applied.
-_DELTA_NAME = re.compile(r"^deltas/([0-9]{1,18})-([0-9]{1,18})\.[0-9a-f]{64}\.ndjson\.gz$")
-_SUBSCRIBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DELTA_NAME = re.compile(r"deltas/([0-9]{1,18})-([0-9]{1,18})\.[0-9a-f]{64}\.ndjson\.gz")
 
 
 def _req(obj: Mapping[str, Any], name: str, typ: type | tuple[type, ...], where: str) -> Any:
@@ -98,7 +101,7 @@ def _time(obj: Mapping[str, Any], name: str, where: str) -> _dt.datetime:
 
 def _hex(obj: Mapping[str, Any], name: str, where: str, pattern: re.Pattern[str] = _HEX64) -> str:
     value: str = _req(obj, name, str, where)
-    if not pattern.match(value):
+    if not pattern.fullmatch(value):
         raise FormatError(f"{where}: field {name!r} is not lower-case hex of the right length")
     return value
 
@@ -197,42 +200,40 @@ class Artefact:
         """Parse one artefact entry; its path must be a plain file name below ``under``.
 
         The directory is fixed by the kind of artefact (``snapshots/``, ``deltas/``,
-        ``restricted/<subscriber>/``), so a signed manifest cannot point one kind of
+        ``boxes/<version>/``), so a signed manifest cannot point one kind of
         download at another kind's file, nor outside the site.
         """
         if not isinstance(obj, dict):
             raise FormatError(f"{where}: not an object")
         path = _req(obj, "path", str, where)
-        if not _ARTEFACT_PATH.match(path) or ".." in path or not path.startswith(under):
+        if not _ARTEFACT_PATH.fullmatch(path) or ".." in path or not path.startswith(under):
             raise FormatError(f"{where}: artefact path {path!r} is not allowed")
         raw = _nonneg(obj, "raw_length", where) if "raw_length" in obj else None
         return cls(path, _hex(obj, "sha256", where), _nonneg(obj, "length", where), raw)
 
 
 @dataclass(frozen=True)
-class RestrictedBox:
-    """One subscriber's sealed box of restricted records, with its signed digests."""
-
-    artefact: Artefact
-    entries: int
-    state_sha256: str
-
-
-@dataclass(frozen=True)
 class Manifest:
-    """A verified manifest: the version of the list and everything it binds."""
+    """A verified manifest (site format 2): the version of the list and all it binds.
+
+    ``boxes`` maps each registered subscriber's opaque box locator to its sealed box (the
+    hash key of ``key_epoch`` and that subscriber's restricted records); ``work`` is the
+    work factor of opening a record. A manifest of site format 1 (a public hash key) is
+    refused with a :class:`FormatError` saying the platform must republish.
+    """
 
     version: int
     root_version: int
     published_at: _dt.datetime
     expires: _dt.datetime
-    hash_key: bytes
+    key_epoch: int
+    work: WorkFactor
     entries: int
     state_sha256: str
     state_sum: str
     snapshot: Artefact
     deltas: Mapping[int, Artefact]
-    restricted: Mapping[str, RestrictedBox]
+    boxes: Mapping[str, Artefact]
     raw: bytes = field(repr=False)
 
     @classmethod
@@ -240,46 +241,36 @@ class Manifest:
         where = "manifest"
         if payload.get("type") != "manifest":
             raise FormatError("manifest: type is not 'manifest'")
-        if payload.get("spec") != SPEC_VERSION:
-            raise FormatError(f"manifest: unsupported spec {payload.get('spec')!r}")
+        spec = payload.get("spec")
+        if spec == 1:
+            raise FormatError(
+                "manifest: site format 1 (public hash key) is no longer accepted: the "
+                f"platform must republish in site format {SITE_SPEC} (decision 0011)"
+            )
+        if spec != SITE_SPEC:
+            raise FormatError(f"manifest: unsupported site format {spec!r}")
         version = _req(payload, "version", int, where)
         if version < 1:
             raise FormatError("manifest: version must be >= 1")
+        epoch = _req(payload, "key_epoch", int, where)
+        if epoch < 1:
+            raise FormatError("manifest: key_epoch must be >= 1")
         state = _req(payload, "state", dict, where)
-        hash_key = bytes.fromhex(_hex(payload, "hash_key", where))
-        deltas: dict[int, Artefact] = {}
-        for i, d in enumerate(_req(payload, "deltas", list, where)):
-            w = f"manifest.deltas[{i}]"
-            if not isinstance(d, dict):
-                raise FormatError(f"{w}: not an object")
-            frm = _nonneg(d, "from", w)
-            if frm >= version:
-                raise FormatError(f"{w}: delta from {frm} is not older than version {version}")
-            deltas[frm] = Artefact.parse(d, w, under="deltas/")
-        restricted: dict[str, RestrictedBox] = {}
-        for sub, r in _req(payload, "restricted", dict, where).items():
-            w = f"manifest.restricted[{sub}]"
-            if not _SUBSCRIBER.match(sub) or not isinstance(r, dict):
-                raise FormatError(f"{w}: bad subscriber id or entry")
-            restricted[sub] = RestrictedBox(
-                Artefact.parse(r, w, under=f"restricted/{sub}/"),
-                _nonneg(r, "entries", w),
-                _hex(r, "state_sha256", w),
-            )
         return cls(
             version=version,
             root_version=_req(payload, "root_version", int, where),
             published_at=_time(payload, "published_at", where),
             expires=_time(payload, "expires", where),
-            hash_key=hash_key,
+            key_epoch=epoch,
+            work=WorkFactor.from_json(payload.get("kdf")),
             entries=_nonneg(state, "entries", "manifest.state"),
             state_sha256=_hex(state, "sha256", "manifest.state"),
             state_sum=_hex(state, "sum", "manifest.state"),
             snapshot=Artefact.parse(
                 _req(payload, "snapshot", dict, where), "manifest.snapshot", under="snapshots/"
             ),
-            deltas=deltas,
-            restricted=restricted,
+            deltas=_parse_deltas(_req(payload, "deltas", list, where), version),
+            boxes=_parse_boxes(_req(payload, "boxes", dict, where), version),
             raw=raw,
         )
 
@@ -294,7 +285,7 @@ class Manifest:
         artefact = self.deltas.get(local_version)
         if artefact is None:
             return None
-        m = _DELTA_NAME.match(artefact.path)
+        m = _DELTA_NAME.fullmatch(artefact.path)
         if m is None:
             raise BaseVersionMismatch(
                 f"manifest {self.version}: delta {artefact.path!r} listed from version "
@@ -307,6 +298,33 @@ class Manifest:
                 f"is {artefact.path!r}, made for {base}->{target}"
             )
         return artefact
+
+
+def _parse_deltas(items: list[Any], version: int) -> dict[int, Artefact]:
+    deltas: dict[int, Artefact] = {}
+    for i, d in enumerate(items):
+        w = f"manifest.deltas[{i}]"
+        if not isinstance(d, dict):
+            raise FormatError(f"{w}: not an object")
+        frm = _nonneg(d, "from", w)
+        if frm >= version:
+            raise FormatError(f"{w}: delta from {frm} is not older than version {version}")
+        deltas[frm] = Artefact.parse(d, w, under="deltas/")
+    return deltas
+
+
+def _parse_boxes(items: Mapping[str, Any], version: int) -> dict[str, Artefact]:
+    """The boxes of ``version``: under ``boxes/<version>/``, named by their locator."""
+    boxes: dict[str, Artefact] = {}
+    for locator, b in items.items():
+        w = f"manifest.boxes[{locator}]"
+        if not isinstance(locator, str) or not _LOCATOR.fullmatch(locator):
+            raise FormatError(f"{w}: a box locator is 32 lower-case hex digits")
+        art = Artefact.parse(b, w, under=f"boxes/{version}/{locator}.")
+        if art.length > MAX_BOX_BYTES:
+            raise FormatError(f"{w}: box larger than {MAX_BOX_BYTES} bytes")
+        boxes[locator] = art
+    return boxes
 
 
 class ArtefactCheck:

@@ -79,11 +79,22 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from pydantic_core import from_json, to_json
 
 from .._exceptions import ConfigurationError, FormatError, InvalidEntry
-from .._protocol.catalog import measure_codes
+from .._protocol.catalog import KEY_RELATIONS, measure_codes
 from .._protocol.digest import digest_int, record_sum, sum_hex
-from .._protocol.identifiers import mask_identifier
-from .._protocol.keyedhash import KeyedHash, identifier_key
+from .._protocol.keyedhash import KeyedHash
 from .._protocol.models import Entry, fast_entry_dict, parse_entry
+from .._protocol.sealing import (
+    SITE_SPEC,
+    WorkFactor,
+    box_context,
+    box_locator,
+    box_payload,
+    kek,
+    pad,
+    padded_size,
+    record_id,
+    seal_record,
+)
 from .._protocol.signing import (
     MANIFEST_TYPE,
     Envelope,
@@ -92,33 +103,37 @@ from .._protocol.signing import (
     seal_box,
     sign_envelope,
 )
-from .._util import atomic_write, format_utc, fsync_dir, utcnow
+from .._util import atomic_write, format_utc, fsync_dir, parse_utc, utcnow
 from .keys import KeyDir, add_subscriber, validate_subscriber_id
 
 __all__ = [
+    "DEFAULT_ROTATE_AFTER",
     "PUBLIC_FIELDS",
     "Artefact",
     "PublishResult",
     "QuarantineItem",
+    "Sealer",
+    "WorkFactor",
     "add_subscriber",
-    "identifier_key",
-    "public_record",
     "publish",
     "record_sum",
+    "sealed_record",
     "sum_hex",
 ]
 
 log = logging.getLogger("intercept_sdk._platform.publish")
 
-#: Entry fields copied into a public record as given (unset ones are omitted).
+#: Entry fields a sealed record carries (site format 2, decision 0011): only what the
+#: decision and the clerk's notice need. No ``id_masked``, ``age`` or ``gender`` (the client
+#: derives them from the ID number it holds), no ``revoked_at`` (withdrawn entries are not
+#: published), no ``audience``; related persons carry their role, and a name only for the
+#: legal representative (whose name the courts publish).
 PUBLIC_FIELDS = frozenset(
     {
         "entry_id",
         "case_no",
         "subject_type",
         "name",
-        "gender",
-        "age",
         "uscc",
         "org_code",
         "legal_rep_name",
@@ -135,13 +150,16 @@ PUBLIC_FIELDS = frozenset(
         "severity",
         "valid_until",
         "status",
-        "revoked_at",
         "visibility",
         "measures",
     }
 )
 
-_INCLUDE: set[str] = set(PUBLIC_FIELDS)
+#: How long one hash key serves by default (seconds): 30 days (decision 0011).
+DEFAULT_ROTATE_AFTER: float = 30 * 86400
+
+_REL_INDEX = {name: i for i, name in enumerate(KEY_RELATIONS)}
+_KEK_CACHE = 1 << 20  # KEKs kept per publish under a costly work factor (64 B each)
 _STATE_DB = "publisher.sqlite3"
 _SCRATCH_DB = "scratch.sqlite3"
 _LOCK_FILE = "publish.lock"
@@ -151,118 +169,135 @@ _BATCH_LINES = 2_000  # source lines per task of a worker process
 _PARALLEL_MIN_BYTES = 32 << 20  # smaller sources are published in this process only
 _SNAPSHOT_RE = re.compile(r"[0-9]+\.[0-9a-f]{64}\.ndjson\.gz")
 _DELTA_RE = re.compile(r"[0-9]+-[0-9]+\.[0-9a-f]{64}\.ndjson\.gz")
-_BOX_RE = re.compile(r"[0-9]+\.[0-9a-f]{64}\.box")
+_BOX_RE = re.compile(r"[0-9a-f]{32}\.[0-9a-f]{64}\.box")
+_V1_BOX_RE = re.compile(r"[0-9]+\.[0-9a-f]{64}\.box")
 
 
 # -- records ------------------------------------------------------------------------------
 
 
-def public_record(entry: Entry, hash_key: bytes) -> bytes:
-    """The canonical JSON record of ``entry`` as published (snapshot, delta and box form).
+class Sealer:
+    """Seals records under one key epoch's hash key and work factor.
 
-    Copies :data:`PUBLIC_FIELDS`; replaces the person's ID number by ``id_key`` and
-    ``id_masked``, adds ``org_key`` for an entity (over the effective organisation code),
-    and publishes related persons as ``{role, name, id_key?, id_masked?}``. The result
-    never contains a plaintext person ID number, nor the restricted ``audience``.
+    Holds the hash key's HMAC states (:class:`~intercept_sdk._protocol.keyedhash.KeyedHash`)
+    and, under a costly (scrypt) work factor, a bounded memo of key-encryption keys, so a
+    person named in several entries pays the work factor once per publish.
     """
-    rec: dict[str, Any] = entry.model_dump(mode="json", include=_INCLUDE, exclude_none=True)
-    if entry.id_number is not None:
-        rec["id_key"] = identifier_key(hash_key, "id", entry.id_number).hex()
-        rec["id_masked"] = mask_identifier(entry.id_number)
-    org = entry.effective_org_code
-    if org is not None:
-        rec["org_key"] = identifier_key(hash_key, "org", org).hex()
-    if entry.related:
-        related: list[dict[str, str]] = []
-        for person in entry.related:
-            item = {"role": person.role, "name": person.name}
-            if person.id_number is not None:
-                item["id_key"] = identifier_key(hash_key, "id", person.id_number).hex()
-                item["id_masked"] = mask_identifier(person.id_number)
-            related.append(item)
-        rec["related"] = related
-    return canonical_json(rec)
+
+    __slots__ = ("_hash", "_keks", "hash_key", "work")
+
+    def __init__(self, hash_key: bytes, work: WorkFactor) -> None:
+        self.hash_key = hash_key
+        self.work = work
+        self._hash = KeyedHash(hash_key)
+        self._keks: dict[bytes, bytes] = {}
+
+    def _kek(self, secret: bytes) -> bytes:
+        if self.work.alg == "hmac":
+            return kek(secret, self.work)
+        k = self._keks.get(secret)
+        if k is None:
+            if len(self._keks) >= _KEK_CACHE:
+                self._keks.clear()
+            k = self._keks[secret] = kek(secret, self.work)
+        return k
+
+    def seal_fields(self, fields: dict[str, Any]) -> tuple[str, bytes] | None:
+        """``(record id hex, sealed line)`` of the entry whose ``to_json_dict()`` is
+        ``fields`` (consumed), or None for a withdrawn (revoked or deleted) entry, which
+        is not published at all.
+
+        Raises ValueError for an entry without any identifier to open it by.
+        """
+        if fields.get("status", "active") != "active":
+            return None
+        ids: list[tuple[bytes, int]] = []
+        person = self._hash.person
+        id_number = fields.get("id_number")
+        if id_number is not None:
+            ids.append((person(id_number), 0))
+        org = fields.get("org_code")
+        if not org:
+            uscc = fields.get("uscc")
+            org = uscc[8:17] if uscc else None
+        if org:
+            ids.append((self._hash.org(org), 0))
+        rec = {k: v for k, v in fields.items() if k in PUBLIC_FIELDS}
+        related = fields.get("related")
+        if related:
+            out: list[dict[str, str]] = []
+            for item in related:
+                role = item["role"]
+                pid = item.get("id_number")
+                if pid is not None:
+                    ids.append((person(pid), _REL_INDEX[role]))
+                if role == "legal_rep" and item.get("name"):
+                    out.append({"name": item["name"], "role": role})
+                else:
+                    out.append({"role": role})
+            rec["related"] = out
+        plaintext: bytes = to_json(dict(sorted(rec.items())))
+        entry_id: str = fields["entry_id"]
+        line = seal_record(
+            self.hash_key,
+            entry_id,
+            plaintext,
+            [(secret, self._kek(secret), rel) for secret, rel in ids],
+        )
+        return record_id(self.hash_key, entry_id).hex(), line
 
 
-def _record_of_fields(fields: dict[str, Any], key_hex: Callable[[bytes], str]) -> bytes:
-    """:func:`public_record` of the entry whose ``to_json_dict()`` is ``fields``.
+def sealed_record(entry: Entry, sealer: Sealer) -> tuple[str, bytes] | None:
+    """The sealed record of ``entry`` as published (snapshot, delta and box form).
 
-    Consumes ``fields`` (a fresh dict from :func:`~intercept_sdk._protocol.models.fast_entry_dict`:
-    only ``str``, ``int``, lists of ``str`` and dicts of ``str``). pydantic-core's
-    ``to_json`` of the dicts with their keys in sorted order gives the bytes of
-    :func:`~intercept_sdk._protocol.signing.canonical_json` (same compact form, same escapes: the
-    tests compare both on many entries) several times faster. ``key_hex`` is
-    ``KeyedHash(hash_key).hexer()`` (:mod:`intercept_sdk._protocol.keyedhash`).
+    ``(record id hex, line)``; None for a withdrawn entry. The line never contains a
+    plaintext identifier: the body is AES-GCM under a key only an identifier of the
+    entry opens (:mod:`~intercept_sdk._protocol.sealing`).
     """
-    id_number = fields.pop("id_number", None)
-    related = fields.pop("related")
-    del fields["audience"]
-    if id_number is not None:
-        fields["id_key"] = key_hex(b"id:" + id_number.encode())
-        fields["id_masked"] = mask_identifier(id_number)
-    org = fields.get("org_code")
-    if not org:
-        uscc = fields.get("uscc")
-        org = uscc[8:17] if uscc else None
-    if org is not None:
-        fields["org_key"] = key_hex(b"org:" + org.encode())
-    if related:
-        out: list[dict[str, str]] = []
-        for person in related:
-            pid = person.get("id_number")
-            if pid is None:
-                out.append({"name": person["name"], "role": person["role"]})
-            else:
-                out.append(
-                    {  # keys in sorted order
-                        "id_key": key_hex(b"id:" + pid.encode()),
-                        "id_masked": mask_identifier(pid),
-                        "name": person["name"],
-                        "role": person["role"],
-                    }
-                )
-        fields["related"] = out
-    return to_json(dict(sorted(fields.items())))
+    return sealer.seal_fields(entry.to_json_dict())
 
 
-_Staged = tuple[str, bool, list[str], bytes, bytes]
-"""What the loader stages per entry: entry_id, restricted, audience, record, digest."""
+_Staged = tuple[str, bool, list[str], bytes | None, bytes, str]
+"""What the loader stages per entry: record id hex, restricted, audience, sealed line
+(None: withdrawn, not published), its digest, and the entry_id (for the quarantine)."""
+
+
+def _staged(fields: dict[str, Any], sealer: Sealer) -> _Staged:
+    entry_id: str = fields["entry_id"]
+    restricted = fields.get("visibility") == "restricted"
+    audience: list[str] = list(fields.get("audience") or ())
+    sealed = sealer.seal_fields(fields)
+    if sealed is None:
+        return record_id(sealer.hash_key, entry_id).hex(), restricted, audience, None, b"", entry_id
+    key, line = sealed
+    return key, restricted, audience, line, hashlib.sha256(line).digest(), entry_id
 
 
 def _fast_item(
-    item: bytes | Mapping[str, Any], key_hex: Callable[[bytes], str], known: frozenset[str]
+    item: bytes | Mapping[str, Any], sealer: Sealer, known: frozenset[str]
 ) -> _Staged | None:
     """The staged form of a common valid entry (a source line or dict); None = not sure.
 
-    None sends the item through :func:`parse_entry` and :func:`public_record`, which
-    decide (and give every reason); a non-None answer is exactly what they would give.
-    ``key_hex`` is ``KeyedHash(hash_key).hexer()``, ``known`` the measure codes.
+    None sends the item through :func:`parse_entry`, which decides (and gives every
+    reason); a non-None answer is exactly what it would give.
     """
     try:
         obj = from_json(item) if isinstance(item, bytes) else item
         fields = fast_entry_dict(obj, known)
         if fields is None:
             return None
-        entry_id: str = fields["entry_id"]
-        restricted = fields["visibility"] == "restricted"
-        audience: list[str] = fields["audience"]
-        record = _record_of_fields(fields, key_hex)
+        return _staged(fields, sealer)
     except Exception:  # invalid JSON, lone surrogates, ...: the slow path decides
         return None
-    return entry_id, restricted, audience, record, hashlib.sha256(record).digest()
 
 
-def _slow_item(item: bytes | Mapping[str, Any], hash_key: bytes) -> _Staged:
+def _slow_item(item: bytes | Mapping[str, Any], sealer: Sealer) -> _Staged:
     """The staged form by the full model; raises InvalidEntry (what the fast path defers)."""
     entry = parse_entry(item)
-    record = public_record(entry, hash_key)
-    return (
-        entry.entry_id,
-        entry.visibility == "restricted",
-        list(entry.audience),
-        record,
-        hashlib.sha256(record).digest(),
-    )
+    try:
+        return _staged(entry.to_json_dict(), sealer)
+    except ValueError as exc:
+        raise InvalidEntry(entry.entry_id, [f"entry: cannot be sealed: {exc}"]) from None
 
 
 # -- worker processes (the per-entry work of a large publish on several cores) -----------
@@ -299,7 +334,8 @@ def _read_frame(stream: IO[bytes]) -> bytes | None:
 
 
 def _worker_main() -> None:
-    """A worker process: the hash key, then batches of lines in, staged entries out.
+    """A worker process: the hash key and work factor, then batches of lines in, staged
+    entries out.
 
     Ends quietly when the publisher closes the pipes (done, or failed elsewhere); Ctrl-C
     is the publisher's to handle.
@@ -308,12 +344,13 @@ def _worker_main() -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     try:
         hash_key = _read_frame(stdin)
-        if hash_key is None:
+        work = _read_frame(stdin)
+        if hash_key is None or work is None:
             return
-        key_hex = KeyedHash(hash_key).hexer()
+        sealer = Sealer(hash_key, WorkFactor.from_json(json.loads(work)))
         known = measure_codes()
         while (frame := _read_frame(stdin)) is not None:
-            staged = [_fast_item(line, key_hex, known) for line in frame.split(b"\n")]
+            staged = [_fast_item(line, sealer, known) for line in frame.split(b"\n")]
             _write_frame(stdout, pickle.dumps(staged, protocol=pickle.HIGHEST_PROTOCOL))
     except (BrokenPipeError, EOFError):
         return
@@ -326,7 +363,7 @@ class _Workers:
     last result was read, so neither side ever blocks writing to a full pipe.
     """
 
-    def __init__(self, count: int, hash_key: bytes) -> None:
+    def __init__(self, count: int, sealer: Sealer) -> None:
         code = _WORKER_CODE.format(path=list(sys.path), module=__name__)
         self.procs: list[subprocess.Popen[bytes]] = []
         try:
@@ -339,7 +376,8 @@ class _Workers:
                 )
                 self.procs.append(proc)
                 assert proc.stdin is not None
-                _write_frame(proc.stdin, hash_key)
+                _write_frame(proc.stdin, sealer.hash_key)
+                _write_frame(proc.stdin, canonical_json(sealer.work.to_json()))
         except BaseException:
             self.close()
             raise
@@ -445,7 +483,11 @@ class PublishResult:
     manifest_length: int
     snapshot: Artefact
     deltas: dict[int, Artefact] = field(default_factory=dict)
-    restricted: dict[str, Artefact] = field(default_factory=dict)
+    boxes: dict[str, Artefact] = field(default_factory=dict)
+    """One per registered subscriber, by box locator (all of one size)."""
+    key_epoch: int = 0
+    rotated: bool = False
+    """Whether this version started a new key epoch (new hash key: no deltas)."""
     state_sha256: str = ""
     state_sum: str = ""
     seconds: float = 0.0
@@ -598,14 +640,17 @@ CREATE TABLE IF NOT EXISTS changes(
 ) WITHOUT ROWID;
 """
 
+# In format 2 the ``entry_id`` columns of the publisher's tables hold record ids (hex):
+# the snapshot is in record id order, and within one key epoch an entry keeps its record
+# id. ``s.src.eid`` keeps the entry_id itself for the quarantine report only.
 _SCRATCH_SCHEMA = """
 CREATE TABLE s.src(
     entry_id TEXT PRIMARY KEY, line INTEGER NOT NULL, restricted INTEGER NOT NULL,
-    digest BLOB NOT NULL, record BLOB NOT NULL
+    digest BLOB NOT NULL, record BLOB NOT NULL, eid TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE s.aud(sub TEXT NOT NULL, entry_id TEXT NOT NULL, PRIMARY KEY(sub, entry_id))
     WITHOUT ROWID;
-CREATE TABLE s.dup(entry_id TEXT NOT NULL, line INTEGER NOT NULL);
+CREATE TABLE s.dup(entry_id TEXT NOT NULL, line INTEGER NOT NULL, eid TEXT NOT NULL);
 """
 
 
@@ -728,63 +773,42 @@ def _site_version(site_dir: Path) -> int | None:
     return version if isinstance(version, int) else None
 
 
-_INSERT_SRC = "INSERT OR IGNORE INTO s.src VALUES (?, ?, ?, ?, ?)"
+_INSERT_SRC = "INSERT OR IGNORE INTO s.src VALUES (?, ?, ?, ?, ?, ?)"
 _INSERT_AUD = "INSERT OR IGNORE INTO s.aud VALUES (?, ?)"
 
 
 class _Loader:
-    """Parse the source into the scratch tables, collecting the quarantine.
+    """Parse and seal the source into the scratch tables, collecting the quarantine.
 
     With ``workers`` (> 0) and a file source, worker processes do the per-entry work
-    (parse, validate, build and hash the record) on batches of lines while this process
+    (parse, validate, seal and hash the record) on batches of lines while this process
     stages the results in source order: the same statements in the same order as the
     serial path, so the same scratch tables, quarantine and artefacts.
-
-    ``snapshot`` (given to :meth:`run`): while the valid entries come in strictly
-    increasing entry_id order (as lists exported sorted do), their public records are
-    also written to this artefact,
-    which is then exactly the snapshot (sorted, no duplicate possible), compressed while
-    the source is still being read. At the first entry out of order, ``in_order`` turns
-    False and the artefact is abandoned: the snapshot is then made from the scratch table.
     """
 
     def __init__(
         self,
         db: sqlite3.Connection,
-        hash_key: bytes,
+        sealer: Sealer,
         registered: Mapping[str, X25519PublicKey],
         progress: Callable[[int], None] | None,
         *,
         workers: int = 0,
     ) -> None:
         self.db = db
-        self.hash_key = hash_key
+        self.sealer = sealer
         self.registered = registered
         self.progress = progress
         self.workers = workers
-        self.snapshot: _GzipArtefact | None = None
-        self.in_order = False
-        self.snapshot_sum = 0
         self.lines = 0
+        self.withdrawn = 0
         self.quarantined: list[QuarantineItem] = []
         self.unregistered: set[str] = set()
         self.unreachable = 0
         self._cur = db.cursor()
-        self._last = ""  # every valid entry_id is non-empty
 
-    def run(
-        self,
-        source: Path | str | Iterable[Mapping[str, Any]],
-        *,
-        snapshot: _GzipArtefact | None = None,
-    ) -> int:
-        """Stage every line of ``source`` in one transaction; return the number of lines.
-
-        ``snapshot`` receives the public records while they come in entry_id order
-        (``in_order`` says whether they all did; ``snapshot_sum`` is their state sum).
-        """
-        self.snapshot = snapshot
-        self.in_order = snapshot is not None
+    def run(self, source: Path | str | Iterable[Mapping[str, Any]]) -> int:
+        """Stage every line of ``source`` in one transaction; return the number of lines."""
         progress = self.progress
         self.db.execute("BEGIN")
         items = self._items(source)
@@ -811,31 +835,25 @@ class _Loader:
             self.quarantined.append(QuarantineItem(n, None, ("entry: not a JSON object",)))
             return None
         try:
-            return _slow_item(item, self.hash_key)
+            return _slow_item(item, self.sealer)
         except InvalidEntry as exc:
             eid = exc.entry_id or _entry_id_of(item)
             self.quarantined.append(QuarantineItem(n, eid, tuple(exc.reasons)))
             return None
 
     def _stage(self, n: int, staged: _Staged) -> None:
-        """Insert one valid entry (a repeated entry_id goes to ``s.dup``), its audience,
-        and while in order its snapshot line."""
-        entry_id, restricted, audience, record, digest = staged
-        if self.in_order:
-            if entry_id > self._last:
-                self._last = entry_id
-                if not restricted:
-                    assert self.snapshot is not None
-                    self.snapshot.write_line(record)
-                    self.snapshot_sum += digest_int(digest)
-            else:
-                self.in_order = False
+        """Insert one valid entry (a repeated entry_id goes to ``s.dup``) and its
+        audience; a withdrawn entry is counted and left out."""
+        key, restricted, audience, record, digest, entry_id = staged
+        if record is None:
+            self.withdrawn += 1
+            return
         cur = self._cur
-        cur.execute(_INSERT_SRC, (entry_id, n, int(restricted), digest, record))
+        cur.execute(_INSERT_SRC, (key, n, int(restricted), digest, record, entry_id))
         if cur.rowcount == 0:
-            cur.execute("INSERT INTO s.dup VALUES (?, ?)", (entry_id, n))
+            cur.execute("INSERT INTO s.dup VALUES (?, ?, ?)", (key, n, entry_id))
         elif restricted:
-            self._stage_audience(entry_id, audience)
+            self._stage_audience(key, audience)
 
     def _stage_audience(self, entry_id: str, audience: list[str]) -> None:
         """Who gets a restricted entry: its registered audience (others are noted)."""
@@ -856,10 +874,10 @@ class _Loader:
         if self.workers > 0 and isinstance(source, (str, os.PathLike)):
             yield from self._parallel(_read_source(source))
             return
-        key_hex = KeyedHash(self.hash_key).hexer()
+        sealer = self.sealer
         known = measure_codes()
         for n, item in _read_source(source):
-            yield n, item, None if item is None else _fast_item(item, key_hex, known)
+            yield n, item, None if item is None else _fast_item(item, sealer, known)
 
     def _parallel(
         self, items: Iterator[tuple[int, bytes | Mapping[str, Any] | None]]
@@ -882,7 +900,7 @@ class _Loader:
                 sent.append((nums, lines))
                 yield lines
 
-        workers = _Workers(self.workers, self.hash_key)
+        workers = _Workers(self.workers, self.sealer)
         try:
             for staged in workers.map(batches()):
                 nums, lines = sent.popleft()  # kept for the slow path of unusual lines
@@ -892,18 +910,23 @@ class _Loader:
 
     def _quarantine_duplicates(self) -> None:
         dups: dict[str, list[int]] = {}
-        for eid, line in self.db.execute("SELECT entry_id, line FROM s.dup ORDER BY line"):
-            dups.setdefault(eid, []).append(line)
-        for eid, more in dups.items():
-            row = self.db.execute("SELECT line FROM s.src WHERE entry_id=?", (eid,)).fetchone()
+        names: dict[str, str] = {}
+        for key, line, eid in self.db.execute(
+            "SELECT entry_id, line, eid FROM s.dup ORDER BY line"
+        ):
+            dups.setdefault(key, []).append(line)
+            names[key] = eid
+        for key, more in dups.items():
+            eid = names[key]
+            row = self.db.execute("SELECT line FROM s.src WHERE entry_id=?", (key,)).fetchone()
             lines = sorted([row[0], *more]) if row else more
             reason = (
                 f"entry_id: duplicate, on lines {', '.join(map(str, lines))}; "
                 "every copy is quarantined"
             )
             self.quarantined.extend(QuarantineItem(n, eid, (reason,)) for n in lines)
-            self.db.execute("DELETE FROM s.src WHERE entry_id=?", (eid,))
-            self.db.execute("DELETE FROM s.aud WHERE entry_id=?", (eid,))
+            self.db.execute("DELETE FROM s.src WHERE entry_id=?", (key,))
+            self.db.execute("DELETE FROM s.aud WHERE entry_id=?", (key,))
 
 
 def publish(
@@ -919,6 +942,8 @@ def publish(
     progress: Callable[[int], None] | None = None,
     compresslevel: int = 6,
     workers: int | None = None,
+    work_factor: WorkFactor | str | None = None,
+    rotate_after: float = DEFAULT_ROTATE_AFTER,
 ) -> PublishResult:
     """Publish the full list ``source`` as the next version of the site in ``site_dir``.
 
@@ -933,31 +958,36 @@ def publish(
     machine with 4 CPUs or more, one per CPU but one, up to 4; else none). The artefacts
     are the same whatever the number.
 
+    ``work_factor`` (a :class:`~intercept_sdk._protocol.sealing.WorkFactor` or its CLI form
+    ``"hmac"``/``"scrypt:14"``; default hmac) is what opening one record costs a holder of
+    the hash key (decision 0011). ``rotate_after`` (seconds, default 30 days) is how long
+    one hash key serves: a new key epoch starts after it, and whenever a subscriber of the
+    current epoch was removed (or its key changed), so a removed unit's key opens nothing
+    published later. Every registered subscriber gets a box with the key.
+
     Raises ConfigurationError for unusable keys/directories (nothing is published).
     """
     started = time.monotonic()
     keys = KeyDir(keys_dir)
     site = Path(site_dir)
     _check_dirs(keys.path, site)
-    if isinstance(expires, bool) or not isinstance(expires, (int, float)) or expires <= 0:
-        raise ConfigurationError(f"expires must be a positive number of seconds, got {expires!r}")
-    for name, value in (("keep_deltas", keep_deltas), ("keep_versions", keep_versions)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigurationError(f"{name} must be a non-negative integer, got {value!r}")
+    _check_numbers(expires, keep_deltas, keep_versions, compresslevel)
     keep_versions = max(keep_versions, 1)
-    if not 0 <= compresslevel <= 9:
-        raise ConfigurationError(f"compresslevel must be 0-9, got {compresslevel!r}")
     if workers is None:
         workers = _auto_workers(source)
     elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ConfigurationError(f"workers must be a non-negative integer, got {workers!r}")
     if not isinstance(source, (str, os.PathLike)):
         workers = 0  # an iterable is read in this process
+    work = _work_factor(work_factor)
+    if isinstance(rotate_after, bool) or not isinstance(rotate_after, (int, float)):
+        raise ConfigurationError(f"rotate_after must be seconds, got {rotate_after!r}")
+    if rotate_after <= 0:
+        raise ConfigurationError(f"rotate_after must be positive, got {rotate_after!r}")
     t_now = now if now is not None else utcnow()
     if t_now.tzinfo is None:
         raise ConfigurationError("now must be a timezone-aware datetime")
     online = keys.online_keys()
-    hash_key = keys.hash_key()
     root_version = keys.root_version
     if keys.root_expires <= t_now:
         raise ConfigurationError(
@@ -988,7 +1018,8 @@ def publish(
                 site,
                 source,
                 online=online,
-                hash_key=hash_key,
+                work=work,
+                rotate_after=rotate_after,
                 root_version=root_version,
                 registered=registered,
                 now=t_now,
@@ -1002,6 +1033,26 @@ def publish(
             )
         finally:
             db.close()
+
+
+def _check_numbers(expires: float, keep_deltas: int, keep_versions: int, level: int) -> None:
+    if isinstance(expires, bool) or not isinstance(expires, (int, float)) or expires <= 0:
+        raise ConfigurationError(f"expires must be a positive number of seconds, got {expires!r}")
+    for name, value in (("keep_deltas", keep_deltas), ("keep_versions", keep_versions)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigurationError(f"{name} must be a non-negative integer, got {value!r}")
+    if not 0 <= level <= 9:
+        raise ConfigurationError(f"compresslevel must be 0-9, got {level!r}")
+
+
+def _work_factor(value: WorkFactor | str | None) -> WorkFactor:
+    if value is None:
+        return WorkFactor()
+    if isinstance(value, str):
+        return WorkFactor.parse(value)
+    if isinstance(value, WorkFactor):
+        return value
+    raise ConfigurationError(f"work_factor must be a WorkFactor or str, got {value!r}")
 
 
 class _Snapshot(NamedTuple):
@@ -1020,7 +1071,8 @@ def _publish_locked(
     source: Path | str | Iterable[Mapping[str, Any]],
     *,
     online: list[SigningKey],
-    hash_key: bytes,
+    work: WorkFactor,
+    rotate_after: float,
     root_version: int,
     registered: Mapping[str, X25519PublicKey],
     now: _dt.datetime,
@@ -1032,10 +1084,11 @@ def _publish_locked(
     started: float,
     workers: int = 0,
 ) -> PublishResult:
-    """The steps of a publish, under the lock: stage, snapshot, state, deltas, boxes,
-    manifest (committed to the state before it is written to the site), prune."""
+    """The steps of a publish, under the lock: key epoch, stage, snapshot, state, deltas,
+    boxes, manifest (committed to the state before it is written to the site), prune."""
     state_dir = keys.state_dir
     previous, version = _next_version(db, site, state_dir)
+    epoch = _key_epoch(db, registered, now, rotate_after)
     site.mkdir(mode=0o755, parents=True, exist_ok=True)
     scratch = state_dir / _SCRATCH_DB
     _remove_db_files(scratch)
@@ -1043,19 +1096,20 @@ def _publish_locked(
     pending: list[_GzipArtefact] = []
     try:
         _init_scratch(db, scratch)
-        # 1-2. Source -> scratch (validated records, audiences, duplicates removed), and
-        #      the snapshot with both state digests.
+        # 1-2. Source -> scratch (validated, sealed records, audiences, duplicates
+        #      removed), and the snapshot with both state digests.
         loader, snap = _load_and_snapshot(
-            _Loader(db, hash_key, registered, progress, workers=workers),
+            _Loader(db, Sealer(epoch.hash_key, work), registered, progress, workers=workers),
             source,
             site,
             version=version,
             level=level,
         )
-        # 3. Publisher state: changes of this version, new current digests.
+        # 3. Publisher state: changes of this version, new current digests. A new key
+        #    epoch changes every record id: no delta reaches across it.
         db.execute("BEGIN IMMEDIATE")
-        floor = _meta_int(db, "changes_floor", 1)
-        _record_changes(db, previous, version)
+        floor = version if epoch.rotated else _meta_int(db, "changes_floor", 1)
+        _record_changes(db, 0 if epoch.rotated else previous, version)
         # 4. Deltas from each of the last keep_deltas versions straight to this one.
         deltas = _write_deltas(
             db,
@@ -1065,8 +1119,8 @@ def _publish_locked(
             level=level,
             pending=pending,
         )
-        # 5. Restricted boxes.
-        restricted = _write_boxes(db, site, previous, version, registered, level)
+        # 5. One box per registered subscriber: the hash key and its restricted records.
+        boxes = _write_boxes(db, site, version, epoch, registered)
         restricted_entries = int(
             db.execute("SELECT COUNT(*) FROM s.src WHERE restricted=1").fetchone()[0]
         )
@@ -1075,20 +1129,22 @@ def _publish_locked(
         quarantine_path = _write_quarantine(state_dir, version, loader.quarantined)
         payload = {
             "type": "manifest",
-            "spec": 1,
+            "spec": SITE_SPEC,
             "version": version,
             "root_version": root_version,
             "published_at": format_utc(now),
             "expires": format_utc(manifest_expires),
-            "hash_key": hash_key.hex(),
+            "key_epoch": epoch.number,
+            "kdf": work.to_json(),
             "state": {"entries": snap.entries, "sha256": snap.state_sha256, "sum": snap.state_sum},
             "snapshot": snap.artefact.manifest_entry(),
             "deltas": [{"from": f, **a.manifest_entry()} for f, a in sorted(deltas.items())],
-            "restricted": {s: a.manifest_entry() for s, a in sorted(restricted.items())},
+            "boxes": {loc: a.manifest_entry() for loc, a in sorted(boxes.items())},
         }
         manifest_bytes = _sign_manifest(keys, online, payload)
         # 7. Commit the state BEFORE the manifest exists: a crash may skip a version
         #    number but never reuses one.
+        _save_epoch(db, epoch)
         _commit_version(db, version, now, snap, manifest_bytes, floor=floor, keep=keep_deltas)
     except BaseException:
         if db.in_transaction:
@@ -1116,7 +1172,9 @@ def _publish_locked(
         manifest_length=len(manifest_bytes),
         snapshot=snap.artefact,
         deltas=deltas,
-        restricted=restricted,
+        boxes=boxes,
+        key_epoch=epoch.number,
+        rotated=epoch.rotated,
         state_sha256=snap.state_sha256,
         state_sum=snap.state_sum,
         seconds=time.monotonic() - started,
@@ -1124,6 +1182,65 @@ def _publish_locked(
     )
     _log_published(result, loader.lines)
     return result
+
+
+class _Epoch(NamedTuple):
+    """The key epoch a version is published under."""
+
+    number: int
+    hash_key: bytes
+    started: str
+    members: dict[str, str]  # subscriber id -> raw X25519 public key (hex)
+    rotated: bool
+
+
+def _members(registered: Mapping[str, X25519PublicKey]) -> dict[str, str]:
+    return {sid: key.public_bytes_raw().hex() for sid, key in sorted(registered.items())}
+
+
+def _key_epoch(
+    db: sqlite3.Connection,
+    registered: Mapping[str, X25519PublicKey],
+    now: _dt.datetime,
+    rotate_after: float,
+) -> _Epoch:
+    """The current key epoch, or a new one (a fresh random hash key) when there is none,
+    the current one is ``rotate_after`` seconds old, or a member was removed or re-keyed.
+
+    New subscribers joining do not rotate the key: they get it in their box.
+    """
+    row = dict(db.execute("SELECT key, value FROM meta WHERE key LIKE 'epoch_%'").fetchall())
+    members = _members(registered)
+    number = int(row.get("epoch_number", 0))
+    if number:
+        old_members: dict[str, str] = json.loads(row["epoch_members"])
+        started = row["epoch_started"]
+        age = (now - parse_utc(started)).total_seconds()
+        gone = [sid for sid, key in old_members.items() if members.get(sid) != key]
+        if age < rotate_after and not gone:
+            kept = {**old_members, **members}
+            return _Epoch(number, bytes.fromhex(row["epoch_hash_key"]), started, kept, False)
+        log.info(
+            "new key epoch %d: %s",
+            number + 1,
+            f"subscriber(s) removed or re-keyed: {', '.join(gone)}"
+            if gone
+            else f"epoch {number} is {age / 86400:.1f} days old",
+        )
+    return _Epoch(number + 1, os.urandom(32), format_utc(now), members, True)
+
+
+def _save_epoch(db: sqlite3.Connection, epoch: _Epoch) -> None:
+    """Record the epoch in the publisher state (inside the version's transaction)."""
+    db.executemany(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+        [
+            ("epoch_number", epoch.number),
+            ("epoch_hash_key", epoch.hash_key.hex()),
+            ("epoch_started", epoch.started),
+            ("epoch_members", json.dumps(epoch.members, sort_keys=True)),
+        ],
+    )
 
 
 def _next_version(db: sqlite3.Connection, site: Path, state_dir: Path) -> tuple[int, int]:
@@ -1166,27 +1283,18 @@ def _load_and_snapshot(
     version: int,
     level: int,
 ) -> tuple[_Loader, _Snapshot]:
-    """Stage ``source`` with ``loader`` and write the snapshot of the valid public records.
-
-    The snapshot is written while the source is read as long as it comes sorted by
-    entry_id (see :class:`_Loader`); otherwise it is written again from the scratch
-    table afterwards.
-    """
+    """Stage ``source`` with ``loader``, then write the snapshot of the public sealed
+    records in record id order (compressed in a thread while the rows are read)."""
+    loader.run(source)
+    _warn_unreached(loader)
     snap = _GzipArtefact(site / "snapshots", level, threaded=True)
     try:
-        loader.run(source, snapshot=snap)
-        _warn_unreached(loader)
-        if loader.in_order:
-            total = loader.snapshot_sum
-        else:
-            snap.abort()
-            snap = _GzipArtefact(site / "snapshots", level, threaded=True)
-            total = 0
-            for record, digest in loader.db.execute(
-                "SELECT record, digest FROM s.src WHERE restricted=0 ORDER BY entry_id"
-            ):
-                snap.write_line(record)
-                total += digest_int(digest)
+        total = 0
+        for record, digest in loader.db.execute(
+            "SELECT record, digest FROM s.src WHERE restricted=0 ORDER BY entry_id"
+        ):
+            snap.write_line(record)
+            total += digest_int(digest)
         artefact = snap.finish(lambda h: f"{version}.{h}.ndjson.gz", site)
     except BaseException:
         snap.abort()
@@ -1269,28 +1377,42 @@ def _write_deltas(
     }
 
 
-def _write_boxes(  # noqa: PLR0917 - internal, one call
+def _write_boxes(
     db: sqlite3.Connection,
     site: Path,
-    previous: int,
     version: int,
+    epoch: _Epoch,
     registered: Mapping[str, X25519PublicKey],
-    level: int,
 ) -> dict[str, Artefact]:
-    """A box for every registered subscriber some restricted entry names, and an empty
-    one for a subscriber whose last box had entries and who has none left (so even a
-    client that keeps its partition when unlisted is cleared)."""
-    prev_manifest = _stored_manifest(db, previous)
-    previously_boxed = {
-        sub
-        for sub, art in (prev_manifest or {}).get("restricted", {}).items()
-        if art.get("entries", 0) > 0
-    }
-    named = {r[0] for r in db.execute("SELECT DISTINCT sub FROM s.aud")}
-    return {
-        sub: _write_box(db, site, sub, key=registered[sub], version=version, level=level)
-        for sub in sorted(named | (previously_boxed & set(registered)))
-    }
+    """A box for every registered subscriber, by locator: the epoch's hash key and the
+    restricted records addressed to it, all padded to one size, so the site shows
+    neither who holds restricted entries nor how many."""
+    payloads: dict[str, tuple[X25519PublicKey, bytes]] = {}
+    for sub, key in sorted(registered.items()):
+        lines = [
+            bytes(record)
+            for (record,) in db.execute(
+                "SELECT n.record FROM s.aud AS a JOIN s.src AS n ON n.entry_id = a.entry_id "
+                "WHERE a.sub = ? ORDER BY a.entry_id",
+                (sub,),
+            )
+        ]
+        locator = box_locator(sub, key.public_bytes_raw())
+        payloads[locator] = (key, box_payload(version, epoch.number, epoch.hash_key, lines))
+    size = padded_size([len(p) for _, p in payloads.values()])
+    directory = site / "boxes" / str(version)
+    if payloads:
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    out: dict[str, Artefact] = {}
+    for locator, (key, payload) in payloads.items():
+        box = seal_box(key, pad(payload, size), box_context(locator, version))
+        digest = hashlib.sha256(box).hexdigest()
+        path = directory / f"{locator}.{digest}.box"
+        atomic_write(path, box, mode=0o644)
+        out[locator] = Artefact(
+            path=path.relative_to(site).as_posix(), sha256=digest, length=len(box)
+        )
+    return out
 
 
 def _write_quarantine(state_dir: Path, version: int, quarantined: list[QuarantineItem]) -> Path:
@@ -1348,7 +1470,7 @@ def _log_published(result: PublishResult, lines: int) -> None:
         lines,
         len(result.quarantined),
         len(result.deltas),
-        len(result.restricted),
+        len(result.boxes),
         result.snapshot.length,
         result.seconds,
         result.workers,
@@ -1392,40 +1514,6 @@ def _write_delta(
     return art
 
 
-def _write_box(
-    db: sqlite3.Connection,
-    site: Path,
-    sub: str,
-    *,
-    key: X25519PublicKey,
-    version: int,
-    level: int,
-) -> Artefact:
-    """Seal every restricted record naming ``sub`` (snapshot form) to its X25519 key."""
-    lines: list[bytes] = []
-    for (record,) in db.execute(
-        "SELECT n.record FROM s.aud AS a JOIN s.src AS n ON n.entry_id = a.entry_id "
-        "WHERE a.sub = ? ORDER BY a.entry_id",
-        (sub,),
-    ):
-        lines.append(record)
-        lines.append(b"\n")
-    raw = b"".join(lines)
-    box = seal_box(key, _gzip_bytes(raw, level), f"{sub}|{version}".encode())
-    digest = hashlib.sha256(box).hexdigest()
-    directory = site / "restricted" / sub
-    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-    path = directory / f"{version}.{digest}.box"
-    atomic_write(path, box, mode=0o644)
-    return Artefact(
-        path=path.relative_to(site).as_posix(),
-        sha256=digest,
-        length=len(box),
-        entries=len(lines) // 2,
-        state_sha256=hashlib.sha256(raw).hexdigest(),
-    )
-
-
 def _stored_manifest(db: sqlite3.Connection, version: int) -> dict[str, Any] | None:
     row = db.execute("SELECT manifest FROM versions WHERE version=?", (version,)).fetchone()
     if row is None:
@@ -1460,23 +1548,38 @@ def _prune_site(db: sqlite3.Connection, site: Path, version: int, keep_versions:
         m = Envelope.from_bytes(bytes(data)).payload_json()
         keep.add(m["snapshot"]["path"])
         keep.update(d["path"] for d in m.get("deltas", []))
-        keep.update(r["path"] for r in m.get("restricted", {}).values())
+        keep.update(b["path"] for b in m.get("boxes", {}).values())
+    removed = 0
+    for p in _artefact_files(site):
+        if p.relative_to(site).as_posix() not in keep:
+            with suppress(FileNotFoundError):
+                p.unlink()
+                removed += 1
+    for parent in (site / "boxes", site / "restricted"):
+        if parent.is_dir():
+            for d in parent.iterdir():
+                with suppress(OSError):
+                    d.rmdir()  # only when empty
+    if removed:
+        log.info("pruned %d old artefact(s) from %s", removed, site)
+
+
+def _artefact_files(site: Path) -> list[Path]:
+    """Every file on the site whose name this module makes (and stale ``.part`` files)."""
     candidates: list[Path] = []
     for sub, pattern in (("snapshots", _SNAPSHOT_RE), ("deltas", _DELTA_RE)):
         d = site / sub
         if d.is_dir():
             candidates.extend(p for p in d.iterdir() if pattern.fullmatch(p.name))
             candidates.extend(d.glob(".*.part"))
-    rdir = site / "restricted"
+    bdir = site / "boxes"
+    if bdir.is_dir():
+        for d in bdir.iterdir():
+            if d.is_dir() and d.name.isdigit():
+                candidates.extend(p for p in d.iterdir() if _BOX_RE.fullmatch(p.name))
+    rdir = site / "restricted"  # site format 1's boxes: never referred to any more
     if rdir.is_dir():
         for d in rdir.iterdir():
             if d.is_dir():
-                candidates.extend(p for p in d.iterdir() if _BOX_RE.fullmatch(p.name))
-    removed = 0
-    for p in candidates:
-        if p.relative_to(site).as_posix() not in keep:
-            with suppress(FileNotFoundError):
-                p.unlink()
-                removed += 1
-    if removed:
-        log.info("pruned %d old artefact(s) from %s", removed, site)
+                candidates.extend(p for p in d.iterdir() if _V1_BOX_RE.fullmatch(p.name))
+    return candidates

@@ -1,10 +1,13 @@
-"""The keyed hash identifiers are published and looked up by (decision 0004).
+"""The keyed hash of identifiers: the secret a sealed record is found and opened by
+(decisions 0004 and 0011).
 
-``key = HMAC-SHA256(hash_key, kind ":" value)[:16]`` where ``kind`` is ``id`` (a person's
-normalised 18-character resident ID number) or ``org`` (a normalised 9-character
-organisation code), and ``hash_key`` is the key the signed manifest carries. The publisher
-writes ``key.hex()`` as ``id_key``/``org_key`` into every record; the client derives the
-same key from the identifier it is asked about and looks it up. The two meet only if both
+``secret = HMAC-SHA256(hash_key, kind ":" value)`` (32 bytes) where ``kind`` is ``id`` (a
+person's normalised 18-character resident ID number) or ``org`` (a normalised 9-character
+organisation code), and ``hash_key`` is the key of the current key epoch, which reaches a
+subscriber only inside its sealed box (site format 2). The publisher derives every
+identifier's secret to seal a record (:mod:`~intercept_sdk._protocol.sealing`: the first 4
+bytes are the public lookup tag, the whole derives the key-encryption key); the client
+derives the same secret from the identifier it is asked about. The two meet only if both
 compute exactly this, so it is written once, here, in two forms that give the same bytes
 (the tests compare them on many keys, key lengths and values):
 
@@ -28,8 +31,8 @@ from typing import Final, Literal
 
 __all__ = ["KEY_LENGTH", "IdentifierKind", "KeyedHash", "identifier_key"]
 
-#: Bytes of a key (32 hex characters in a record).
-KEY_LENGTH: Final = 16
+#: Bytes of an identifier secret (the whole SHA-256 output; format 1 kept 16).
+KEY_LENGTH: Final = 32
 IdentifierKind = Literal["id", "org"]
 
 _BLOCK = 64  # SHA-256's block size, the HMAC key length
@@ -38,12 +41,12 @@ _OPAD: Final = bytes(b ^ 0x5C for b in range(256))
 
 
 def identifier_key(hash_key: bytes, kind: IdentifierKind, value: str) -> bytes:
-    """``HMAC-SHA256(hash_key, kind ":" value)[:16]``: how identifiers are looked up.
+    """``HMAC-SHA256(hash_key, kind ":" value)``: the secret of one identifier.
 
     ``value`` must already be normalised (18-character ID number, 9-character
     organisation code); this function does not check it.
     """
-    return hmac.digest(hash_key, f"{kind}:{value}".encode(), "sha256")[:KEY_LENGTH]
+    return hmac.digest(hash_key, f"{kind}:{value}".encode(), "sha256")
 
 
 class KeyedHash:
@@ -76,7 +79,7 @@ class KeyedHash:
         h.update(id_number.encode())
         o = self._outer.copy()
         o.update(h.digest())
-        return o.digest()[:KEY_LENGTH]
+        return o.digest()
 
     def org(self, org_code: str) -> bytes:
         """``identifier_key(hash_key, "org", org_code)``."""
@@ -84,7 +87,7 @@ class KeyedHash:
         h.update(org_code.encode())
         o = self._outer.copy()
         o.update(h.digest())
-        return o.digest()[:KEY_LENGTH]
+        return o.digest()
 
     def key(self, kind: IdentifierKind, value: str) -> bytes:
         """``identifier_key(hash_key, kind, value)``."""
@@ -95,12 +98,12 @@ class KeyedHash:
         raise ValueError(f"kind must be 'id' or 'org', got {kind!r}")
 
     def message_key(self, message: bytes) -> bytes:
-        """``HMAC-SHA256(hash_key, message)[:16]`` of a whole message ``kind ":" value``."""
+        """``HMAC-SHA256(hash_key, message)`` of a whole message ``kind ":" value``."""
         h = self._inner.copy()
         h.update(message)
         o = self._outer.copy()
         o.update(h.digest())
-        return o.digest()[:KEY_LENGTH]
+        return o.digest()
 
     def hexer(self) -> Callable[[bytes], str]:
         """``message -> message_key(message).hex()``, as one plain function.
@@ -117,6 +120,6 @@ class KeyedHash:
             h.update(message)
             o = outer.copy()
             o.update(h.digest())
-            return o.hexdigest()[: 2 * KEY_LENGTH]
+            return o.hexdigest()
 
         return key_hex

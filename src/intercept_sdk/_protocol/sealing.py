@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .._exceptions import ConfigurationError, FormatError, VerificationError
+from .keyedhash import identifier_key
 
 __all__ = [
     "BOX_PAD_QUANTUM",
@@ -195,7 +196,7 @@ def identifier_secret(hash_key: bytes, kind: IdentifierKind, value: str) -> byte
     the whole is the input of :func:`kek`. Format 1's ``identifier_key`` was its first 16
     bytes, published.
     """
-    return hmac.digest(hash_key, f"{kind}:{value}".encode(), "sha256")
+    return identifier_key(hash_key, kind, value)
 
 
 def tag(secret: bytes) -> int:
@@ -395,7 +396,8 @@ class BoxContents:
     """What a subscriber's box holds for one version.
 
     ``hash_key`` opens the public records of this key epoch; ``restricted`` are the sealed
-    lines of the restricted entries addressed to this subscriber (sorted), with
+    lines of the restricted entries addressed to this subscriber (in record id order, as
+    a snapshot's lines are), with
     ``restricted_sha256`` the SHA-256 of ``line + "\\n"`` over them in that order.
     """
 
@@ -419,7 +421,7 @@ def box_payload(
     version: int, key_epoch: int, hash_key: bytes, restricted: Iterable[bytes]
 ) -> bytes:
     """The plaintext of a box (before :func:`pad` and sealing): a header line, then lines."""
-    lines = sorted(restricted)
+    lines = sorted(restricted, key=lambda line: parse_sealed(line).rid)
     header = {
         "hash_key": hash_key.hex(),
         "key_epoch": key_epoch,
@@ -455,11 +457,12 @@ def parse_box_payload(payload: bytes, *, version: int) -> BoxContents:
     restricted = header["restricted"]
     if not isinstance(restricted, dict) or set(restricted) != {"entries", "sha256"}:
         raise FormatError('box restricted must have exactly the fields "entries", "sha256"')
-    if restricted["entries"] != len(lines) or lines != sorted(lines):
-        raise FormatError("box restricted lines do not match their count or are not sorted")
+    if restricted["entries"] != len(lines):
+        raise FormatError("box restricted lines do not match their count")
+    rids = [parse_sealed(line).rid for line in lines]
+    if any(a >= b for a, b in zip(rids, rids[1:], strict=False)):
+        raise FormatError("box restricted lines are not in strictly increasing record id order")
     digest = lines_sha256(lines)
     if restricted["sha256"] != digest:
         raise FormatError("box restricted lines do not match their digest")
-    for line in lines:
-        parse_sealed(line)
     return BoxContents(version, epoch, hash_key, tuple(lines), digest)
