@@ -133,9 +133,10 @@ def test_snapshot_then_delta_catch_up(env: Env) -> None:
     # One cumulative delta 1 -> 4, never the snapshot.
     assert (result.mode, result.from_version, result.to_version) == ("delta", 1, 4)
     assert result.changes is not None
-    assert result.changes.changed == {a["entry_id"]}
-    assert result.changes.added == {c["entry_id"]}
-    assert result.changes.removed == {b["entry_id"]}
+    # site format 2: the revoked entry left the list like the removed one
+    assert result.changes.changed == set()
+    assert result.changes.added == {p.record_id(c["entry_id"])}
+    assert result.changes.removed == {p.record_id(a["entry_id"]), p.record_id(b["entry_id"])}
     assert not any("/snapshots/" in path for path in env.recorder.paths())
     assert any(path.startswith("/deltas/1-4.") for path in env.recorder.paths())
     assert (action(client, a), action(client, b), action(client, c)) == ("allow", "allow", "block")
@@ -156,15 +157,14 @@ def test_no_delta_from_the_local_version_falls_back_to_snapshot(env: Env) -> Non
     assert result.fallback_reason == "manifest 3 has no delta from version 1"
     assert result.delta_error is None
     assert action(client, a) == "allow"
-    assert result.changes is not None and a["entry_id"] in result.changes.changed
+    assert result.changes is not None and p.record_id(a["entry_id"]) in result.changes.removed
 
 
 def test_cache_that_failed_verify_is_replaced_at_the_same_version(env: Env) -> None:
-    """Tampering that leaves the version alone (a record re-encoded as revoked): verify()
+    """Tampering that leaves the version alone (a listed person's sealed record deleted
+    from the file; site format 2 records cannot be re-encoded without the keys): verify()
     detects it, and the next sync replaces the file by the snapshot although the
     platform has published nothing new (no 304, no 'none')."""
-    from intercept_sdk._client.store import _Codec
-
     p = env.platform
     a = p.add_person()
     client = env.client()
@@ -173,19 +173,8 @@ def test_cache_that_failed_verify_is_replaced_at_the_same_version(env: Env) -> N
     cache = Path(client.status().cache_dir)
     db = cache / (cache / "CURRENT").read_text().strip()
     with contextlib.closing(sqlite3.connect(db)) as conn:
-        zdict = conn.execute("SELECT v FROM meta WHERE k = 'zstd_dict'").fetchone()[0]
-        codec = _Codec(zdict)
-        rid, body = conn.execute(
-            "SELECT rid, body FROM records WHERE entry_id = ?", (a["entry_id"],)
-        ).fetchone()
-        record = codec.decode(body, a["entry_id"])
-        forged = record.replace(
-            b'"status":"active"', b'"revoked_at":"2024-06-01T08:00:00+08:00","status":"revoked"'
-        )
-        assert forged != record
-        conn.execute(
-            "UPDATE records SET body = ? WHERE rid = ?", (codec.encode(forged, a["entry_id"]), rid)
-        )
+        gone = conn.execute("DELETE FROM records WHERE entry_id = ?", (p.record_id(a["entry_id"]),))
+        assert gone.rowcount == 1
         conn.commit()
     assert action(client, a) == "allow"  # what the tamperer wanted, until verify()
     assert client.sync().mode == "none"  # nothing new published, nothing known wrong yet
@@ -210,12 +199,12 @@ def _decisions(client: Client, subjects: list[Person | Entity]) -> list[tuple[st
     return out
 
 
-@pytest.mark.parametrize("schema", [1, 3])
+@pytest.mark.parametrize("schema", [2, 4])
 def test_cache_of_another_schema_is_refused_then_rebuilt_by_the_next_sync(
     env: Env, schema: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A cache written by another SDK version: its store schema marker is rewritten in
-    the real file (1: the schema before zstd-only bodies; 3: a newer SDK's). A restarted
+    the real file (2: site format 1's records; 4: a newer SDK's). A restarted
     client never reads it: checks raise NeverSynced, status() shows no list, one warning
     says why; the next sync rebuilds it from the snapshot, and every decision is right
     at once (the same as before: listed, revoked, related, restricted, not listed)."""
@@ -282,14 +271,14 @@ def test_damaged_local_copy_falls_back_to_snapshot(env: Env) -> None:
     cache = Path(client.status().cache_dir)
     db = cache / (cache / "CURRENT").read_text().strip()
     with contextlib.closing(sqlite3.connect(db)) as conn:
-        conn.execute("DELETE FROM records WHERE entry_id = ?", (a["entry_id"],))
+        conn.execute("DELETE FROM records WHERE entry_id = ?", (p.record_id(a["entry_id"]),))
         conn.commit()
-    p.revoke(a["entry_id"])
+    p.update(a["entry_id"], measures=["travel.flight"])  # the delta replaces the lost record
     result = client.sync()
     assert (result.mode, result.to_version) == ("snapshot", 2)
     assert isinstance(result.delta_error, DigestMismatch)
     assert result.fallback_reason is not None and "rolled back" in result.fallback_reason
-    assert action(client, a) == "allow"
+    assert action(client, a) == "allow"  # not restricted from hotels any more
     assert action(client, keep) == "block"
     assert client.verify().version == 2
 
@@ -304,7 +293,7 @@ def test_resume_after_a_cut_connection(env: Env) -> None:
         p.add_person(publish=False)
     secret = p.add_person(visibility="restricted", audience=[p.subscriber_id], publish=False)
     result = p.publish()
-    assert result.restricted
+    assert result.boxes and result.restricted_entries == 1
     snap = result.snapshot
     assert snap.length > 8000
     env.faults.add("reset", "/" + snap.path, after=5000)
@@ -634,8 +623,9 @@ def test_failed_sync_right_after_a_root_rotation_keeps_the_old_version(env: Env)
     cache = p.directory / "rotation-cache"
 
     def client() -> Client:
-        return Client(env.server.url, pinned, cache, transport=env.recorder, push=False,
-                      retry=RetryPolicy(attempts=1))  # fmt: skip
+        return Client(env.server.url, pinned, cache, p.subscriber_id, transport=env.recorder,
+                      push=False, retry=RetryPolicy(attempts=1),
+                      subscriber_key=p.subscriber_key_dir)  # fmt: skip
 
     first = client()
     first.sync()
@@ -670,7 +660,15 @@ def test_local_list_whose_manifest_no_longer_verifies(env: Env) -> None:
     cache = p.directory / "pinned-cache"
 
     def client() -> Client:
-        return Client(env.server.url, pinned, cache, transport=env.recorder, push=False)
+        return Client(
+            env.server.url,
+            pinned,
+            cache,
+            p.subscriber_id,
+            transport=env.recorder,
+            push=False,
+            subscriber_key=p.subscriber_key_dir,
+        )
 
     first = client()
     first.sync()

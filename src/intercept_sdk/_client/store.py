@@ -521,7 +521,13 @@ class StoreState:
 
 @dataclass(frozen=True)
 class ChangeSet:
-    """Entry ids that differ between two versions (public and restricted together).
+    """Records that differ between two versions (public and restricted together).
+
+    The sets hold record ids (32 hex digits), not entry ids: site format 2 names no entry
+    on the site, and a record id links to an entry only for someone holding the key
+    epoch's hash key (``TestPlatform.record_id`` gives it in tests). A new key epoch
+    renames every record, so across a rotation everything is removed and added. To learn
+    what changed for the people a unit cares about, re-check them (``watch()`` does).
 
     ``from_version`` is ``None`` when there was no readable previous version: every entry
     is then new, and the sets are left **empty** on purpose (a first sync of 10 million

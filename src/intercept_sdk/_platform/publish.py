@@ -115,6 +115,7 @@ __all__ = [
     "Sealer",
     "WorkFactor",
     "add_subscriber",
+    "current_hash_key",
     "publish",
     "record_sum",
     "sealed_record",
@@ -1228,6 +1229,25 @@ def _key_epoch(
             else f"epoch {number} is {age / 86400:.1f} days old",
         )
     return _Epoch(number + 1, os.urandom(32), format_utc(now), members, True)
+
+
+def current_hash_key(keys_dir: Path | str) -> tuple[int, bytes]:
+    """``(key epoch, hash key)`` of the newest published version, from the publisher state.
+
+    For the platform's own tooling (tests, diagnostics): the key never leaves the key
+    directory except inside the units' sealed boxes. ConfigurationError before any publish.
+    """
+    state = KeyDir(keys_dir).state_dir / _STATE_DB
+    if not state.is_file():
+        raise ConfigurationError(f"nothing published from {keys_dir} yet")
+    db = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+    try:
+        rows = dict(db.execute("SELECT key, value FROM meta WHERE key LIKE 'epoch_%'").fetchall())
+    finally:
+        db.close()
+    if "epoch_number" not in rows:
+        raise ConfigurationError(f"nothing published from {keys_dir} yet")
+    return int(rows["epoch_number"]), bytes.fromhex(rows["epoch_hash_key"])
 
 
 def _save_epoch(db: sqlite3.Connection, epoch: _Epoch) -> None:

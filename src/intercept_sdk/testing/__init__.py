@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 from .._client.client import Client
 from .._client.keys import subscriber_keygen
 from .._platform.keys import add_subscriber, keygen
-from .._platform.publish import PublishResult, publish
+from .._platform.publish import PublishResult, current_hash_key, publish
 from .._protocol.identifiers import id_check
+from .._protocol.sealing import record_id
 from .synth import valid_id_number, valid_uscc
 
 if TYPE_CHECKING:
@@ -245,6 +246,12 @@ class TestPlatform:
             **options,
         )
         return self.last
+
+    def record_id(self, entry_id: str) -> str:
+        """The record id (hex) of ``entry_id`` in the current key epoch: what a sync's
+        :class:`~intercept_sdk.ChangeSet` names (site format 2 publishes no entry ids)."""
+        _epoch, hash_key = current_hash_key(self.keys_dir)
+        return record_id(hash_key, entry_id).hex()
 
     # -- clients ------------------------------------------------------------------
     def client(
