@@ -228,3 +228,59 @@ def test_box_payload_refuses_tampering() -> None:
     for payload_bad in bad:
         with pytest.raises(FormatError):
             S.parse_box_payload(payload_bad, version=1)
+
+
+def test_bodies_are_deflated_with_the_protocol_dictionary_and_capped() -> None:
+    import zlib
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    work = S.WorkFactor()
+    plain = (
+        '{"case_no":"(2024)冀0203执1号","court":"唐山市路北区人民法院","entry_id":"R1",'
+        '"measures":["*"],"name":"王建国","obligation":"支付货款100000元及利息",'
+        '"performance":"全部未履行","published_at":"2025-03-18","severity":1,'
+        '"status":"active","subject_type":"person","unperformed_amount":"86000.00",'
+        '"visibility":"public"}'
+    ).encode()
+    line = S.seal_record(HASH_KEY, "R1", plain, _keks(HASH_KEY, work, ("id", ID_A, 0)))
+    rec = S.parse_sealed(line)
+    assert len(rec.body) < len(plain) // 2  # the dictionary does most of the work
+    secret = S.identifier_secret(HASH_KEY, "id", ID_A)
+    opened = S.open_wrap(S.kek(secret, work), rec.rid, S.tag(secret), rec.wraps[0][1])
+    assert opened is not None and S.open_body(opened[0], rec.rid, rec.body) == plain
+    with pytest.raises(ValueError):
+        S.seal_record(HASH_KEY, "R2", b" " * (S.MAX_PLAINTEXT + 1), [])
+    # a bomb: a body that inflates past the cap is refused, not inflated
+    key = bytes(32)
+    bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
+    data = bomb.compress(b"\0" * (S.MAX_PLAINTEXT + 1)) + bomb.flush()
+    body = AESGCM(key).encrypt(bytes(12), data, rec.rid)
+    with pytest.raises(FormatError):
+        S.open_body(key, rec.rid, body)
+    with pytest.raises(FormatError):  # not DEFLATE at all
+        S.open_body(key, rec.rid, AESGCM(key).encrypt(bytes(12), b"\xff\xff", rec.rid))
+
+
+def test_the_fast_wrap_reader_agrees_with_the_strict_parser(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    work = S.WorkFactor()
+    keks = _keks(HASH_KEY, work, ("id", ID_A, 0), ("id", ID_A, 3), ("org", "600037341", 0))
+    line = S.seal_record(HASH_KEY, "R9", b'{"entry_id":"R9"}', keks)
+    rec = S.parse_sealed(line)
+    expected = {
+        t: (rec.rid, rec.body, [b for u, b in rec.wraps if u == t])
+        for t in {t for t, _ in rec.wraps} | {12345}
+    }
+    with monkeypatch.context() as mp:  # a canonical line never needs the strict parser
+        mp.setattr(S, "parse_sealed", None)
+        for t, want in expected.items():
+            assert S.wraps_of(line, t) == want
+    # a line in another (non-canonical but valid) layout takes the strict path
+    spaced = json.dumps(json.loads(line), indent=1).encode()
+    t0 = rec.wraps[0][0]
+    assert S.wraps_of(spaced, t0) == S.wraps_of(line, t0)
+    for bad in (line[:-1], line.replace(b'"r":"', b'"r":"0'), line + b" x"):
+        with pytest.raises(FormatError):
+            S.wraps_of(bad, t0)

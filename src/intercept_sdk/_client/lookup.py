@@ -39,7 +39,7 @@ from .._exceptions import (
     VerificationError,
 )
 from .._protocol.catalog import KEY_RELATIONS
-from .._protocol.sealing import TAG_BYTES, WorkFactor, kek, open_body, open_wrap, parse_sealed
+from .._protocol.sealing import TAG_BYTES, WorkFactor, kek, open_body, open_wrap, wraps_of
 from .decisions import Entity, KeyMaker, Person, Probe, Subject, probes_for
 from .store import Hit, Store, StoreState
 from .sync import Updater
@@ -81,9 +81,11 @@ class Opener:
     def open(self, secret: bytes, rows: Sequence[Hit]) -> list[Hit]:
         """The hits ``secret`` really opens among the rows its tag found: one per
         (record, relation), with the record's plaintext as ``record``."""
+        t = int.from_bytes(secret[:TAG_BYTES], "big")
+        if len(rows) == 1:
+            return self._open_one(secret, t, rows[0].record)
         out: list[Hit] = []
         opened: set[bytes] = set()
-        t = int.from_bytes(secret[:TAG_BYTES], "big")
         for row in rows:
             if row.record in opened:
                 continue  # a tag listed twice in one record: one index row each
@@ -93,16 +95,16 @@ class Opener:
 
     def _open_one(self, secret: bytes, t: int, line: bytes) -> list[Hit]:
         try:
-            sealed = parse_sealed(line)
+            rid, body, blobs = wraps_of(line, t)
         except FormatError as exc:
             raise StoreCorrupted(f"a stored sealed record is malformed: {exc}") from None
+        if not blobs:
+            return []
         key = self._kek(secret)
         record_key: bytes | None = None
         relations: list[str] = []
-        for wt, blob in sealed.wraps:
-            if wt != t:
-                continue
-            got = open_wrap(key, sealed.rid, wt, blob)
+        for blob in blobs:
+            got = open_wrap(key, rid, t, blob)
             if got is None:
                 continue  # another identifier sharing the 32-bit tag
             record_key, rel = got
@@ -112,11 +114,11 @@ class Opener:
         if record_key is None:
             return []
         try:
-            plain = open_body(record_key, sealed.rid, sealed.body)
+            plain = open_body(record_key, rid, body)
         except VerificationError:
             raise StoreCorrupted("a stored sealed record body does not open") from None
-        rid = sealed.rid.hex()
-        return [Hit(rid, relation, secret, plain) for relation in relations]
+        rid_hex = rid.hex()
+        return [Hit(rid_hex, relation, secret, plain) for relation in relations]
 
 
 class Lookup:
@@ -225,6 +227,8 @@ class Lookup:
             return rows
         opener = self.opener
         assert opener is not None  # set by validate()
+        if len(secrets) == 1:  # check() of a Person: every row is of its one tag
+            return opener.open(secrets[0], rows)
         by_tag: dict[bytes, list[Hit]] = {}
         for row in rows:
             by_tag.setdefault(row.key, []).append(row)

