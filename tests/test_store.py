@@ -1046,8 +1046,9 @@ def test_a_file_of_another_schema_is_never_read(
 ) -> None:
     """A list file whose schema marker (PRAGMA user_version) is not this version's, as an
     older (2: site format 1; 1, and 0) or newer (4) SDK leaves it: every read refuses it
-    with NeverSynced (one warning, not one per read), writes in place refuse it as no base, verify() does
-    not mark it damaged, and the next snapshot replaces it (the old file is not kept)."""
+    with NeverSynced (one warning, not one per read), writes in place refuse it as no
+    base, verify() does not mark it damaged, and the next snapshot replaces it (the old
+    file is not kept)."""
     v1 = base_records(8)
     v2 = [*v1[1:], person("E00050", id_number(50))]
     snapshot(Store(cache), 1, v1)
