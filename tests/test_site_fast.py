@@ -33,16 +33,17 @@ from intercept_sdk._exceptions import ConfigurationError, InvalidEntry
 from intercept_sdk._platform import publish as _site
 from intercept_sdk._platform.keys import add_subscriber, keygen
 from intercept_sdk._platform.publish import PublishResult, publish
+from intercept_sdk._protocol import sealing
 from intercept_sdk._protocol.catalog import measure_codes
 from intercept_sdk._protocol.identifiers import id_check
-from intercept_sdk._protocol.keyedhash import KeyedHash
 from intercept_sdk._protocol.models import fast_entry_dict, parse_entry
+from intercept_sdk._protocol.sealing import WorkFactor
 from intercept_sdk._protocol.signing import Envelope
 from intercept_sdk.testing.synth import generate_entries
 
 NOW = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
 HASH_KEY = bytes(range(32))
-KEY_HEX = KeyedHash(HASH_KEY).hexer()
+SEALER = _site.Sealer(HASH_KEY, WorkFactor())
 KNOWN = measure_codes()
 Value = Any
 Mutation = Callable[[dict[str, Any], random.Random], None]
@@ -343,9 +344,28 @@ def _line(obj: dict[str, Any], rng: random.Random) -> bytes:
     return json.dumps(obj, ensure_ascii=rng.random() < 0.3).encode("utf-8", "surrogatepass")
 
 
+def _open(line: bytes, item: bytes | dict[str, Any]) -> dict[str, Any]:
+    """The plaintext of a sealed line, opened with the debtor's own identifier."""
+    fields = parse_entry(json.loads(item) if isinstance(item, bytes) else item).to_json_dict()
+    if fields.get("id_number"):
+        secret = sealing.identifier_secret(HASH_KEY, "id", fields["id_number"])
+    else:
+        org = fields.get("org_code") or fields["uscc"][8:17]
+        secret = sealing.identifier_secret(HASH_KEY, "org", org)
+    sealed = sealing.parse_sealed(line)
+    for t, blob in sealed.wraps:
+        opened = sealing.open_wrap(sealing.kek(secret, WorkFactor()), sealed.rid, t, blob)
+        if opened is not None:
+            plain: dict[str, Any] = json.loads(
+                sealing.open_body(opened[0], sealed.rid, sealed.body)
+            )
+            return plain
+    raise AssertionError("the sealed line does not open with the entry's identifier")
+
+
 def _slow(item: bytes | dict[str, Any]) -> Any:
     try:
-        return _site._slow_item(item, HASH_KEY)
+        return _site._slow_item(item, SEALER)
     except InvalidEntry:
         return "invalid"
     except Exception as exc:  # whatever the model path raises, the fast path must defer
@@ -391,7 +411,7 @@ def test_fast_item_equals_slow_item_from_dicts_and_lines(entries: list[dict[str,
     for obj in entries:
         line = _line(obj, rng)
         for item in (obj, line):
-            fast = _site._fast_item(item, KEY_HEX, KNOWN)
+            fast = _site._fast_item(item, SEALER, KNOWN)
             if fast is not None:
                 assert fast == _slow(item), item
                 fast_count += 1
@@ -406,7 +426,7 @@ def test_every_generated_entry_takes_the_fast_path() -> None:
         3000, seed=11, restricted=40, audience=["bank-a"], revoked_ratio=0.2, minors=0
     ):
         for item in (e, _line(e, rng)):
-            fast = _site._fast_item(item, KEY_HEX, KNOWN)
+            fast = _site._fast_item(item, SEALER, KNOWN)
             assert fast is not None, e
             assert fast == _slow(item)
 
@@ -427,13 +447,13 @@ def test_fast_path_refuses_odd_json_the_model_refuses() -> None:
     ]
     for line in odd:
         assert line != good.encode()
-        assert _site._fast_item(line, KEY_HEX, KNOWN) is None
+        assert _site._fast_item(line, SEALER, KNOWN) is None
         assert isinstance(_slow(line), str)  # refused by the model too
     # Duplicate keys: the last one counts, for the model and for the fast path alike.
     dup = good[:-1] + ',"name":"李四"}'
-    fast = _site._fast_item(dup.encode(), KEY_HEX, KNOWN)
+    fast = _site._fast_item(dup.encode(), SEALER, KNOWN)
     assert fast is not None and fast == _slow(dup.encode())
-    assert json.loads(fast[3])["name"] == "李四"
+    assert fast[3] is not None and _open(fast[3], dup.encode())["name"] == "李四"
 
 
 def test_fast_path_does_not_cache_wrong_answers() -> None:
@@ -442,11 +462,11 @@ def test_fast_path_does_not_cache_wrong_answers() -> None:
     for _ in range(3):
         for value in _REVOKED:
             m = {**e, "revoked_at": value}
-            fast = _site._fast_item(m, KEY_HEX, KNOWN)
+            fast = _site._fast_item(m, SEALER, KNOWN)
             assert fast is None or fast == _slow(m)
         for value in _DATES:
             m = {**e, "filed_at": value}
-            fast = _site._fast_item(m, KEY_HEX, KNOWN)
+            fast = _site._fast_item(m, SEALER, KNOWN)
             assert fast is None or fast == _slow(m)
 
 

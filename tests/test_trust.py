@@ -31,6 +31,7 @@ from intercept_sdk._exceptions import (
     TrustRootError,
 )
 from intercept_sdk._platform.keys import build_root_payload, sign_root
+from intercept_sdk._protocol.sealing import WorkFactor
 from intercept_sdk._protocol.signing import (
     MANIFEST_TYPE,
     ROOT_TYPE,
@@ -44,6 +45,7 @@ from intercept_sdk._util import format_utc
 NOW = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
 SHA_A = hashlib.sha256(b"a").hexdigest()
 SHA_B = hashlib.sha256(b"b").hexdigest()
+LOCATOR = "0123456789abcdef" * 2  # an opaque box locator (32 lower-case hex digits)
 
 
 def _keys(n: int) -> list[SigningKey]:
@@ -81,12 +83,13 @@ class World:
     def manifest_payload(self, version: int, **over: Any) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "type": "manifest",
-            "spec": 1,
+            "spec": 2,
             "version": version,
             "root_version": 1,
             "published_at": format_utc(NOW - dt.timedelta(hours=1)),
             "expires": format_utc(NOW + dt.timedelta(days=1)),
-            "hash_key": "11" * 32,
+            "key_epoch": 1,
+            "kdf": {"alg": "hmac"},
             "state": {"entries": 3, "sha256": SHA_A, "sum": SHA_B},
             "snapshot": {
                 "path": f"snapshots/{version}.{SHA_A}.ndjson.gz",
@@ -95,7 +98,13 @@ class World:
                 "raw_length": 30,
             },
             "deltas": [],
-            "restricted": {},
+            "boxes": {
+                LOCATOR: {
+                    "path": f"boxes/{version}/{LOCATOR}.{SHA_B}.box",
+                    "sha256": SHA_B,
+                    "length": 4096,
+                }
+            },
         }
         payload.update(over)
         return payload
@@ -152,6 +161,29 @@ def test_valid_manifest_is_accepted_and_kept_as_received(world: World) -> None:
     assert state.manifest is manifest
     assert manifest.raw == data  # persisted as received, never re-serialised
     assert manifest.snapshot == Artefact(f"snapshots/1.{SHA_A}.ndjson.gz", SHA_A, 10, 30)
+    assert manifest.key_epoch == 1
+    assert manifest.work == WorkFactor()
+    assert manifest.boxes == {LOCATOR: Artefact(f"boxes/1/{LOCATOR}.{SHA_B}.box", SHA_B, 4096)}
+
+
+def test_scrypt_work_factor_is_read_from_the_signed_manifest(world: World) -> None:
+    state = trusted_at(world, None)
+    kdf = {"alg": "scrypt", "log2_n": 12, "r": 8, "p": 1}
+    manifest = state.update_manifest(world.manifest(1, kdf=kdf))
+    assert manifest.work == WorkFactor("scrypt", 12, 8, 1)
+
+
+def test_a_format_1_manifest_is_refused_with_a_republish_message(world: World) -> None:
+    """A validly signed site-format-1 manifest (public hash key) is never accepted."""
+    state = trusted_at(world)
+    before = snapshot_of(state)
+    payload = world.manifest_payload(6, spec=1, hash_key="11" * 32, restricted={})
+    for name in ("key_epoch", "kdf", "boxes"):
+        del payload[name]
+    data = sign_envelope(MANIFEST_TYPE, canonical_json(payload), world.online).to_bytes()
+    with pytest.raises(FormatError, match="republish in site format 2"):
+        state.update_manifest(data)
+    assert snapshot_of(state) == before
 
 
 def test_same_manifest_again_changes_nothing(world: World) -> None:
@@ -263,7 +295,7 @@ def test_rollback_to_an_older_version_is_rejected(world: World) -> None:
 def test_other_content_under_the_trusted_version_is_rejected(world: World) -> None:
     state = trusted_at(world, 5)
     before = snapshot_of(state)
-    other = world.manifest(5, hash_key="22" * 32)
+    other = world.manifest(5, key_epoch=2)
     with pytest.raises(RollbackError, match="differs from the trusted manifest"):
         state.update_manifest(other)
     assert snapshot_of(state) == before
@@ -345,15 +377,20 @@ def test_artefact_paths_stay_in_their_directory(world: World) -> None:
         {"snapshot": {"path": "snapshots/../manifest.json", "sha256": SHA_A, "length": 1}},
         {"snapshot": {"path": "/etc/passwd", "sha256": SHA_A, "length": 1}},
         {"deltas": [{"from": 1, "path": f"snapshots/1.{SHA_A}.gz", "sha256": SHA_A, "length": 1}]},
+        # a box must lie under boxes/<this version>/<its own locator>.
         {
-            "restricted": {
-                "hotel-1": {
-                    "path": f"restricted/hotel-2/6.{SHA_A}.box",
-                    "sha256": SHA_A,
-                    "length": 1,
-                    "entries": 1,
-                    "state_sha256": SHA_B,
-                }
+            "boxes": {
+                LOCATOR: {"path": f"boxes/5/{LOCATOR}.{SHA_A}.box", "sha256": SHA_A, "length": 1}
+            }
+        },
+        {
+            "boxes": {
+                LOCATOR: {"path": f"boxes/6/{'f' * 32}.{SHA_A}.box", "sha256": SHA_A, "length": 1}
+            }
+        },
+        {
+            "boxes": {
+                LOCATOR: {"path": f"snapshots/6.{SHA_A}.ndjson.gz", "sha256": SHA_A, "length": 1}
             }
         },
     ]
@@ -370,10 +407,27 @@ def test_malformed_signed_content_is_a_format_error(world: World) -> None:
         {"version": "6"},
         {"version": True},
         {"expires": "tomorrow"},
-        {"hash_key": "XY" * 32},
+        {"key_epoch": 0},
+        {"key_epoch": "1"},
+        {"kdf": {"alg": "scrypt", "log2_n": 30, "r": 8, "p": 1}},
+        {"kdf": {"alg": "hmac", "extra": 1}},
+        {
+            "boxes": {
+                "HOTEL-1": {"path": f"boxes/6/HOTEL-1.{SHA_A}.box", "sha256": SHA_A, "length": 1}
+            }
+        },
+        {
+            "boxes": {
+                LOCATOR: {
+                    "path": f"boxes/6/{LOCATOR}.{SHA_A}.box",
+                    "sha256": SHA_A,
+                    "length": (64 << 20) + 1,
+                }
+            }
+        },
         {"deltas": [{"from": 6, "path": f"deltas/6-6.{SHA_A}.ndjson.gz", "sha256": SHA_A}]},
         {"type": "root"},
-        {"spec": 2},
+        {"spec": 3},
     ):
         payload = {**world.manifest_payload(6), **over}
         data = sign_envelope(MANIFEST_TYPE, canonical_json(payload), world.online).to_bytes()
