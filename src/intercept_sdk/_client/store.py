@@ -70,11 +70,6 @@ import pydantic
 import pydantic_core
 from typing_extensions import TypedDict
 
-try:  # Python 3.14+
-    from compression import zstd  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # pragma: no cover - depends on the Python version
-    from backports import zstd  # type: ignore[no-redef,unused-ignore]
-
 from .._exceptions import (
     BaseVersionMismatch,
     DigestMismatch,
@@ -108,8 +103,9 @@ _APPLICATION_ID = 0x49435054  # "ICPT": a foreign SQLite file is refused
 # The store schema: ``PRAGMA user_version`` of every list file (``application_id`` says
 # the file is ours at all). Bumped whenever another SDK version could misread a file:
 # 3 = site format 2 (sealed lines, record ids, tags; meta ``box`` and ``key_epoch``, no
-# hash key); 2 = format-1 records, bodies in zstd forms 3-4 only, dictionary in meta ``zstd_dict``; 1 = files of the
-# unreleased 0.1/0.2 development versions (deflate bodies and meta ``zdict`` possible).
+# hash key; bodies raw, form 5); 2 = format-1 records, bodies in zstd forms 3-4 only,
+# dictionary in meta ``zstd_dict``; 1 = files of the unreleased 0.1/0.2 development
+# versions (deflate bodies and meta ``zdict`` possible).
 # A file of another schema is never read: see _other_schema().
 _SCHEMA_VERSION = 3
 _POINTER_CHECK_S = 0.05  # a swapped CURRENT is noticed within 50 ms
@@ -139,147 +135,29 @@ CREATE TABLE keys(
 # ---------------------------------------------------------------------------------------
 # Body codec
 # ---------------------------------------------------------------------------------------
-# A record is ~600-900 bytes of canonical JSON, mostly Chinese text and fixed key names.
-# Each body is compressed on its own (a lookup decodes one record, not a block), which
-# only pays off with a dictionary (decision 0008): Zstandard at level 3 with a 32 KiB
-# dictionary that zstd's own trainer builds from the head of the first snapshot (reused
-# by later snapshots, so bodies stay comparable). Before compressing, the record's
-# ``"entry_id":"<id>",`` member is replaced by the byte 0x03 (the id is in its own
-# column); JSON text never holds a raw 0x03, and a record that does anyway is stored
-# unmarked (form 4). Measured on 20,000 records here: 4-6 us and 141 bytes per record.
-# No frame checksum or dictionary id: the signed digests cover every record, and the
-# file names its one dictionary (meta ``zstd_dict``).
-#
-# With too few records to train on (a small list), the dictionary is raw content
-# instead: sample records followed by the fixed skeleton below. Its text is the
-# GB18030 encoding with 0x01/0x02 standing for the key members, as an older codec used
-# it; re-encoded as UTF-8 it measured the same (187-192 bytes per body on 2,000
-# synthetic records with 50-900 samples), so its bytes were left as they are.
-#
-# The first byte of a body names its form. Forms 0-2 (raw, and raw deflate with a
-# preset dictionary, files before 0.2) are gone with store schema 1: a file of another
-# schema is never decoded (see ``_check_file``), so a body of any other form is corrupt.
-_ZDICT_STATIC = (
-    # roles and measure codes of targeted or restricted entries
-    '"role":"principal"},{"id_masked":"**********","name":"","role":"director"}'
-    '"role":"supervisor"}"role":"senior_manager"}"role":"responsible_person"}'
-    '"role":"actual_controller"}"measures":["consumption.star_hotel","travel.flight",'
-    '"travel.rail_premium","realestate.purchase","finance.credit","exit.departure"],'
-    # provinces and their abbreviations (case numbers carry the abbreviation)
-    "北京市天津市河北省山西省内蒙古自治区辽宁省吉林省黑龙江省上海市江苏省浙江省安徽省福建省"
-    "江西省山东省河南省湖北省湖南省广东省广西壮族自治区海南省重庆市四川省贵州省云南省西藏自治区"
-    "陕西省甘肃省青海省宁夏回族自治区新疆维吾尔自治区京津冀晋蒙辽吉黑沪苏浙皖闽赣鲁豫鄂湘粤桂琼渝川贵云藏陕甘青宁新"
-    # formulaic phrases of judgments and mediation documents
-    "劳动报酬赔偿款合同价款保证金违约金垫付款工程款租金货款借款本金及利息"
-    "并承担案件受理费元，诉讼费用由被告负担，连带清偿责任，应于调解书生效后日内给付，支付"
-    "给付申请执行人元及迟延履行期间的债务利息，被执行人被告于本判决生效之日起十日内偿还原告"
-    # entity skeleton (canonical key order, markers as the codec writes them)
-    '{"audience":["","basis_doc_no":"()民初号","basis_issuer":"中级人民法院","case_no":"()执号",'
-    '"court":"人民法院",\x03"filed_at":"20-","legal_rep_name":"","measures":["*"],'
-    '"name":"有限责任公司股份有限公司有限公司","obligation":"","org_code":"",\x02,'
-    '"performance":"部分未履行","performed_amount":"","published_at":"20-",'
-    '"related":[{\x01,"id_masked":"**********","name":"","role":"legal_rep"}],'
-    '"revoked_at":"T00:00:00Z","severity":2,"situation":,"status":"revoked",'
-    '"subject_type":"entity","unperformed_amount":"","uscc":"91",'
-    '"valid_until":"20-","visibility":"restricted"}'
-    # person skeleton: the most frequent shape, hence last (shortest distances)
-    '{"age":,"basis_doc_no":"()民初号","basis_issuer":"人民法院","case_no":"()执号",'
-    '"court":"人民法院",\x03"filed_at":"20-","gender":"女",\x01,'
-    '"id_masked":"**********","measures":["*"],"name":"","obligation":"",'
-    '"performance":"全部未履行","performed_amount":"0","published_at":"20-",'
-    '"severity":1,"situation":,"status":"active","subject_type":"person",'
-    '"unperformed_amount":"","visibility":"public"}'
-).encode("gb18030")
-_ZDICT_MAX = 31744  # a raw-content dictionary: samples + static part, at most this
-_TRAIN_RECORDS = 2048  # head of the first snapshot the samples are drawn from
-_TRAIN_SAMPLES = 64  # records of a raw-content dictionary, spread over the samples
-
-_F_ZMARK = 3  # zstd(dict) of the UTF-8 record, its entry_id member replaced by 0x03
-_F_ZUTF8 = 4  # zstd(dict) of the record bytes as they are (fallback)
-_F_RAW = 5  # the record bytes as they are: a sealed line (store schema 3)
-_ZMARK_HEAD = bytes((_F_ZMARK,))
+# Store schema 3 keeps each sealed line exactly as published, after one form byte (5).
+# Schema 2 compressed format-1 records with zstd and a trained dictionary (decision 0008:
+# 141 bytes per record); sealed lines are ciphertext in base64, which zstd shrank by only
+# ~20 % while decoding was the largest single cost of a check() hit (6 us of ~40,
+# measured) and training a dictionary cost every snapshot build. Forms 0-4 belonged to
+# files of other schemas, which are never read (see ``_check_file``): a body of any other
+# form is corrupt.
+_F_RAW = 5
 _RAW_HEAD = bytes((_F_RAW,))
-
-_ZSTD_DICT_SIZE = 32768
-_ZSTD_TRAIN_MIN = 1000  # fewer samples than this: a raw-content dictionary instead
-_ZSTD_DICT_MAGIC = b"\x37\xa4\x30\xec"
-_ZSTD_OPTIONS = {
-    zstd.CompressionParameter.compression_level: 3,
-    zstd.CompressionParameter.checksum_flag: 0,
-    zstd.CompressionParameter.dict_id_flag: 0,
-}
 
 
 class _Codec:
     """Encodes record bytes into a stored body and back, exactly (see the notes above).
 
-    One codec per database file, made from the file's dictionary: the same dictionary
-    gives the same body bytes for the same record (snapshot diffs compare bodies as
-    stored). :class:`StoreCorrupted` for an unusable dictionary or an undecodable body.
+    Stateless; kept as an object so a future schema can bring a per-file codec back
+    without touching the callers. :class:`StoreCorrupted` for an undecodable body.
     """
 
-    __slots__ = ("_base", "_ddict", "_native", "trained", "zdict")
-    _native: _NativeDict | None  # set by the first decode (see _NativeDict)
-
-    def __init__(self, zdict: bytes) -> None:
-        self.zdict = zdict
-        self.trained = zdict[:4] == _ZSTD_DICT_MAGIC
-        try:
-            zd = zstd.ZstdDict(zdict, is_raw=not self.trained)
-            self._ddict: Any = zd.as_digested_dict
-            self._base: Any = zstd.ZstdCompressor(options=_ZSTD_OPTIONS, zstd_dict=self._ddict)
-        except (zstd.ZstdError, ValueError, TypeError) as exc:
-            raise StoreCorrupted(f"the compression dictionary is unusable: {exc}") from None
-
-    def same_as(self, other: _Codec) -> bool:
-        """Whether ``other`` encodes every record to the same body bytes as this one."""
-        return self.zdict == other.zdict
-
-    @staticmethod
-    def train(samples: Sequence[bytes]) -> _Codec:
-        """A codec whose dictionary is trained on ``samples`` (marked up as encoded).
-
-        With too few samples to train on (a small list), the dictionary is raw content
-        instead: samples spread over ``samples``, followed by the fixed skeleton.
-        """
-        marked_samples = [r for r in samples if _mark(r) is not None]
-        if len(marked_samples) >= _ZSTD_TRAIN_MIN:
-            try:
-                trained = zstd.train_dict(marked_samples, _ZSTD_DICT_SIZE)
-            except zstd.ZstdError as exc:  # e.g. samples too alike to learn from
-                _log.debug("zstd dictionary training failed (%s): raw dictionary", exc)
-            else:
-                return _Codec(trained.dict_content)
-        budget = _ZDICT_MAX - len(_ZDICT_STATIC)
-        step = max(1, len(marked_samples) // _TRAIN_SAMPLES)
-        parts: list[bytes] = []
-        size = 0
-        for marked in marked_samples[::step]:
-            if size + len(marked) > budget:
-                break
-            parts.append(marked)
-            size += len(marked)
-        return _Codec(b"".join(parts) + _ZDICT_STATIC)
+    __slots__ = ()
 
     def encode(self, record: bytes, entry_id: str) -> bytes:
-        """The stored body of ``record`` (whose entry_id is ``entry_id``).
-
-        Store schema 3 keeps sealed lines as they are (form 5): their body and wraps are
-        ciphertext in base64, which zstd shrank by only ~20 % while its decoding was the
-        largest single cost of a check() hit (6 us of ~40, measured); the forms 3-4
-        remain readable for the codec's own tests.
-        """
+        """The stored body of ``record`` (whose record id is ``entry_id``)."""
         return _RAW_HEAD + record
-
-    def encode_zstd(self, record: bytes, entry_id: str) -> bytes:
-        """Form 3 (or 4) of ``record``: zstd with the file's dictionary."""
-        marked = _mark(record, entry_id)
-        fmt = _F_ZMARK if marked is not None else _F_ZUTF8
-        data = record if marked is None else marked
-        # One compressor per codec (making one costs ~10 us): only writers encode,
-        # one at a time under the store's write lock (the compressor locks too).
-        out: bytes = self._base.compress(data, zstd.ZstdCompressor.FLUSH_FRAME)
-        return bytes((fmt,)) + out
 
     def encode_parsed(self, record: bytes, entry_id: str) -> bytes:
         """:meth:`encode` of a record :func:`_parse_record` accepted (the build's path)."""
@@ -287,215 +165,12 @@ class _Codec:
 
     def decode(self, body: bytes, entry_id: str) -> bytes:
         """The exact record bytes of ``body``; :class:`StoreCorrupted` if undecodable."""
-        if not body:
-            raise StoreCorrupted(f"stored record {entry_id} is empty")
-        fmt = body[0]
-        if fmt == _F_RAW:  # the hot path: a sealed line as it is
-            return body[1:]
-        if fmt == _F_ZMARK:  # the hot path (every check hit): straight to libzstd
-            try:
-                native = self._native
-            except AttributeError:  # first decode with this codec
-                native = self._native = _NativeDict.of(self)
-            out = None if native is None else native.decompress(body)
-            if out is None:
-                out = self._inflate_checked(body, entry_id)
-            return out.replace(b"\x03", b'"entry_id":"' + entry_id.encode("ascii") + b'",')
-        if fmt == _F_ZUTF8:
-            return self._inflate(body, entry_id)
-        raise StoreCorrupted(f"stored record {entry_id} has unknown body form {fmt}")
-
-    def _inflate(self, body: bytes, entry_id: str) -> bytes:
-        """The frame after the form byte, by the one-shot path where it applies."""
-        try:
-            native = self._native
-        except AttributeError:  # first decode with this codec
-            native = self._native = _NativeDict.of(self)
-        if native is not None:
-            out = native.decompress(body)
-            if out is not None:
-                return out
-        return self._inflate_checked(body, entry_id)
-
-    def _inflate_checked(self, body: bytes, entry_id: str) -> bytes:
-        """:meth:`_inflate_object` with zstd's errors as :class:`StoreCorrupted`."""
-        try:
-            return self._inflate_object(body)
-        except zstd.ZstdError as exc:
-            raise StoreCorrupted(f"stored record {entry_id} cannot be decoded: {exc}") from None
-
-    def _inflate_object(self, body: bytes) -> bytes:
-        """A zstd body through the Python API (a new decompressor per frame)."""
-        z = zstd.ZstdDecompressor(zstd_dict=self._ddict)
-        out: bytes = z.decompress(memoryview(body)[1:], _MAX_RECORD)
-        if not z.eof or z.unused_data:  # not eof: truncated, or past the size cap
-            raise StoreCorrupted("a stored record body is truncated or malformed")
-        return out
+        if body[:1] != _RAW_HEAD or len(body) < 2:
+            raise StoreCorrupted(f"stored record {entry_id} has an unknown body form")
+        return body[1:]
 
 
-# One-shot zstd decompression with a reusable context (decision 0010). The Python API
-# decodes each frame with a new ZstdDecompressor: ZSTD_createDCtx runs CPUID twice (a VM
-# exit on virtual machines, ~5 us) and a fresh ~100 KB context per record evicts the
-# caller's caches: 14 us a body alone, ~23 us of a check() hit in a loop. libzstd's
-# one-shot ZSTD_decompress_usingDDict with one context and output buffer per thread:
-# 7.5 us a body, ~7 us of a hit. Its functions are called through ctypes in the zstd
-# library the zstd module loaded (backports.zstd exports them; a stdlib build links
-# libzstd), checked once against the Python API on a sample; where anything is missing,
-# decode uses the Python API as before.
-class _ZstdLib:
-    """The few libzstd functions of the one-shot path, and one context per thread."""
-
-    def __init__(self, path: str) -> None:
-        import ctypes  # only where the fast path is used
-
-        lib = ctypes.PyDLL(path)  # keeps the GIL: ~2 us calls, no thread switch
-        vp, sz, cp = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p
-
-        def fn(name: str, res: Any, *args: Any) -> Any:
-            f = getattr(lib, name)
-            f.restype, f.argtypes = res, list(args)
-            return f
-
-        self.version = int(fn("ZSTD_versionNumber", ctypes.c_uint)())
-        if self.version < 10400:
-            raise OSError(f"libzstd {self.version} is too old for the one-shot path")
-        self.create_dctx = fn("ZSTD_createDCtx", vp)
-        self.free_dctx = fn("ZSTD_freeDCtx", sz, vp)
-        self.create_ddict = fn("ZSTD_createDDict", vp, cp, sz)
-        self.free_ddict = fn("ZSTD_freeDDict", sz, vp)
-        self.frame_size = fn("ZSTD_findFrameCompressedSize", sz, cp, sz)
-        self.content_size = fn("ZSTD_getFrameContentSize", ctypes.c_ulonglong, cp, sz)
-        self.decompress = fn("ZSTD_decompress_usingDDict", sz, vp, vp, sz, cp, sz, vp)
-        self.array = ctypes.c_char
-        self.local = threading.local()
-
-    def context(self) -> _DCtx:
-        """This thread's context and output buffer (freed with the thread's locals)."""
-        ctx: _DCtx | None = getattr(self.local, "ctx", None)
-        if ctx is None:
-            ptr = self.create_dctx()
-            if not ptr:
-                raise MemoryError("ZSTD_createDCtx failed")
-            ctx = self.local.ctx = _DCtx(self, ptr)
-        return ctx
-
-
-class _DCtx:
-    """A libzstd decompression context and a reusable output buffer, of one thread."""
-
-    __slots__ = ("cap", "lib", "out", "ptr", "view")
-
-    def __init__(self, lib: _ZstdLib, ptr: int) -> None:
-        self.lib, self.ptr = lib, ptr
-        self.grow(1 << 14)
-
-    def grow(self, size: int) -> None:
-        buf = bytearray(size)
-        self.out = (self.lib.array * size).from_buffer(buf)
-        self.view = memoryview(buf)
-        self.cap = size
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # e.g. at interpreter exit
-            self.lib.free_dctx(self.ptr)
-
-
-_ZLIB: list[_ZstdLib | None] = []  # [] not tried yet, [None] unavailable
-
-
-def _zstd_lib() -> _ZstdLib | None:
-    if _ZLIB:
-        return _ZLIB[0]
-    import sys
-
-    lib: _ZstdLib | None = None
-    for name in ("backports.zstd._zstd", "_zstd"):
-        module = sys.modules.get(name)
-        path = getattr(module, "__file__", None)
-        if not isinstance(path, str) or not path.endswith((".so", ".pyd", ".dylib")):
-            continue
-        try:
-            lib = _ZstdLib(path)
-        except (OSError, AttributeError, ImportError) as exc:
-            _log.debug("zstd one-shot path unavailable in %s: %s", path, exc)
-            continue
-        break
-    _ZLIB.append(lib)
-    return lib
-
-
-class _NativeDict:
-    """A digested dictionary in libzstd, for :meth:`_Codec._inflate` (see above)."""
-
-    __slots__ = ("lib", "ptr")
-
-    def __init__(self, lib: _ZstdLib, ptr: int) -> None:
-        self.lib, self.ptr = lib, ptr
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # e.g. at interpreter exit
-            self.lib.free_ddict(self.ptr)
-
-    @staticmethod
-    def of(codec: _Codec) -> _NativeDict | None:
-        """``codec``'s dictionary, or ``None`` when the one-shot path is unavailable or
-        does not decode a sample exactly as the Python API does."""
-        lib = _zstd_lib()
-        if lib is None:
-            return None
-        ptr = lib.create_ddict(codec.zdict, len(codec.zdict))
-        if not ptr:
-            return None
-        native = _NativeDict(lib, ptr)
-        try:
-            sample = _ZDICT_STATIC + codec.zdict[-512:]
-            body = bytes((_F_ZUTF8,)) + codec._base.compress(
-                sample, zstd.ZstdCompressor.FLUSH_FRAME
-            )
-            ok = native.decompress(body) == sample == codec._inflate_object(body)
-        except (zstd.ZstdError, ValueError, TypeError, StoreCorrupted):
-            ok = False
-        if not ok:
-            _log.warning("zstd one-shot path disagrees with the zstd module: not used")
-            return None
-        return native
-
-    def decompress(self, body: bytes) -> bytes | None:
-        """The frame after the form byte, exactly as ``_inflate_object`` decodes it:
-        :class:`StoreCorrupted` for a truncated, malformed, oversized or followed frame;
-        ``None`` when the frame does not say its size (then the caller's object path)."""
-        lib = self.lib
-        src = body[1:]
-        if type(src) is not bytes:
-            src = bytes(src)
-        n = len(src)
-        if lib.frame_size(src, n) != n:  # an error code, or data after the frame
-            raise StoreCorrupted("a stored record body is truncated or malformed")
-        size = lib.content_size(src, n)
-        if size > _MAX_RECORD:
-            if size == (1 << 64) - 1:  # ZSTD_CONTENTSIZE_UNKNOWN
-                return None
-            raise StoreCorrupted("a stored record body is truncated or malformed")
-        ctx = getattr(lib.local, "ctx", None) or lib.context()
-        if size > ctx.cap:
-            ctx.grow(max(size, 2 * ctx.cap))
-        if lib.decompress(ctx.ptr, ctx.out, size, src, n, self.ptr) != size:
-            # an error code (corrupt data, another dictionary ...)
-            raise StoreCorrupted("a stored record body is truncated or malformed")
-        return bytes(ctx.view[:size])
-
-
-def _mark(record: bytes, entry_id: str | None = None) -> bytes | None:
-    """Form 3's markup: the entry_id member becomes 0x03 (``None``: a 0x03 is there).
-
-    Keys are left as hex: zstd codes them as compactly as raw bytes would be (measured:
-    141 bytes per body as is, 145 as raw bytes), and decoding is then one ``replace``.
-    """
-    if b"\x03" in record:
-        return None
-    if entry_id is None:
-        return record
-    return record.replace(b'"entry_id":"' + entry_id.encode("ascii") + b'",', b"\x03", 1)
+_CODEC = _Codec()
 
 
 # ---------------------------------------------------------------------------------------
@@ -725,15 +400,10 @@ def _check_file(conn: sqlite3.Connection, token: str) -> _Codec:
     schema = conn.execute("PRAGMA user_version").fetchone()[0]
     if schema != _SCHEMA_VERSION:
         raise _other_schema(schema)
-    meta = dict(
-        conn.execute("SELECT k, v FROM meta WHERE k IN ('file_id', 'zstd_dict')").fetchall()
-    )
-    if meta.get("file_id") != token:
+    row = conn.execute("SELECT v FROM meta WHERE k = 'file_id'").fetchone()
+    if row is None or row[0] != token:
         raise StoreCorrupted("the database file is not the one CURRENT names")
-    zstd_dict = meta.get("zstd_dict")
-    if not isinstance(zstd_dict, bytes):
-        raise StoreCorrupted("the database file has no compression dictionary")
-    return _Codec(zstd_dict)
+    return _CODEC
 
 
 def _read_state(conn: sqlite3.Connection) -> tuple[int, StoreState]:
@@ -1279,15 +949,9 @@ class Store:
                 # B-tree filled in key order has full pages (~25 % smaller, faster).
                 conn.execute("CREATE TEMP TABLE stage(k BLOB, rid INTEGER, rel INTEGER)")
                 conn.execute("BEGIN")
-                it = iter(records)
-                head: list[bytes] = []
-                if old is not None and old.codec.trained:
-                    codec = old.codec  # stable dictionary: bodies stay comparable
-                else:
-                    head = list(itertools.islice(it, _TRAIN_RECORDS))
-                    codec = _Codec.train(head)
+                codec = _CODEC
                 diff = _Diff(old, codec)
-                pub = _build_public(conn, codec, diff, itertools.chain(head, it), progress)
+                pub = _build_public(conn, codec, diff, iter(records), progress)
                 rid = pub.count
                 diff.finish_public()
                 if progress is not None:
@@ -1325,7 +989,6 @@ class Store:
                         "applied_at": _now_iso(),
                         "file_id": token,
                         "gen": 1,
-                        "zstd_dict": codec.zdict,
                         **rmeta,
                     },
                 )
@@ -1644,7 +1307,7 @@ def _build_public(
     """Parse, digest, encode and insert the public records of a snapshot build, in order.
 
     One thread, on purpose (decision 0009): parsing (pydantic-core), hashing small
-    records and zstd hold the GIL, and SQLite releases it around every statement step,
+    records and encoding hold the GIL, and SQLite releases it around every statement step,
     so a second thread doing the inserts made each thread wait for the other's GIL
     switch interval and the pair ran slower than one thread. What is cheap here instead:
     rows go in by multi-row ``INSERT`` statements (one step per 200 rows, not per row),
@@ -1665,7 +1328,7 @@ def _build_public(
     krows: list[object] = []  # k, rid, rel, k, rid, rel, ...
     it = iter(records)
     # A batch at a time, one step after the other: each step's code and tables stay in
-    # the CPU caches (zstd's dictionary tables above all): ~10 % less CPU than every
+    # the CPU caches: ~10 % less CPU than every
     # step for each record in turn, in interleaved runs here (decision 0009).
     while batch := list(itertools.islice(it, _BATCH_ROWS)):
         first = rid + 1
@@ -1929,7 +1592,14 @@ class _Delta:
             new_keys = self._replace(rid, eid, old_body, keys)
             conn.execute("UPDATE records SET body = ? WHERE rid = ?", (body, rid))
         if new_keys:
-            conn.executemany(_INSERT_KEY_SQL, [(k, rid, rel) for k, rel in new_keys])
+            try:
+                conn.executemany(_INSERT_KEY_SQL, [(k, rid, rel) for k, rel in new_keys])
+            except sqlite3.IntegrityError:
+                # index rows of a record row that is gone: the local copy is damaged
+                # (the snapshot repairs it); a delta's own content cannot cause this
+                raise StoreCorrupted(
+                    f"{self.label}: the local key index holds rows of a missing record"
+                ) from None
         new_int = _record_int(record)
         self.total += new_int
         self.count += 1
@@ -2124,13 +1794,13 @@ class _Diff:
     """The ChangeSet of a snapshot against the previous file, by a streaming merge-join.
 
     Both sides are in entry_id order, so each new record costs one step of a cursor over
-    the old file. Bodies encoded with the same dictionary are compared as stored (same
-    codec, same bytes) and decoded only when they differ.
+    the old file. Bodies are compared as stored (one codec, same bytes) and decoded only
+    when they differ.
     """
 
     def __init__(self, old: _OldFile | None, codec: _Codec) -> None:
         self.old = old
-        self.same_codec = old is not None and old.codec.same_as(codec)
+        self.same_codec = old is not None  # one codec: equal records, equal bodies
         self.added: set[str] = set()
         self.changed: set[str] = set()
         self.removed: set[str] = set()

@@ -147,6 +147,7 @@ def _inflate(data: bytes) -> bytes:
         raise FormatError("a sealed record body is truncated, too large or has trailing data")
     return out
 
+
 IdentifierKind = Literal["id", "org"]
 
 _KEK_LABEL: Final = b"intercept-sdk/v2 kek"
