@@ -15,6 +15,7 @@ the published key confirm the guess.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as _dt
 import gzip
 import hmac
@@ -33,7 +34,8 @@ def _check_char(body17: str) -> str:
 
 def _manifest_payload(site: Path) -> dict[str, Any]:
     envelope = json.loads((site / "manifest.json").read_bytes())
-    return json.loads(base64.b64decode(envelope["payload"]))
+    payload: dict[str, Any] = json.loads(base64.b64decode(envelope["payload"]))
+    return payload
 
 
 def _public_records(site: Path, manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -156,10 +158,8 @@ def plaintext_leaks(directory: Path, secrets: Iterable[str]) -> dict[str, list[s
         data = path.read_bytes()
         blobs = [data]
         if data[:2] == b"\x1f\x8b":
-            try:
+            with contextlib.suppress(OSError, EOFError):
                 blobs.append(gzip.decompress(data))
-            except (OSError, EOFError):
-                pass
         for secret, needle in needles:
             if any(needle in blob for blob in blobs):
                 found.setdefault(secret, []).append(str(path.relative_to(directory)))

@@ -12,13 +12,12 @@ import datetime as dt
 import gzip
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _privacy import plaintext_leaks, recover_ids_from_audit_log, recover_ids_from_public_site
 
+from _privacy import plaintext_leaks, recover_ids_from_audit_log, recover_ids_from_public_site
 from intercept_sdk import Client, FormatError, NotRegistered, Person
 from intercept_sdk._client.keys import subscriber_keygen
 from intercept_sdk._platform.keys import KeyDir, add_subscriber, keygen
@@ -103,10 +102,10 @@ def _secrets_of(entries: list[dict[str, Any]]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Site:
     s = Site(tmp_path_factory.mktemp("privacy"))
     s.publish()
-    yield s
+    return s
 
 
 def _manifest(site: Path) -> dict[str, Any]:

@@ -409,8 +409,8 @@ def wraps_of(line: bytes, tag_value: int) -> tuple[bytes, bytes, list[bytes]]:
         if len(items) <= MAX_WRAPS:
             want = b"%08x" % tag_value
             try:
-                body = binascii.a2b_base64(body_b64, strict_mode=True)
-                blobs = [binascii.a2b_base64(b, strict_mode=True) for t, b in items if t == want]
+                body = binascii.a2b_base64(body_b64)
+                blobs = [binascii.a2b_base64(b) for t, b in items if t == want]
             except binascii.Error:
                 pass
             else:
