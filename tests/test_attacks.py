@@ -62,7 +62,6 @@ from intercept_sdk._exceptions import (
     StoreCorrupted,
     TooLarge,
     TrustRootError,
-    VerificationError,
 )
 from intercept_sdk._platform.keys import KeyDir, build_root_payload, keygen, rotate_root, sign_root
 from intercept_sdk._platform.publish import current_hash_key, publish
