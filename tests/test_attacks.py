@@ -50,22 +50,24 @@ from intercept_sdk._client.keys import subscriber_keygen
 from intercept_sdk._client.store import Store
 from intercept_sdk._exceptions import (
     BaseVersionMismatch,
+    ConfigurationError,
     DigestMismatch,
     ExpiredError,
     InterceptError,
     NeverSynced,
+    NotRegistered,
     RollbackError,
     RootRotationError,
     SignatureError,
     StoreCorrupted,
     TooLarge,
     TrustRootError,
-    VerificationError,
 )
 from intercept_sdk._platform.keys import KeyDir, build_root_payload, keygen, rotate_root, sign_root
-from intercept_sdk._platform.publish import publish
+from intercept_sdk._platform.publish import current_hash_key, publish
 from intercept_sdk._platform.server import Limits, PlatformServer
 from intercept_sdk._protocol.identifiers import id_number_info
+from intercept_sdk._protocol.sealing import record_id
 from intercept_sdk._protocol.signing import MANIFEST_TYPE, Envelope, SigningKey, canonical_json
 from intercept_sdk._util import atomic_write, format_utc, utcnow
 from intercept_sdk.testing import entry_fields, make_id_number
@@ -547,7 +549,10 @@ def _delta_without_the_revocation(env: Env) -> dict[str, Any]:
     a = env.attacker
     genuine = _v2_delta(env)
     lines = gzip.decompress(a.read(genuine["path"])).splitlines(keepends=True)
-    kept = [ln for ln in lines if b'"entry_id":"E2"' not in ln]
+    # site format 2: the revocation is the removal of E2's record (``D <record id>``)
+    _epoch, hash_key = current_hash_key(env.pristine.keys)
+    removal = b"D\t" + record_id(hash_key, "E2").hex().encode() + b"\n"
+    kept = [ln for ln in lines if ln != removal]
     assert len(kept) == len(lines) - 1
     raw = b"".join(kept)
     entry = a.add_artefact("deltas", lambda sha: f"1-2.{sha}.ndjson.gz", gzip.compress(raw))
@@ -733,23 +738,29 @@ def test_root_rotation_across_three_versions(tmp_path: Path) -> None:
 
 def test_restricted_entry_is_readable_only_by_its_subscriber(env: Env) -> None:
     """R1 is restricted to hotel-a: hotel-a's client enforces it; hotel-b (registered,
-    its own keys), an unnamed client, and hotel-b posing as hotel-a never see it."""
+    its own keys) never sees it, and an unnamed client or hotel-b posing as hotel-a cannot
+    read the list at all (site format 2)."""
     assert check(env.client, "R1").action == "block"
     assert [m.entry_id for m in check(env.client, "R1").matches] == ["E3"]
     other = env.new_client(subscriber="hotel-b")
     other.sync()
     assert check(other, "R1").matches == ()
     assert check(other, "P1").action == "block"  # the public list is the same
-    anonymous = env.new_client(subscriber=None)
-    anonymous.sync()
-    assert check(anonymous, "R1").matches == ()
-    # hotel-b's keys under hotel-a's name: the box is sealed to hotel-a's key.
+    # Site format 2: a client without a subscriber key cannot read the list at all.
+    anonymous = env.new_client(subscriber=None, subscriber_id=None)
+    with pytest.raises(ConfigurationError, match="X25519"):
+        anonymous.sync()
+    with pytest.raises(NeverSynced):
+        check(anonymous, "R1")
+    # hotel-b's keys under hotel-a's name: no box is addressed to that (name, key) pair.
     impostor = env.new_client(subscriber="hotel-b", subscriber_id="hotel-a")
-    with pytest.raises(VerificationError, match="does not open"):
+    with pytest.raises(NotRegistered):
         impostor.sync()
     with pytest.raises(NeverSynced):
         check(impostor, "R1")
-    # The box never reached the other subscribers' caches in any readable form.
-    for c in (other, anonymous):
+    # R1's sealed record reached hotel-a's cache only, never hotel-b's in any form.
+    _epoch, hash_key = current_hash_key(env.pristine.keys)
+    rid = record_id(hash_key, "E3").hex()
+    for c, held in ((env.client, True), (other, False)):
         with Store(Path(c.status().cache_dir), readonly=True) as store:
-            assert store.get_records(["E3"]) == {}
+            assert (rid in store.get_records([rid])) is held

@@ -357,7 +357,14 @@ def test_async_sync_reports_progress(tmp_path: Path) -> None:
         seen: list[tuple[int, int]] = []
 
         async def main() -> None:
-            client = AsyncClient(p.site_dir, p.trust_root, tmp_path / "c", push=False)
+            client = AsyncClient(
+                p.site_dir,
+                p.trust_root,
+                tmp_path / "c",
+                p.subscriber_id,
+                subscriber_key=p.subscriber_key_dir,
+                push=False,
+            )
             try:
                 result = await client.sync(progress=lambda done, total: seen.append((done, total)))
                 assert result.to_version == p.last.version  # type: ignore[union-attr]

@@ -30,6 +30,7 @@ from intercept_sdk import (
     Person,
     WatchChange,
 )
+from intercept_sdk._platform.publish import current_hash_key
 from intercept_sdk._protocol.signing import Envelope
 from intercept_sdk.testing import TestPlatform, make_id_number, make_uscc
 from intercept_sdk.testing.synth import valid_id_number
@@ -97,15 +98,27 @@ def test_block_of_a_stale_list_reviews_instead(platform: TestPlatform) -> None:
     assert "人工复核" in caught.value.notice
 
 
-def test_block_without_subscriber_key_still_blocks(
-    platform: TestPlatform, caplog: pytest.LogCaptureFixture
+def test_without_subscriber_key_the_client_cannot_read_the_list_and_fails_closed(
+    platform: TestPlatform,
 ) -> None:
+    """Site format 2: the list opens only with the hash key in the unit's sealed box, so a
+    unit without its X25519 key reads nothing and never answers 'allow' (format 1 let such
+    a client block, unreported; now it cannot decide at all)."""
     listed = platform.add_person()
-    client = platform.client(subscriber_key=None)
-    with caplog.at_level(logging.WARNING, "intercept_sdk"), pytest.raises(Intercepted) as caught:
-        client.block(Person(listed["id_number"]), "travel.flight")
-    assert caught.value.report_id is None
-    assert "not reported" in caplog.text
+    client = platform.client(subscriber_key=None, sync=False)
+    with pytest.raises(ConfigurationError, match="subscriber"):
+        client.sync()
+    for call in (client.check, client.block):
+        with pytest.raises(InterceptError):  # NeverSynced: no decision, never 'allow'
+            call(Person(listed["id_number"]), "travel.flight")
+    # A cache synced with the key does not help a client started without it: the hash key
+    # is never stored in the clear, so that client cannot look anyone up either.
+    cache = platform.directory / "keyed-cache"
+    platform.client(cache).close()
+    with Client(platform.site_dir, platform.trust_root, cache, platform.subscriber_id) as keyless:
+        for call in (keyless.check, keyless.block):
+            with pytest.raises(ConfigurationError, match="X25519"):
+                call(Person(listed["id_number"]), "travel.flight")
 
 
 def test_block_still_intercepts_when_the_report_is_refused(
@@ -238,7 +251,9 @@ def test_watch_reports_listing_and_revocation(platform: TestPlatform) -> None:
     client.sync()
     (change,) = seen[1]
     assert change.kind == "lifted" and change.subject == Person(old["id_number"])
-    assert change.after.action == "allow" and change.after.reasons == ("revoked",)
+    # site format 2: a revoked entry is no longer published, so the person is not listed
+    assert change.after.action == "allow" and change.after.reasons == ()
+    assert change.after.matches == ()
     assert change.before is not None and change.before.matches[0].entry_id == old["entry_id"]
     # deleted from the list: lifted as well
     platform.remove(newly["entry_id"])
@@ -372,25 +387,43 @@ def test_trust_root_as_bytes_and_cache_reuse(platform: TestPlatform, tmp_path: P
     listed = platform.add_person()
     platform.publish()
     cache = tmp_path / "shared-cache"
-    with Client(platform.site_dir, platform.trust_root.read_bytes(), cache) as a:
+    unit = (platform.subscriber_id,)
+    key = platform.subscriber_key_dir
+    with Client(
+        platform.site_dir, platform.trust_root.read_bytes(), cache, *unit, subscriber_key=key
+    ) as a:
         a.sync()
         assert a.check(Person(listed["id_number"]), "travel.flight").blocked
     assert (cache.stat().st_mode & 0o777) == 0o700
     # a second client (another process in production) answers from the same cache
-    with Client(platform.site_dir, platform.trust_root, cache) as b:
+    with Client(platform.site_dir, platform.trust_root, cache, *unit, subscriber_key=key) as b:
         assert b.check(Person(listed["id_number"]), "travel.flight").blocked
 
 
-def test_a_new_hash_key_is_picked_up_between_checks(tmp_path: Path) -> None:
-    # Two independent platforms publish to one cache directory's view: re-keying must not
-    # answer with keys of the previous list.
+def test_a_new_key_epoch_is_picked_up_between_checks(tmp_path: Path) -> None:
+    """A client reading a cache that another client (another process) moved to a new key
+    epoch must re-key: answering with the previous epoch's hash key would miss everyone."""
     with TestPlatform(tmp_path / "p") as p:
         listed = p.add_person()
-        client = p.client()
-        assert client.check(Person(listed["id_number"]), "travel.flight").blocked
-        km = client._core.lookup.keymaker()
-        client._core.lookup.km = type(km)(b"another hash key of 32 bytes....")  # stale key maker
-        assert client.check(Person(listed["id_number"]), "travel.flight").blocked
+        writer = p.client(p.directory / "shared")
+        reader = p.client(p.directory / "shared", sync=False)
+        assert reader.check(Person(listed["id_number"]), "travel.flight").blocked
+        epoch, old_key = current_hash_key(p.keys_dir)
+        newly = p.add_person(publish=False)
+        p.publish(rotate_after=1e-6)  # a new key epoch: a fresh random hash key
+        new_epoch, new_key = current_hash_key(p.keys_dir)
+        assert new_epoch == epoch + 1 and new_key != old_key
+        assert writer.sync().mode == "snapshot"  # deltas never cross a key epoch
+        # The reader has not synced itself; it notices the new version of the shared cache
+        # within its pointer-check interval (50 ms), then must read it under the new key.
+        deadline = time.monotonic() + 5.0
+        while reader.check(Person(listed["id_number"]), "travel.flight").list_version == 1:
+            assert time.monotonic() < deadline, "the reader never saw the new version"
+            time.sleep(0.02)
+        for subject in (listed, newly):
+            decision = reader.check(Person(subject["id_number"]), "travel.flight")
+            assert decision.blocked and decision.matches[0].entry_id == subject["entry_id"]
+        assert reader.status().list_version == p.last.version  # type: ignore[union-attr]
 
 
 def test_status_reflects_the_list(platform: TestPlatform) -> None:
@@ -477,6 +510,8 @@ def test_http_platform_with_injected_transport(platform: TestPlatform) -> None:
         "https://platform.example",
         platform.trust_root,
         platform.directory / "transport-cache",
+        platform.subscriber_id,
+        subscriber_key=platform.subscriber_key_dir,
         transport=httpx.MockTransport(handler),
         push=False,
     )

@@ -188,17 +188,23 @@ def test_every_required_measure_against_every_relation(
 def test_role_match_names_the_listed_company_and_the_matched_person(world: World) -> None:
     d = world.client.check(Person(world.role_ids["actual_controller"]), "travel.flight")
     (m,) = d.matches
-    assert m.entry_id == world.company["entry_id"]
+    assert m.entry_id == world.company["entry_id"] and m.relation == "actual_controller"
     assert m.name == "唐山市某某建材有限公司" and m.subject_type == "entity"
     assert m.masked_id == world.company_uscc  # an entity's code is public, shown as published
-    assert m.matched_person == "关联2"
-    # every related person is shown; the one published without an ID has no masked ID
-    shown = {(r.role, r.name, r.masked_id is None) for r in m.related}
-    assert ("principal", "无证件人", True) in shown
-    assert ("legal_rep", "关联0", False) in shown
-    masked = {r.name: r.masked_id for r in m.related}
-    idn = world.role_ids["actual_controller"]
-    assert masked["关联2"] == idn[:4] + "*" * 10 + idn[-4:]
+    # Site format 2 publishes related persons by role only, naming the legal representative
+    # alone (decision 0011): an actual controller is matched by the ID in hand, not named.
+    assert m.matched_person is None
+    # every related person is shown by role (the one published without an ID too), and no
+    # related person carries a (masked) ID number or, except the legal rep, a name
+    assert sorted(r.role for r in m.related) == sorted([*ROLES, "principal"])
+    assert all(r.masked_id is None for r in m.related)
+    assert {r.role: r.name for r in m.related}["legal_rep"] == "关联0"
+    assert {r.name for r in m.related if r.role != "legal_rep"} == {""}
+    # matched as the legal representative: the published name is the matched person
+    rep = world.client.check(Person(world.role_ids["legal_rep"]), "travel.flight")
+    (m,) = rep.matches
+    assert m.relation == "legal_rep" and m.matched_person == "关联0"
+    assert m.entry_id == world.company["entry_id"] and m.masked_id == world.company_uscc
 
 
 def test_related_person_without_id_is_never_matched_by_name(world: World) -> None:
@@ -409,21 +415,33 @@ def test_revoked_after_a_delta(tmp_path: Path) -> None:
         p.revoke(e["entry_id"])
         result = c.sync()
         assert result.mode == "delta"
+        # site format 2: a revoked entry leaves the site, so the delta removes its record
+        assert result.changes is not None
+        assert p.record_id(e["entry_id"]) in result.changes.removed
         d = c.check(Person(e["id_number"]), "consumption.star_hotel")
-        assert d.action == "allow" and d.reasons == ("revoked",)
+        assert d.action == "allow" and d.reasons == () and d.matches == () and d.ignored == ()
         assert d.list_version == result.to_version
-        # deleted (removed from the list) leaves no trace at all
-        p.remove(e["entry_id"])
+        # deleted (removed from the list) leaves no trace at all either
+        other = p.add_person()
         c.sync()
-        d = c.check(Person(e["id_number"]), "consumption.star_hotel")
+        assert c.check(Person(other["id_number"]), "travel.flight").blocked
+        p.remove(other["entry_id"])
+        result = c.sync()
+        assert result.mode == "delta"
+        d = c.check(Person(other["id_number"]), "consumption.star_hotel")
         assert d.action == "allow" and d.reasons == () and d.ignored == ()
 
 
 def test_status_deleted_entry_is_not_enforced(tmp_path: Path) -> None:
     with TestPlatform(tmp_path) as p:
         e = p.add_person(status="deleted", revoked_at="2024-06-01T08:00:00+08:00")
-        d = p.client().check(Person(e["id_number"]), "travel.flight")
-        assert d.action == "allow" and d.reasons == ("deleted",)
+        kept = p.add_person()
+        c = p.client()
+        d = c.check(Person(e["id_number"]), "travel.flight")
+        # site format 2 does not publish a deleted entry at all: not listed, no reason
+        assert d.action == "allow" and d.reasons == () and d.matches == () and d.ignored == ()
+        assert c.status().entries == 1  # only the active entry reached the cache
+        assert c.check(Person(kept["id_number"]), "travel.flight").blocked
 
 
 # -- staleness ----------------------------------------------------------------------------------
@@ -491,7 +509,15 @@ def test_clock_never_goes_behind_the_last_successful_sync(tmp_path: Path) -> Non
         d = c.check(Person(e["id_number"]), "travel.flight")
         assert d.checked_at == synced_at and not d.stale and d.action == "block"
         # a new client on the same cache remembers it too (persisted at sync)
-        c2 = Client(p.site_dir, p.trust_root, c.status().cache_dir, audit=False, clock=clock)
+        c2 = Client(
+            p.site_dir,
+            p.trust_root,
+            c.status().cache_dir,
+            p.subscriber_id,
+            subscriber_key=p.subscriber_key_dir,
+            audit=False,
+            clock=clock,
+        )
         try:
             t = c2.check(Person(e["id_number"]), "travel.flight").checked_at
             assert synced_at - _dt.timedelta(seconds=1) < t <= synced_at  # second precision

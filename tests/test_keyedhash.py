@@ -1,7 +1,8 @@
 """The keyed hash of identifiers: one definition, two forms that give the same bytes.
 
-The publisher writes ``HMAC-SHA256(hash_key, kind ":" value)[:16]`` into every record and
-the client derives it again for every lookup; both use
+The publisher seals every record under ``HMAC-SHA256(hash_key, kind ":" value)`` (the
+identifier secret: its tag indexes the record, its KEK wraps the record key) and the client
+derives it again for every lookup; both use
 :mod:`intercept_sdk._protocol.keyedhash`. These tests pin the definition to the plain
 :mod:`hmac` and check that the fast form (pad states hashed once) agrees with it for every
 key length (shorter than, equal to and longer than SHA-256's 64-byte block) and every
@@ -12,12 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import random
 
 import pytest
 
+from intercept_sdk._client import decisions as _decisions
 from intercept_sdk._client.decisions import KeyMaker
 from intercept_sdk._platform import publish as _site
+from intercept_sdk._protocol import sealing
+from intercept_sdk._protocol.catalog import RELATIONS
 from intercept_sdk._protocol.keyedhash import KEY_LENGTH, KeyedHash, identifier_key
 
 KEY_SIZES = (0, 1, 16, 32, 63, 64, 65, 100, 200)
@@ -56,8 +61,9 @@ def test_fast_form_refuses_unknown_kinds_and_non_bytes_keys() -> None:
 
 
 def test_publisher_and_client_meet_on_the_same_keys() -> None:
-    """Both sides call the protocol's definition (no copy of the HMAC left elsewhere)."""
-    assert _site.identifier_key is identifier_key
+    """Both sides call the protocol's definition (no copy of the HMAC left elsewhere), and
+    a record the publisher seals opens with exactly the secrets the client derives."""
+    assert vars(_site)["KeyedHash"] is KeyedHash and vars(_decisions)["KeyedHash"] is KeyedHash
     rng = random.Random(3)
     for size in (16, 32, 64, 65, 100):
         hk = rng.randbytes(size)
@@ -66,6 +72,42 @@ def test_publisher_and_client_meet_on_the_same_keys() -> None:
         assert km.person(idn) == identifier_key(hk, "id", idn)
         assert km.org(org) == identifier_key(hk, "org", org)
         assert km.person(idn) == identifier_key(hk, "id", idn)  # from the memo: the same
+        # the publisher's sealer and the client's key maker meet on a real sealed record
+        sealer = _site.Sealer(hk, sealing.WorkFactor())
+        sealed = sealer.seal_fields(
+            {
+                "entry_id": f"K{size}",
+                "subject_type": "entity",
+                "name": "某公司",
+                "org_code": org,
+                "status": "active",
+                "related": [{"role": "director", "id_number": idn}],
+            }
+        )
+        assert sealed is not None
+        rid_hex, line = sealed
+        rec = sealing.parse_sealed(line)
+        assert rid_hex == rec.rid.hex() == sealing.record_id(hk, f"K{size}").hex()
+        for secret, relation in ((km.org(org), 0), (km.person(idn), RELATIONS.index("director"))):
+            opened = _open(rec, secret)
+            assert opened is not None and opened[1] == relation
+            assert json.loads(sealing.open_body(opened[0], rec.rid, rec.body))["org_code"] == org
+        # a secret under another hash key opens nothing, even when handed the right tag
+        assert _open(rec, KeyMaker(hk + b"x").person(idn), any_tag=True) is None
+
+
+def _open(
+    rec: sealing.SealedRecord, secret: bytes, any_tag: bool = False
+) -> tuple[bytes, int] | None:
+    """The (record key, relation index) ``secret`` opens among ``rec``'s wraps, or None."""
+    for tag_value, blob in rec.wraps:
+        if any_tag or tag_value == sealing.tag(secret):
+            got = sealing.open_wrap(
+                sealing.kek(secret, sealing.WorkFactor()), rec.rid, tag_value, blob
+            )
+            if got is not None:
+                return got
+    return None
 
 
 def test_keyed_hash_states_are_not_shared_between_calls() -> None:

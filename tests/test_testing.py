@@ -12,6 +12,7 @@ import pytest
 
 from intercept_sdk import (
     Client,
+    ConfigurationError,
     Entity,
     Intercepted,
     Person,
@@ -19,6 +20,8 @@ from intercept_sdk import (
     normalize_uscc,
     parse_entry,
 )
+from intercept_sdk._client.keys import subscriber_keygen
+from intercept_sdk._platform.keys import add_subscriber
 from intercept_sdk._protocol.signing import Envelope
 from intercept_sdk.testing import TestPlatform, make_id_number, make_uscc
 
@@ -145,8 +148,27 @@ def test_restricted_entries_reach_the_registered_subscriber_only(tmp_path: Path)
         secret = p.add_person(visibility="restricted", audience=[p.subscriber_id])
         mine = p.client()
         assert mine.check(Person(secret["id_number"]), "travel.flight").blocked
-        other = p.client(subscriber_key=None)  # not this subscriber: cannot open it
-        assert other.check(Person(secret["id_number"]), "travel.flight").action == "allow"
+        public = p.add_person()
+        # another registered unit (its own keys): reads the public list, never the entry
+        report_pub, box_pub = subscriber_keygen(tmp_path / "other-unit")
+        add_subscriber(p.keys_dir, "other-unit", report_pub.read_bytes(), box_pub.read_bytes())
+        p.publish()
+        with Client(
+            p.site_dir,
+            p.trust_root,
+            tmp_path / "other-cache",
+            "other-unit",
+            subscriber_key=tmp_path / "other-unit",
+        ) as other:
+            other.sync()
+            assert other.check(Person(public["id_number"]), "travel.flight").blocked
+            assert other.check(Person(secret["id_number"]), "travel.flight").action == "allow"
+        assert mine.sync().to_version == p.last.version  # type: ignore[union-attr]
+        assert mine.check(Person(secret["id_number"]), "travel.flight").blocked
+        # site format 2: a client without a subscriber key cannot read the list at all
+        keyless = p.client(subscriber_key=None, sync=False)
+        with pytest.raises(ConfigurationError, match="X25519"):
+            keyless.sync()
 
 
 def test_publish_time_and_expiry_are_controllable(tmp_path: Path) -> None:

@@ -120,7 +120,7 @@ def _artefact_hashes(manifest: bytes) -> set[str]:
     payload = Envelope.from_bytes(manifest).payload_json()
     found = {payload["snapshot"]["sha256"]}
     found.update(d["sha256"] for d in payload["deltas"])
-    found.update(b["sha256"] for b in payload["restricted"].values())
+    found.update(b["sha256"] for b in payload["boxes"].values())
     return found
 
 

@@ -461,6 +461,7 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     manifest = (p.site_dir / "manifest.json").read_bytes()
     payload = json.loads(base64.b64decode(json.loads(manifest)["payload"]))
     (delta,) = payload["deltas"]
+    (box,) = payload["boxes"].values()  # the one registered unit's sealed box (format 2)
     return {
         "cache_v1": base / "cache-v1",
         "root": p.trust_root.read_bytes(),
@@ -469,6 +470,7 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "online": keys.online_keys(),
         "root_keys": keys.root_keys(),
         "delta": (p.site_dir / delta["path"]).read_bytes(),
+        "box": (p.site_dir / box["path"]).read_bytes(),
         "snapshot": (p.site_dir / payload["snapshot"]["path"]).read_bytes(),
     }
 
@@ -557,6 +559,8 @@ def test_fuzz_delta_parsing(signed: dict[str, Any], tmp_path: Path) -> None:
             2,
             ops,
             manifest=signed["manifest"],
+            box=signed["box"],
+            key_epoch=signed["payload"]["key_epoch"],
             expected_sum=state["sum"],
             expected_sha256=state["sha256"],
             expected_entries=state["entries"],

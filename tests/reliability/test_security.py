@@ -59,14 +59,24 @@ from intercept_sdk._platform.keys import (
     keygen,
     sign_root,
 )
-from intercept_sdk._platform.publish import publish
+from intercept_sdk._platform.publish import current_hash_key, publish
 from intercept_sdk._platform.server import Limits, PlatformServer
+from intercept_sdk._protocol.sealing import (
+    BOX_PAD_QUANTUM,
+    box_context,
+    box_locator,
+    box_payload,
+    pad,
+    record_id,
+)
 from intercept_sdk._protocol.signing import (
     MANIFEST_TYPE,
     REPORT_TYPE,
     Envelope,
     SigningKey,
     canonical_json,
+    load_x25519_public,
+    seal_box,
     sign_envelope,
 )
 from intercept_sdk._util import atomic_write, format_utc, utcnow
@@ -406,7 +416,10 @@ def _other_base(a: Attacker, s: Site, rng: random.Random) -> None:
 def _delta_without_revocation(a: Attacker) -> dict[str, Any]:
     genuine = a.delta_from(1)
     lines = gzip.decompress(a.read(genuine["path"])).splitlines(keepends=True)
-    kept = [ln for ln in lines if b'"entry_id":"E00001"' not in ln]
+    # site format 2: the revocation is the removal of E00001's record (``D <record id>``)
+    _epoch, hash_key = current_hash_key(a.keys.path)
+    removal = b"D\t" + record_id(hash_key, "E00001").hex().encode() + b"\n"
+    kept = [ln for ln in lines if ln != removal]
     assert len(kept) == len(lines) - 1
     raw = b"".join(kept)
     entry = a.add("deltas", lambda sha: f"1-2.{sha}.ndjson.gz", gzip.compress(raw))
@@ -446,27 +459,37 @@ def _root_attack(kind: str) -> Attack:
     return attack
 
 
+def _our_locator(s: Site) -> str:
+    """The opaque name of SUBSCRIBER's box (format 2: boxes are not named by subscriber)."""
+    pub = load_x25519_public((s.subs[SUBSCRIBER] / "restricted.x25519.pub.pem").read_bytes())
+    return box_locator(SUBSCRIBER, pub.public_bytes_raw())
+
+
 def _box_swap(which: str) -> Attack:
     def attack(a: Attacker, s: Site, rng: random.Random) -> None:
         v2 = Envelope.from_bytes((s.versions[2] / "manifest.json").read_bytes()).payload_json()
         v1 = Envelope.from_bytes((s.versions[1] / "manifest.json").read_bytes()).payload_json()
-        if which == "another version's box":
-            box = v1["restricted"][SUBSCRIBER]
-        else:  # a box sealed for another subscriber, listed under our name
-            entry = a.add(
-                f"restricted/{SUBSCRIBER}", lambda sha: f"2.{sha}.box", _sealed_for_other(s)
-            )
-            box = {**v2["restricted"][SUBSCRIBER], **entry}
-        a.resign(lambda p: p["restricted"].update({SUBSCRIBER: box}))
+        ours = _our_locator(s)
+        if which == "another version's box, own path":
+            box = v1["boxes"][ours]  # its path names version 1: refused before opening
+        elif which == "another version's box":  # v1's bytes under a version-2 name
+            data = (s.versions[1] / v1["boxes"][ours]["path"]).read_bytes()
+            entry = a.add("boxes/2", lambda sha: f"{ours}.{sha}.box", data)
+            box = {**v1["boxes"][ours], **entry}
+        else:  # a box sealed for another subscriber, listed under our locator
+            entry = a.add("boxes/2", lambda sha: f"{ours}.{sha}.box", _sealed_for_other(s))
+            box = {**v2["boxes"][ours], **entry}
+        a.resign(lambda p: p["boxes"].update({ours: box}))
 
     return attack
 
 
 def _sealed_for_other(s: Site) -> bytes:
-    from intercept_sdk._protocol.signing import load_x25519_public, seal_box
-
+    """A well-formed version-2 box under our locator, but sealed to OTHER's key (with a
+    hash key of the attacker's choosing inside)."""
     pub = load_x25519_public((s.subs[OTHER] / "restricted.x25519.pub.pem").read_bytes())
-    return seal_box(pub, gzip.compress(b""), f"{SUBSCRIBER}|2".encode())
+    payload = box_payload(2, 1, os.urandom(32), [])
+    return seal_box(pub, pad(payload, BOX_PAD_QUANTUM), box_context(_our_locator(s), 2))
 
 
 TRAVERSALS = [
@@ -479,9 +502,10 @@ TRAVERSALS = [
     ("delta", "deltas/../snapshots/x"),
     ("delta", "deltas/./../../root/1.root.json"),
     ("delta", "snapshots/1.abc.ndjson.gz"),
-    ("restricted", f"restricted/{SUBSCRIBER}/../{OTHER}/2.x.box"),
-    ("restricted", f"restricted/{OTHER}/2.x.box"),
-    ("restricted", "restricted/../manifest.json"),
+    ("box", "boxes/2/../../manifest.json"),
+    ("box", "boxes/../manifest.json"),
+    ("box", "/etc/passwd"),
+    ("box", "snapshots/2.x.box"),
 ]
 
 
@@ -494,7 +518,7 @@ def _traversal(a: Attacker, s: Site, rng: random.Random) -> None:
         elif where == "delta":
             p["deltas"][0]["path"] = path
         else:
-            p["restricted"][SUBSCRIBER]["path"] = path
+            p["boxes"][_our_locator(s)]["path"] = path
 
     a.resign(edit)
 
@@ -566,6 +590,12 @@ SITE_ATTACKS = [
         VerificationError,
         "does not open",
     ),
+    SiteAttack(
+        "restricted box of another version (its own path)",
+        _box_swap("another version's box, own path"),
+        FormatError,
+        "not allowed",
+    ),
     SiteAttack("path traversal in artefact names", _traversal, FormatError, "not allowed"),
     SiteAttack("decompression bomb (small signed size)", _bomb("small"), TooLarge),
     SiteAttack("decompression bomb (large signed size)", _bomb("large"), FormatError),
@@ -628,23 +658,24 @@ def _db(cache: Path) -> Path:
 
 
 def _tamper_record(cache: Path, rng: random.Random) -> str:
-    """Re-encode a listed record as revoked with the file's own codec: a tamperer who
-    knows the format. The check then says allow; only verify() can tell."""
+    """Swap the sealed lines of two public records, re-encoded with the file's own codec:
+    a tamperer who knows the format (site format 2 records cannot be rewritten without the
+    hash key, so moving genuine ciphertext between records is what is left). Each line
+    still parses; only verify() and the records' own bindings can tell."""
     conn = sqlite3.connect(_db(cache))
     try:
         zdict = conn.execute("SELECT v FROM meta WHERE k = 'zstd_dict'").fetchone()[0]
         codec = _Codec(zdict)
         rows = conn.execute("SELECT rid, entry_id, body FROM records WHERE part = 0").fetchall()
-        rid, eid, body = rng.choice([r for r in rows if r[1] in ("E00000",)] or rows)
-        record = codec.decode(body, eid)
-        forged = record.replace(
-            b'"status":"active"', b'"revoked_at":"2024-06-01T08:00:00+08:00","status":"revoked"'
-        )
-        conn.execute("UPDATE records SET body = ? WHERE rid = ?", (codec.encode(forged, eid), rid))
+        (ra, ea, ba), (rb, eb, bb) = rng.sample(rows, 2)
+        line_a, line_b = codec.decode(ba, ea), codec.decode(bb, eb)
+        assert line_a != line_b
+        conn.execute("UPDATE records SET body = ? WHERE rid = ?", (codec.encode(line_b, ea), ra))
+        conn.execute("UPDATE records SET body = ? WHERE rid = ?", (codec.encode(line_a, eb), rb))
         conn.commit()
     finally:
         conn.close()
-    return "record re-encoded"
+    return "records swapped and re-encoded"
 
 
 def _flip_body(cache: Path, rng: random.Random) -> str:
@@ -675,9 +706,12 @@ def _sql(statement: str) -> Callable[[Path, random.Random], str]:
 
 
 CACHE_TAMPERS: list[tuple[str, Callable[[Path, random.Random], str]]] = [
-    ("listed record rewritten as revoked", _tamper_record),
+    ("two listed records' sealed lines swapped", _tamper_record),
     ("record body byte flipped", _flip_body),
-    ("record deleted", _sql("DELETE FROM records WHERE entry_id = 'E00003'")),
+    (
+        "record deleted",
+        _sql("DELETE FROM records WHERE rid = (SELECT rid FROM records WHERE part = 0 LIMIT 1)"),
+    ),
     ("index row deleted", _sql("DELETE FROM keys WHERE k = (SELECT k FROM keys LIMIT 1)")),
     (
         "signed digest replaced",
