@@ -36,8 +36,10 @@ from pydantic_core import to_json
 
 from intercept_sdk import Entity, Person
 from intercept_sdk._client.keys import subscriber_keygen
-from intercept_sdk._platform.keys import KeyDir, add_subscriber, keygen
-from intercept_sdk._platform.publish import PublishResult, identifier_key, publish
+from intercept_sdk._platform.keys import add_subscriber, keygen
+from intercept_sdk._platform.publish import PublishResult, current_hash_key, publish
+from intercept_sdk._protocol.keyedhash import identifier_key
+from intercept_sdk._protocol.sealing import record_id
 from intercept_sdk.testing.synth import (
     REFERENCE_TODAY,
     generate_entries,
@@ -52,16 +54,14 @@ from .harness import Context, log, rm, worker_env
 SEED = 1
 SUBSCRIBER = "bench-unit"
 LARGE_SEED = 10
-LARGE_VERSION = 1
+LARGE_VERSION = 2
 """Bump to force a rebuild of the cached 10M site (format change)."""
 LARGE_EXPIRES = 300 * 86400.0
 """The cached 10M site's manifest lives 300 days (its root 365), then it is rebuilt."""
 REVOKED_AT = f"{REFERENCE_TODAY.isoformat()}T10:00:00+08:00"
 
-_KEY_RE = re.compile(rb'"(?:id|org)_key":"([0-9a-f]{32})"')
-_ID_KEY_RE = re.compile(rb'"id_key":"([0-9a-f]{32})"')
-_ORG_KEY_RE = re.compile(rb'"org_key":"([0-9a-f]{32})"')
-_PERSON = b'"subject_type":"person"'
+_RID_RE = re.compile(rb'"r":"([0-9a-f]{32})"')
+KEY_BYTES = 32
 
 
 def fingerprint() -> str:
@@ -83,7 +83,8 @@ def new_platform(directory: Path) -> dict[str, Path]:
 
 
 def hash_key(keys: Path) -> bytes:
-    return KeyDir(keys).hash_key()
+    """The hash key of the site's current key epoch (the publisher state's)."""
+    return current_hash_key(keys)[1]
 
 
 # --------------------------------------------------------------------------- source lists
@@ -143,13 +144,16 @@ def list_v2(ctx: Context, n: int, v1: Path, fraction: float) -> tuple[Path, dict
 
 
 def sample_listed(path: Path, n: int, k: int, seed: int) -> list[dict[str, Any]]:
-    """``k`` entries of the list at ``path`` (``n`` lines), drawn at random positions."""
+    """``k`` published entries of the list at ``path`` (``n`` lines), drawn at random
+    positions (revoked, deleted and restricted entries are not on the site: skipped)."""
     want = set(random.Random(seed).sample(range(n), min(k, n)))
     out: list[dict[str, Any]] = []
     with path.open("rb") as f:
         for i, line in enumerate(f):
             if i in want:
-                out.append(json.loads(line))
+                e = json.loads(line)
+                if e.get("status", "active") == "active" and e.get("visibility") != "restricted":
+                    out.append(e)
     random.Random(seed + 1).shuffle(out)
     return out
 
@@ -192,29 +196,62 @@ def miss_subjects(
 # --------------------------------------------------------------------------- baseline rows
 
 
-def rows_file(snapshot: Path, dest: Path, *, collect_keys: bool) -> tuple[int, set[bytes]]:
-    """Write the snapshot's records as baseline rows ``(key, record)`` to ``dest``.
+def _secrets_of(entry: dict[str, Any], hk: bytes) -> list[bytes]:
+    """Every identifier secret of ``entry`` (its own first)."""
+    out = [key_for(entry, hk)]
+    out += [identifier_key(hk, "id", r["id_number"]) for r in entry.get("related", [])
+            if r.get("id_number")]  # fmt: skip
+    return out
 
-    The key is the record's own identifier key (``id_key`` of a person, ``org_key`` of an
-    entity): the one a check of that subject looks up. Format: 16-byte key, 4-byte
-    little-endian length, record bytes. Returns the row count and (if asked) every
-    identifier key in the snapshot, related persons' included.
+
+def rows_file(
+    snapshot: Path,
+    dest: Path,
+    *,
+    source: Path | None = None,
+    hk: bytes | None = None,
+    collect_keys: bool = False,
+) -> tuple[int, set[bytes]]:
+    """Write the snapshot's sealed lines as baseline rows ``(key, line)`` to ``dest``.
+
+    With ``source`` and ``hk``, the key is the entry's own identifier secret (32 bytes):
+    the one a check of that subject derives, so the baseline ``SELECT`` looks up what
+    check() looks up. Without, the key is the line's record id (zero-padded): for the
+    bulk-insert baseline only. Format: 32-byte key, 4-byte little-endian length, line.
+    Returns the row count and (if asked) every identifier secret of the published entries.
     """
+    lines: dict[bytes, bytes] = {}
+    with gzip.open(snapshot, "rb") as src:
+        for line in src:
+            m = _RID_RE.search(line)
+            if m is not None:
+                lines[bytes.fromhex(m.group(1).decode())] = line[:-1]
     keys: set[bytes] = set()
     count = 0
-    with gzip.open(snapshot, "rb") as src, dest.open("wb", buffering=1 << 20) as out:
+    with dest.open("wb", buffering=1 << 20) as out:
         write = out.write
-        for line in src:
-            record = line[:-1]
-            m = (_ID_KEY_RE if _PERSON in record else _ORG_KEY_RE).search(record)
-            if m is None:
-                continue
-            write(bytes.fromhex(m.group(1).decode()))
+
+        def row(key: bytes, record: bytes) -> None:
+            write(key.ljust(KEY_BYTES, b"\0"))
             write(len(record).to_bytes(4, "little"))
             write(record)
-            count += 1
-            if collect_keys:
-                keys.update(bytes.fromhex(k.decode()) for k in _KEY_RE.findall(record))
+
+        if source is None or hk is None:
+            for rid, record in lines.items():
+                row(rid, record)
+                count += 1
+            return count, keys
+        with source.open("rb") as f:
+            for raw in f:
+                entry = json.loads(raw)
+                sealed = lines.get(record_id(hk, entry["entry_id"]))
+                if sealed is None:  # withdrawn, restricted or quarantined: not on the site
+                    continue
+                secrets = _secrets_of(entry, hk)
+                row(secrets[0], sealed)
+                count += 1
+                if collect_keys:
+                    keys.update(secrets)
     return count, keys
 
 
@@ -222,10 +259,10 @@ def iter_rows(path: Path) -> Iterator[tuple[bytes, bytes]]:
     with path.open("rb", buffering=1 << 20) as f:
         read = f.read
         while True:
-            head = read(20)
-            if len(head) < 20:
+            head = read(KEY_BYTES + 4)
+            if len(head) < KEY_BYTES + 4:
                 return
-            yield head[:16], read(int.from_bytes(head[16:], "little"))
+            yield head[:KEY_BYTES], read(int.from_bytes(head[KEY_BYTES:], "little"))
 
 
 def sqlite_bulk_insert(rows: Path, db: Path) -> float:
@@ -298,8 +335,8 @@ def large_site(ctx: Context, n: int) -> dict[str, Any]:
         "snapshot_raw_bytes": result.snapshot.raw_length,
         "snapshot_path": result.snapshot.path,
     }
-    # The publisher's private state (every entry's digest) is not needed to serve the site.
-    rm(paths["keys"] / "state")
+    # The publisher's private state holds the key epoch's hash key: kept (private data of
+    # the benchmark), a later publish or an analysis may need it.
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp, base)
     log(f"built {base.name} in {seconds:.0f}s")

@@ -58,7 +58,15 @@ def run(ctx: Context) -> None:
     ][: s.push_rounds]
     rounds: list[dict[str, Any]] = []
     with server_process(site, subscribers=keys / "subscribers", state=d / "ps") as srv:
-        client = Client(srv.url, paths["root"], d / "cache", background=True, poll_interval="1h")
+        client = Client(
+            srv.url,
+            paths["root"],
+            d / "cache",
+            data.SUBSCRIBER,
+            subscriber_key=paths["subscriber"],
+            background=True,
+            poll_interval="1h",
+        )
         try:
             if not _wait(lambda: client.status().list_version is not None, 300):
                 raise RuntimeError(f"the background client never synced: {client.status()}")

@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--platform", required=True)
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--cache", required=True, type=Path)
+    parser.add_argument("--subscriber-id", required=True)
+    parser.add_argument("--subscriber-key", required=True, type=Path)
     parser.add_argument("--id-number", required=True, help="a person to check")
     parser.add_argument("--measure", default="consumption.star_hotel")
     args = parser.parse_args(argv)
@@ -34,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     subject = Person(args.id_number)
     rss_before = proc_status_kb("VmRSS")
     t0 = time.perf_counter()
-    client = Client(args.platform, args.root, args.cache)
+    client = Client(
+        args.platform,
+        args.root,
+        args.cache,
+        args.subscriber_id,
+        subscriber_key=args.subscriber_key,
+    )
     t1 = time.perf_counter()
     decision = client.check(subject, args.measure)
     t2 = time.perf_counter()

@@ -1,7 +1,8 @@
 """Storage comparison for the local list store: diskcache vs stdlib sqlite3.
 
-Generates realistic public records (canonical JSON, as docs/protocol.md describes: Chinese
-names, courts, case numbers, obligations, keyed hashes instead of ID numbers) and measures,
+Generates realistic records (canonical JSON: Chinese names, courts, case numbers,
+obligations), sealed as site format 2 publishes them (decision 0011; the lookup key is the
+identifier's 4-byte tag), and measures,
 for each candidate:
 
 * bulk load of N records (default 1,000,000),
@@ -31,6 +32,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from intercept_sdk._protocol import sealing
 
 HASH_KEY = bytes(range(32))
 
@@ -168,8 +171,8 @@ _ROLES = ("legal_rep", "principal", "actual_controller", "director", "supervisor
 
 
 def id_key(kind: str, value: str) -> str:
-    """Keyed hash as the publisher computes it (protocol.md): HMAC-SHA256[:16] hex."""
-    return hmac.new(HASH_KEY, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:32]
+    """The identifier's secret as the publisher computes it (protocol.md): HMAC-SHA256 hex."""
+    return hmac.new(HASH_KEY, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
 
 
 def _person_name(rng: random.Random) -> str:
@@ -326,14 +329,38 @@ def make_record(i: int, rng: random.Random, *, marker: str = "") -> tuple[bytes,
         plaintext = idn
         obj["obligation"] = _obligation(rng, name, creditor, amount) + marker
     rec = json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
-    return rec, plaintext
+    return _seal(obj, rec), plaintext
+
+
+def _seal(obj: dict[str, object], plain: bytes) -> bytes:
+    """The sealed line of a record (its identifier secrets are its ``*_key`` fields)."""
+    secrets = [bytes.fromhex(str(obj[f])) for f in ("id_key", "org_key") if f in obj]
+    related = obj.get("related")
+    if isinstance(related, list):
+        secrets += [bytes.fromhex(r["id_key"]) for r in related if "id_key" in r]
+    work = sealing.WorkFactor()
+    return sealing.seal_record(
+        HASH_KEY, str(obj["entry_id"]), plain, [(k, sealing.kek(k, work), 0) for k in secrets]
+    )
+
+
+def rid_of(line: bytes) -> str:
+    return sealing.parse_sealed(line).rid.hex()
+
+
+ENTRY_OF: dict[bytes, int] = {}
+"""The entry number of each generated sealed line (a sealed line does not say it)."""
 
 
 def make_records(n: int, seed: int = 1) -> Iterator[bytes]:
-    """``n`` records in entry_id order."""
+    """``n`` sealed records in record id order (the snapshot's)."""
     rng = random.Random(seed)
+    lines = []
     for i in range(n):
-        yield make_record(i, rng)[0]
+        line = make_record(i, rng)[0]
+        ENTRY_OF[line] = i
+        lines.append(line)
+    yield from sorted(lines, key=rid_of)
 
 
 # ---------------------------------------------------------------------------------------
@@ -381,10 +408,8 @@ def digests(records: list[bytes]) -> tuple[str, str]:
 
 
 def record_keys(record: bytes) -> list[bytes]:
-    obj = json.loads(record)
-    out = [bytes.fromhex(obj[f]) for f in ("id_key", "org_key") if f in obj]
-    out += [bytes.fromhex(r["id_key"]) for r in obj.get("related", ()) if "id_key" in r]
-    return out
+    """The lookup keys of a sealed line: its wraps' 4-byte tags."""
+    return [t.to_bytes(4, "big") for t, _ in sealing.parse_sealed(record).wraps]
 
 
 def calibration() -> dict[str, float]:
@@ -414,7 +439,8 @@ def bench_sqlite_store(
             1,
             iter(records),
             manifest=b"{}",
-            hash_key=HASH_KEY,
+            box=b"box",
+            key_epoch=1,
             expected_sha256=sha,
             expected_sum=total,
         )
@@ -455,17 +481,18 @@ def bench_sqlite_store(
     ops: list[tuple[str, bytes]] = []
     for j, i in enumerate(touched):
         if j % 3 == 2:
-            ops.append(("D", f"E{i:010d}".encode()))
+            ops.append(("D", rid_of(records[i]).encode()))
             new[i] = b""
         else:
-            rec = make_record(i, random.Random(i), marker="（已更新）")[0]
+            e = ENTRY_OF[records[i]]  # a new version of the same entry: same record id
+            rec = make_record(e, random.Random(e), marker="（已更新）")[0]
             ops.append(("P", rec))
             new[i] = rec
     for i in range(n, n + n_touch // 3):
         rec = make_record(i, random.Random(i))[0]
         ops.append(("P", rec))
         new.append(rec)
-    new = [r for r in new if r]
+    new = sorted((r for r in new if r), key=rid_of)
     sha2, total2 = digests(new)
     with Timer() as t:
         store.apply_delta(
@@ -473,6 +500,8 @@ def bench_sqlite_store(
             2,
             ops,
             manifest=b"{}",
+            box=b"box",
+            key_epoch=1,
             expected_sum=total2,
             expected_entries=len(new),
             expected_sha256=sha2,
@@ -585,7 +614,7 @@ def main() -> None:
     rng = random.Random(2)
     sample = rng.sample(records, min(args.lookups, len(records)))
     hits = [record_keys(r)[0] for r in sample]
-    misses = [os.urandom(16) for _ in range(args.lookups)]
+    misses = [os.urandom(4) for _ in range(args.lookups)]
     print(json.dumps(result, indent=1), flush=True)
     result["sqlite_store"] = bench_sqlite_store(records, workdir, hits, misses)
     print(json.dumps(result["sqlite_store"], indent=1), flush=True)

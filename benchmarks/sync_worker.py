@@ -35,13 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--platform", required=True)
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--cache", required=True, type=Path)
+    parser.add_argument("--subscriber-id", required=True)
+    parser.add_argument("--subscriber-key", required=True, type=Path)
     args = parser.parse_args(argv)
 
     from intercept_sdk import Client
 
     rss_import = proc_status_kb("VmRSS")
     t0 = time.perf_counter()
-    client = Client(args.platform, args.root, args.cache)
+    client = Client(
+        args.platform,
+        args.root,
+        args.cache,
+        args.subscriber_id,
+        subscriber_key=args.subscriber_key,
+    )
     t1 = time.perf_counter()
     rss_client = proc_status_kb("VmRSS")
     events: list[tuple[float, int, int]] = []

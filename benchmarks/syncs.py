@@ -42,14 +42,17 @@ def _cache_db_bytes(cache: Path) -> int:
     return total
 
 
-def _sync(site: Path, keys: Path | None, root: Path, cache: Path, state: Path) -> dict[str, Any]:
+def _sync(
+    site: Path, keys: Path | None, root: Path, cache: Path, state: Path, subscriber: Path
+) -> dict[str, Any]:
     subscribers = keys / "subscribers" if keys is not None else None
     with server_process(site, subscribers=subscribers, state=state) as srv:
         return run_worker(
             "benchmarks.sync_worker",
-            ["--platform", srv.url, "--root", str(root), "--cache", str(cache)],
+            ["--platform", srv.url, "--root", str(root), "--cache", str(cache),
+             "--subscriber-id", data.SUBSCRIBER, "--subscriber-key", str(subscriber)],
             timeout=4 * 3600,
-        )
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- publish
@@ -130,12 +133,25 @@ def full_sync(ctx: Context) -> None:
     rows = d / "rows.bin"
     baseline_db = d / "baseline.sqlite"
     log("baseline rows from the snapshot")
-    count, listed = data.rows_file(Path(m["snapshot"]), rows, collect_keys=True)
+    count, listed = data.rows_file(
+        Path(m["snapshot"]),
+        rows,
+        source=Path(m["source"]),
+        hk=data.hash_key(Path(m["keys"])),
+        collect_keys=True,
+    )
     ctx.state["_listed_keys"] = listed
     log(f"baseline: sqlite3 bulk insert of {count:,} rows (before)")
     b1 = data.sqlite_bulk_insert(rows, baseline_db)
     log(f"  {b1:.1f}s; full sync in a worker process")
-    w = _sync(Path(m["site"]), Path(m["keys"]), Path(m["root"]), cache, d / "platform-state")
+    w = _sync(
+        Path(m["site"]),
+        Path(m["keys"]),
+        Path(m["root"]),
+        cache,
+        d / "platform-state",
+        Path(m["subscriber"]),
+    )
     log(f"  {w['seconds']:.1f}s; baseline again (after)")
     b2 = data.sqlite_bulk_insert(rows, baseline_db)
     rm(rows)
@@ -230,7 +246,14 @@ def delta(ctx: Context) -> None:
         notes=f"{art.length:,} bytes for {counts['changed']:,} changed entries",
     )
     log("delta sync in a worker process")
-    w = _sync(Path(m["site"]), Path(m["keys"]), Path(m["root"]), Path(m["cache"]), d / "ps2")
+    w = _sync(
+        Path(m["site"]),
+        Path(m["keys"]),
+        Path(m["root"]),
+        Path(m["cache"]),
+        d / "ps2",
+        Path(m["subscriber"]),
+    )
     if w["mode"] != "delta":
         raise RuntimeError(f"expected a delta sync, got {w['mode']}: {w.get('fallback_reason')}")
     full = float(m["full_sync_seconds"])
@@ -272,10 +295,10 @@ def large(ctx: Context) -> None:
     d = ctx.tmp("large")
     cache = d / "cache"
     log(f"full sync of the {n:,}-entry site in a worker process")
-    w = _sync(p["site"], None, p["root"], cache, d / "platform-state")
+    w = _sync(p["site"], None, p["root"], cache, d / "platform-state", p["subscriber"])
     log(f"  {w['seconds']:.0f}s; baseline rows and sqlite3 bulk insert")
     rows = d / "rows.bin"
-    count, _ = data.rows_file(p["site"] / meta["snapshot_path"], rows, collect_keys=False)
+    count, _ = data.rows_file(p["site"] / meta["snapshot_path"], rows)
     baseline = data.sqlite_bulk_insert(rows, d / "baseline.sqlite")
     rm(rows)
     rm(d / "baseline.sqlite")
@@ -310,6 +333,7 @@ def large(ctx: Context) -> None:
         "cache": str(cache),
         "root": str(p["root"]),
         "site": str(p["site"]),
+        "subscriber": str(p["subscriber"]),
         "entries": meta["entries"],
         "cache_bytes": db_bytes,
     }
@@ -339,6 +363,10 @@ def start(ctx: Context) -> None:
                     str(cache),
                     "--id-number",
                     idn,
+                    "--subscriber-id",
+                    data.SUBSCRIBER,
+                    "--subscriber-key",
+                    str(src["subscriber"]),
                 ],
                 timeout=600,
             )

@@ -630,7 +630,7 @@ class Updater:
         if self.subscriber_id is None or self.restricted_key is None:
             raise ConfigurationError(
                 "site format 2 needs the unit's subscriber id and its X25519 key "
-                "(subscriber_keys=): the list is readable only with the hash key in the "
+                "(subscriber_key=): the list is readable only with the hash key in the "
                 "unit's sealed box"
             )
         public = self.restricted_key.public_key().public_bytes_raw()
