@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .._exceptions import ConfigurationError, InterceptError, InvalidInput
+from . import units as _units
 
 log = logging.getLogger("intercept_sdk.cli")
 
@@ -616,6 +617,7 @@ def _add_subscriber_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     a.add_argument("--restricted-key", help="restricted.x25519.pub.pem")
     a.add_argument("--keys", required=True, help="the platform's keys directory")
     a.set_defaults(func=cmd_subscriber_add)
+    _units.register(ss, sub)  # unit records: add --name..., list, remove; and `stats`
 
 
 def _add_client_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
