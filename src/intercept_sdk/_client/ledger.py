@@ -411,8 +411,12 @@ class Ledger:
         self.path = Path(cache_dir) / LEDGER_FILE
         self.deadlines = deadlines or Deadlines()
         self._clock = clock or (lambda: _dt.datetime.now(_dt.timezone.utc))
-        secret = load_or_create_audit_key(Path(cache_dir) / AUDIT_KEY_FILE)
+        key_path = Path(cache_dir) / AUDIT_KEY_FILE
+        secret = load_or_create_audit_key(key_path)
         self._mac_key = hmac.digest(secret, _PSEUDONYM_LABEL, "sha256")
+        # The cache's history begins when its secret was made (written once, never
+        # modified): a cache older than this ledger still owes its earlier summaries.
+        self._born = _dt.datetime.fromtimestamp(key_path.stat().st_mtime, _dt.timezone.utc)
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._conn_obj: sqlite3.Connection | None = None
@@ -446,7 +450,7 @@ class Ledger:
                         conn.execute(statement)
                 conn.execute(
                     "INSERT OR IGNORE INTO meta(k, v) VALUES ('created_at', ?)",
-                    (format_utc(self._clock()),),
+                    (format_utc(min(self._now(None), self._born)),),
                 )
                 conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
                 conn.execute("COMMIT")
@@ -794,6 +798,7 @@ class Ledger:
         }
 
     def created_at(self) -> _dt.datetime:
+        """When this cache began (its audit secret, or the ledger, whichever is older)."""
         rows = self._read("SELECT v FROM meta WHERE k = 'created_at'")
         return parse_utc(rows[0][0]) if rows else self._now(None)
 

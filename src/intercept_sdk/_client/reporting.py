@@ -11,8 +11,8 @@ Guarantees:
 * ``intercepted`` never lets a report problem turn an interception into an ordinary
   error: a report that cannot be queued is logged and ``report_id`` is ``None``.
 * A data error (a listed minor) is logged and reported once per entry per client.
-* Every closed quarter since the cache's ledger was created (at most
-  :data:`_MAX_QUARTERS_BACK`, and at least last quarter) has its summary queued, idempotently
+* Every quarter that closed since the cache began (at most :data:`_MAX_QUARTERS_BACK`)
+  has its summary queued, idempotently
   (its report id is derived from the subscriber and the quarter), as soon as a sync runs;
   a summary past its due date that has not reached the platform is warned about (once
   per process) and the sender is nudged at once.
@@ -341,12 +341,12 @@ class Reporter:
         return hashlib.sha256(f"{self.subscriber_id}|{tag}".encode()).hexdigest()[:32]
 
     def closed_quarters(self, now: _dt.datetime) -> list[tuple[int, int]]:
-        """The closed quarters whose summaries this unit owes, oldest first: from the
-        ledger's creation (at least last quarter, at most :data:`_MAX_QUARTERS_BACK`)."""
+        """The closed quarters whose summaries this unit owes, oldest first, as
+        ``(year, quarter - 1)``: those that closed since the cache began (its audit
+        secret was made), at most :data:`_MAX_QUARTERS_BACK`. A cache made this quarter
+        owes none yet (a summary of a quarter it did not see would report zeros)."""
         last = _quarter_of(now) - 1
-        first = last
-        if self.ledger is not None:
-            first = min(last, _quarter_of(self.ledger.created_at()))
+        first = last if self.ledger is None else _quarter_of(self.ledger.created_at())
         first = max(first, last - _MAX_QUARTERS_BACK + 1)
         return [divmod(i, 4) for i in range(first, last + 1)]
 
