@@ -502,3 +502,87 @@ def test_cli_lifts_lists_reports_and_fails_on_overdue(
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# -- the async face, subject narrowing, and a ledger that fails -------------------------------
+
+
+def test_async_client_keeps_reviews_and_lists_lifts(platform: TestPlatform, tmp_path: Path) -> None:
+    import asyncio
+
+    from intercept_sdk import AsyncClient
+
+    guest = platform.add_person(measures=[REVIEW])
+
+    async def run() -> None:
+        async with AsyncClient(
+            str(platform.site_dir),
+            platform.trust_root,
+            tmp_path / "a",
+            platform.subscriber_id,
+            subscriber_key=platform.subscriber_key_dir,
+        ) as client:
+            got: list[LedgerEvent] = []
+            client.listen(got.extend)
+            await client.sync()
+            d = await client.block(Person(guest["id_number"]), REVIEW)
+            assert d.action == "review"
+            assert [r.action for r in await client.restrictions()] == ["review"]
+            platform.revoke(guest["entry_id"])
+            await client.sync()
+            assert [r.entry_id for r in await client.lifts()] == [guest["entry_id"]]
+            assert [e.kind for e in got] == ["lift_due"]
+
+    asyncio.run(run())
+
+
+def test_subject_narrows_an_entry_to_one_restriction(
+    platform: TestPlatform, tmp_path: Path
+) -> None:
+    rep, director = make_id_number(), make_id_number()
+    firm = platform.add_entity(
+        related=[
+            {"role": "legal_rep", "name": "甲", "id_number": rep},
+            {"role": "principal", "name": "乙", "id_number": director},
+        ]
+    )
+    client = _client(platform, tmp_path / "c", Clock(_dt.datetime.now(UTC)))
+    try:
+        client.sync()
+        _block(client, rep)
+        _block(client, director)
+        assert len(client.restrictions()) == 2
+        platform.revoke(firm["entry_id"])
+        client.sync()
+        assert len(client.lifts()) == 2
+        client.report("lift", firm["entry_id"], measure=HOTEL, subject=Person(rep))
+        (left,) = client.lifts()
+        assert left.relation == "principal"
+        with pytest.raises(InvalidInput):
+            client.report("lift", firm["entry_id"], subject="not a subject")
+    finally:
+        client.close()
+
+
+def test_a_failing_ledger_never_turns_an_interception_into_an_error(
+    platform: TestPlatform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from intercept_sdk._exceptions import StoreError
+
+    guest = platform.add_person()
+    client = _client(platform, tmp_path / "c", Clock(_dt.datetime.now(UTC)))
+    try:
+        client.sync()
+
+        def broken(*a: Any, **k: Any) -> list[str]:
+            raise StoreError("disk full (injected)")
+
+        monkeypatch.setattr(client._core.ledger, "record", broken)
+        exc = _block(client, guest["id_number"])  # still Intercepted, still reported
+        assert exc.report_id is not None
+        monkeypatch.setattr(client._core.ledger, "reconcile", broken)
+        platform.revoke(guest["entry_id"])
+        client.sync()  # the sync succeeds; reconciling is retried after the next one
+        assert client.status().list_version == platform.last.version  # type: ignore[union-attr]
+    finally:
+        client.close()
