@@ -627,8 +627,13 @@ class Ledger:
                 ).rowcount
                 if changed:
                     refs.append(item.ref)
-        for r in refs:
-            log.warning("restriction %s must be lifted before %s", r, format_utc(deadline))
+        if refs:  # one line per reconciliation, not per item (a bulk revocation is common)
+            log.warning(
+                "%d restriction(s) must be lifted before %s (first: %s)",
+                len(refs),
+                format_utc(deadline),
+                refs[0],
+            )
         return [LedgerEvent("lift_due", x) for x in self.get_many(refs)]
 
     def overdue_events(self, *, now: _dt.datetime | None = None) -> list[LedgerEvent]:
@@ -651,8 +656,12 @@ class Ledger:
                     (ref,),
                 ).rowcount:
                     told.append(str(ref))
-        for r in told:
-            log.error("restriction %s: lift overdue (no lift reported before its deadline)", r)
+        if told:
+            log.error(
+                "%d restriction(s) overdue: no lift reported before the deadline (first: %s)",
+                len(told),
+                told[0],
+            )
         return [LedgerEvent("lift_overdue", x) for x in self.get_many(told)]
 
     # -- reports about restrictions ----------------------------------------------------------
