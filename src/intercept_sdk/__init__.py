@@ -13,10 +13,11 @@ if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; at run time
     from ._client.client import AsyncClient, Client
     from ._client.decisions import Decision, Entity, Match, Officer, Person
     from ._client.keys import SubscriberKeys, load_subscriber_key
+    from ._client.ledger import LedgerEvent, Restriction
     from ._client.retry import RetryPolicy
     from ._client.status import LastError, Status
     from ._client.sync import SyncResult
-    from ._client.watches import Watch, WatchChange
+    from ._client.watches import Listener, Watch, WatchChange
     from ._exceptions import (
         BaseVersionMismatch,
         ClientClosed,
@@ -95,6 +96,9 @@ _LAZY: dict[str, str] = {
     "RootRotationError": "._exceptions",
     "SignatureError": "._exceptions",
     "Status": "._client.status",
+    "LedgerEvent": "._client.ledger",
+    "Listener": "._client.watches",
+    "Restriction": "._client.ledger",
     "StoreCorrupted": "._exceptions",
     "StoreError": "._exceptions",
     "SubscriberKeys": "._client.keys",
@@ -153,6 +157,8 @@ __all__ = [
     "InvalidInput",
     "InvalidReport",
     "LastError",
+    "LedgerEvent",
+    "Listener",
     "Match",
     "Measure",
     "NetworkError",
@@ -163,6 +169,7 @@ __all__ = [
     "Person",
     "Related",
     "ReportError",
+    "Restriction",
     "RetryPolicy",
     "RollbackError",
     "RootRotationError",

@@ -546,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_platform_commands(sub)
     _add_subscriber_commands(sub)
     _add_client_commands(sub)
+    __import__("intercept_sdk._cli.lifts", fromlist=["*"]).add_lifts_command(sub)
     _add_record_commands(sub)
     _add_tool_commands(sub)
     return p

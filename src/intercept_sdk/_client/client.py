@@ -36,14 +36,26 @@ from typing import Any
 from .background import AsyncDriver
 from .core import _Core
 from .decisions import Decision, Subject
+from .ledger import LedgerEvent, Restriction
 from .status import LastError, Status
 from .store import StoreState
 from .sync import SyncResult
-from .watches import Watch, WatchChange
+from .watches import Listener, Watch, WatchChange
 
 # LastError, Status, Watch, WatchChange and _Core are defined in the modules named above
 # and importable from here, where they always were.
-__all__ = ["AsyncClient", "Client", "LastError", "Status", "Watch", "WatchChange", "_Core"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "LastError",
+    "LedgerEvent",
+    "Listener",
+    "Restriction",
+    "Status",
+    "Watch",
+    "WatchChange",
+    "_Core",
+]
 
 
 class Client:
@@ -157,6 +169,23 @@ class Client:
         """The Chinese notice text for a decision (what ``Intercepted.notice`` holds)."""
         return self._core.reporter.notice(decision)
 
+    # the restriction ledger
+    def lifts(self) -> list[Restriction]:
+        """Restrictions this unit enforced that the list no longer supports and that are
+        not reported lifted yet, earliest deadline first (``r.overdue(now)`` says which
+        are late). Durable: the same after a restart. ``report("lift", r)`` closes one."""
+        return self._core.ledger.items(["lift_due"])
+
+    def restrictions(self) -> list[Restriction]:
+        """Every restriction in the ledger (in force, lift due, lifted), oldest first."""
+        return self._core.ledger.items()
+
+    def listen(self, on_event: Callable[[list[LedgerEvent]], None]) -> Listener:
+        """Receive the ledger's events (:class:`LedgerEvent`: ``lift_due`` after a sync,
+        ``lift_overdue`` once a deadline passed, ``lifted`` when a lift is reported) on
+        the thread that caused them; keep ``on_event`` short. ``cancel()`` stops it."""
+        return self._core.watches.listen(on_event)
+
     # reports
     def report(self, kind: str, decision_or_entry: Any = None, **details: Any) -> str:
         """Queue a signed report durably; returns its id once it is safely on disk."""
@@ -239,7 +268,11 @@ class AsyncClient:
         """Like :meth:`Client.block`; the durable report write runs in a worker thread."""
         decision = self._core.check(subject, measure)
         if decision.action == "block":
-            raise await asyncio.to_thread(self._core.reporter.intercepted, decision, context)
+            raise await asyncio.to_thread(
+                self._core.reporter.intercepted, decision, context, subject
+            )
+        if decision.action == "review":
+            await asyncio.to_thread(self._core.reporter.enforced, subject, decision)
         return decision
 
     def screen(
@@ -264,6 +297,17 @@ class AsyncClient:
 
     def notice(self, decision: Decision) -> str:
         return self._core.reporter.notice(decision)
+
+    async def lifts(self) -> list[Restriction]:
+        """Like :meth:`Client.lifts`."""
+        return await asyncio.to_thread(self._core.ledger.items, ["lift_due"])
+
+    async def restrictions(self) -> list[Restriction]:
+        return await asyncio.to_thread(self._core.ledger.items)
+
+    def listen(self, on_event: Callable[[list[LedgerEvent]], None]) -> Listener:
+        """Like :meth:`Client.listen` (``on_event`` runs in the worker thread that synced)."""
+        return self._core.watches.listen(on_event)
 
     async def report(self, kind: str, decision_or_entry: Any = None, **details: Any) -> str:
         return await asyncio.to_thread(

@@ -11,7 +11,8 @@ client (sync and its errors, status, verify, close, fork):
 :mod:`.lookup`            keys and hits of subjects in the verified list
 :mod:`.screening`         ``check`` and ``screen``, audited
 :mod:`.reporting`         reports, interceptions, data errors, the quarterly summary
-:mod:`.watches`           watches and their change events
+:mod:`.watches`           watches and their change events; ledger listeners
+:mod:`.ledger`            the restriction ledger: what was enforced, lifts due
 :mod:`.background`        the background engine and its thread driver
 ========================  =============================================================
 
@@ -38,6 +39,7 @@ from .background import Engine, Tasks, ThreadDriver
 from .decisions import Decision, Subject
 from .fetch import HttpFetcher, _ca_context, make_fetcher
 from .freshness import CacheClock, Staleness
+from .ledger import Deadlines, Ledger, LedgerEvent
 from .lookup import Lookup
 from .options import ClientOptions, Config, configure
 from .outbox import Outbox, Sender
@@ -72,6 +74,10 @@ class _Core:
             cfg.platform,
             cfg.cache_dir,
             subscriber_id,
+        )
+        o = cfg.options
+        self.deadlines = Deadlines.of(
+            o.lift_deadline_days, o.feedback_due_days, o.holidays, o.extra_workdays
         )
         self._life = Lifecycle()
         self.clock = CacheClock(cfg.cache_dir, cfg.options.clock)
@@ -117,6 +123,7 @@ class _Core:
         )
         self.staleness = Staleness(self.clock, self.updater, cfg.max_staleness)
         self.lookup = Lookup(self.store, self.updater)
+        self.ledger = Ledger(cfg.cache_dir, self.deadlines, clock=self.clock.now)
         measures = Measures(cfg.subscribed)
         self.reporter = Reporter(
             self.outbox,
@@ -129,6 +136,8 @@ class _Core:
             measure=measures,
             audit=self.audit,
             audit_dir=cfg.cache_dir / "audit",
+            ledger=self.ledger,
+            on_events=self._deliver,
         )
         self.decider = Decider(
             self.lookup,
@@ -185,7 +194,26 @@ class _Core:
                 self.staleness.forget()
                 self._last_error = None
         self.watches.after_version_change()
+        self._after_sync()
         return result
+
+    def _deliver(self, events: list[LedgerEvent]) -> None:
+        """Ledger events to the listeners (the watches part holds them)."""
+        self.watches.deliver(events)
+
+    def _after_sync(self) -> None:
+        """Reconcile the restriction ledger with the list just verified (lift-due and
+        overdue events to the listeners) and queue owed quarterly summaries; logged,
+        never raised (the sync itself succeeded)."""
+        try:
+            events = self.ledger.reconcile(
+                self.store.get_records, self.local_version(), now=self.clock.now()
+            )
+            self.watches.deliver(events)
+        except Exception:
+            log.exception("restriction ledger not reconciled; retried after the next sync")
+        with contextlib.suppress(Exception):
+            self.reporter.maybe_quarterly()
 
     def background_sync(self) -> bool:
         """One sync for the background engine: True on success; never raises (failures
@@ -239,7 +267,8 @@ class _Core:
         """``check``, and on a block the interception (reported) raised."""
         decision = self.check(subject, measure)
         if decision.action == "block":
-            raise self.reporter.intercepted(decision, context)
+            raise self.reporter.intercepted(decision, context, subject)
+        self.reporter.enforced(subject, decision)  # a review is kept too (never raises)
         return decision
 
     def flush_reports(self, timeout: float = 10.0) -> bool:
@@ -274,6 +303,7 @@ class _Core:
             platform=self.platform,
             cache_dir=str(self.cache_dir),
             push_connected=self._push_connected,
+            **self.reporter.accountability(now),
         )
 
     def verify(self) -> StoreState:
@@ -293,7 +323,7 @@ class _Core:
             self.sender.close(max(0.1, deadline - time.monotonic()))
         if self.audit is not None:
             self.audit.close(max(0.1, min(2.0, deadline - time.monotonic())))
-        for part in (self.outbox, self.fetcher, self.store):
+        for part in (self.outbox, self.fetcher, self.store, self.ledger):
             with contextlib.suppress(Exception):
                 part.close()
 

@@ -58,6 +58,10 @@ class ClientOptions:
     unit_name: str | None = None
     clock: Callable[[], _dt.datetime] = utcnow
     audit: bool = True
+    lift_deadline_days: int = 3
+    feedback_due_days: int = 30
+    holidays: Iterable[str | _dt.date] = ()
+    extra_workdays: Iterable[str | _dt.date] = ()
 
     def http_options(self, retry: RetryPolicy) -> dict[str, Any]:
         """The fetcher's HTTP configuration (also the push channel's)."""

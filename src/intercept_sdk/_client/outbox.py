@@ -686,6 +686,12 @@ class Outbox:
         """True if ``report_id`` was ever enqueued (pending, sent or dead, unless pruned)."""
         return bool(self._read("SELECT 1 FROM journal WHERE report_id = ?", (report_id,)))
 
+    def report_state(self, report_id: str) -> str | None:
+        """``pending``, ``sent`` or ``dead`` for an enqueued report; ``None`` if unknown
+        (never enqueued, or sent and since pruned)."""
+        rows = self._read("SELECT state FROM journal WHERE report_id = ?", (report_id,))
+        return str(rows[0][0]) if rows else None
+
     def pending_count(self) -> int:
         """Reports waiting to be acknowledged by the platform."""
         return int(self._read("SELECT count(*) FROM pending")[0][0])

@@ -2,7 +2,15 @@
 
 :class:`Status` and :class:`LastError` are plain frozen data (a snapshot, for dashboards
 and ``intercept-sdk status``); :meth:`Status.to_dict` gives JSON-ready values (times as
-ISO 8601 UTC text).
+ISO 8601 UTC text, dates as ISO dates).
+
+The accountability fields come from the restriction ledger and the deployment's
+deadlines: ``lifts_due`` (restrictions the list no longer supports, not yet reported
+lifted), ``lifts_overdue`` (those past their lift deadline), ``lift_deadline_days``
+(working days), ``feedback_due_days``, ``summary_due`` (the due date of the next
+quarterly summary owed: the oldest not yet acknowledged, else the current quarter's) and
+``summaries_overdue`` (quarters, e.g. ``2026Q1``, whose summary is past due and has not
+reached the platform).
 """
 
 from __future__ import annotations
@@ -44,12 +52,22 @@ class Status:
     platform: str
     cache_dir: str
     push_connected: bool = False
+    lifts_due: int = 0
+    lifts_overdue: int = 0
+    lift_deadline_days: int = 3
+    feedback_due_days: int = 30
+    summary_due: _dt.date | None = None
+    summaries_overdue: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k, v in self.__dict__.items():
             if isinstance(v, _dt.datetime):
                 out[k] = format_utc(v)
+            elif isinstance(v, _dt.date):
+                out[k] = v.isoformat()
+            elif isinstance(v, tuple):
+                out[k] = list(v)
             elif isinstance(v, LastError):
                 out[k] = {**v.__dict__, "at": format_utc(v.at)}
             else:

@@ -12,6 +12,11 @@ Guarantees:
 * The decisions delivered are audited like any other decision.
 * Callbacks run on the thread that applied the version; one failing callback is logged
   and the other watches still run.
+* Listeners (:meth:`Watches.listen`) receive the restriction ledger's events
+  (:class:`~.ledger.LedgerEvent`: ``lift_due``, ``lift_overdue``, ``lifted``) on the
+  thread that caused them (the sync that reconciled the ledger, or the caller reporting
+  a lift); the same isolation applies. Events are durable in the ledger: a listener
+  that missed them (a restart) finds the items with :meth:`Client.lifts`.
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ from typing import Literal
 
 from .._exceptions import InvalidInput
 from .decisions import Decision, Entity, Person, Subject
+from .ledger import LedgerEvent
 from .lookup import Lookup
 from .screening import Decider
 from .status import Lifecycle
 from .store import Store
 
-__all__ = ["Watch", "WatchChange", "Watches"]
+__all__ = ["Listener", "Watch", "WatchChange", "Watches"]
 
 log = logging.getLogger("intercept_sdk.client")
 
@@ -90,8 +96,22 @@ class Watch:
             owner.unwatch(self)
 
 
+@dataclass(eq=False)
+class Listener:
+    """A registered ledger listener (see :meth:`Client.listen`); ``cancel()`` stops it."""
+
+    on_event: Callable[[list[LedgerEvent]], None]
+    _owner: weakref.ref[Watches] | None = None
+
+    def cancel(self) -> None:
+        """Stop listening; idempotent."""
+        owner = self._owner() if self._owner else None
+        if owner is not None:
+            owner.unlisten(self)
+
+
 class Watches:
-    """The client's watches (see the module docstring)."""
+    """The client's watches and ledger listeners (see the module docstring)."""
 
     def __init__(self, store: Store, lookup: Lookup, decider: Decider, life: Lifecycle) -> None:
         self._store = store
@@ -99,7 +119,35 @@ class Watches:
         self._decider = decider
         self._life = life
         self._watches: list[Watch] = []
+        self._listeners: list[Listener] = []
         self._lock = threading.RLock()
+
+    def listen(self, on_event: Callable[[list[LedgerEvent]], None]) -> Listener:
+        """Deliver the restriction ledger's events to ``on_event`` from now on."""
+        self._life.check_open()
+        if not callable(on_event):
+            raise InvalidInput("on_event must be callable")
+        listener = Listener(on_event, weakref.ref(self))
+        with self._lock:
+            self._listeners.append(listener)
+        return listener
+
+    def unlisten(self, listener: Listener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def deliver(self, events: list[LedgerEvent]) -> None:
+        """Hand ``events`` to every listener; a failing listener is logged, never raised."""
+        if not events:
+            return
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener.on_event(list(events))
+            except Exception:
+                log.exception("a ledger listener raised; the other listeners continue")
 
     def watch(
         self,
