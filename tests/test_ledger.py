@@ -95,7 +95,7 @@ def test_revocation_lift_due_survives_restart_becomes_overdue_and_closes_on_lift
     platform.revoke(guest["entry_id"])
     client.sync()
     (due,) = client.lifts()
-    assert due.entry_id == guest["entry_id"] and due.end_reason == "revoked"
+    assert due.entry_id == guest["entry_id"] and due.end_reason == "removed"
     assert due.ref == intercepted.report_id  # the item is the interception's decision
     assert due.deadline == Deadlines().lift_deadline(clock.t)
     assert [e.kind for e in events] == ["lift_due"] and events[0].restriction.ref == due.ref
@@ -163,15 +163,15 @@ def test_lift_reported_before_deadline_is_not_overdue_after_restart(
     ("change", "reason"),
     [
         (lambda p, e: p.remove(e), "removed"),
+        # site format 2 publishes no revoked or deleted entry: it leaves the list
         (
             lambda p, e: p.update(e, status="deleted", revoked_at="2024-06-01T08:00:00+08:00"),
-            "deleted",
+            "removed",
         ),
-        (lambda p, e: p.update(e, valid_until="2024-06-30"), "expired"),
-        (lambda p, e: p.update(e, measures=["travel.flight"]), "measure_removed"),
+        (lambda p, e: p.revoke(e), "removed"),
     ],
 )
-def test_every_way_an_entry_stops_restricting_makes_a_lift_due(
+def test_every_way_an_entry_leaves_the_list_makes_a_lift_due(
     platform: TestPlatform, tmp_path: Path, change: Any, reason: str
 ) -> None:
     guest = platform.add_person()
@@ -185,6 +185,29 @@ def test_every_way_an_entry_stops_restricting_makes_a_lift_due(
         change(platform, guest["entry_id"])
         client.sync()
         assert [r.end_reason for r in client.lifts()] == [reason]
+    finally:
+        client.close()
+
+
+def test_a_listing_whose_term_passes_makes_a_lift_due(
+    platform: TestPlatform, tmp_path: Path
+) -> None:
+    """The term the listing had when it was enforced (``valid_until``, a China date) ends
+    the restriction the day after, with no new list version needed."""
+    now = _dt.datetime.now(UTC)
+    until = (now + _dt.timedelta(days=10)).astimezone(CHINA_TZ).date()
+    guest = platform.add_person(valid_until=until.isoformat())
+    clock = Clock(now)
+    client = _client(platform, tmp_path / "c", clock)
+    try:
+        client.sync()
+        _block(client, guest["id_number"])
+        client.sync()
+        assert client.lifts() == []
+        clock.t = now + _dt.timedelta(days=12)
+        platform.publish()  # a new version, the entry unchanged
+        client.sync()
+        assert [r.end_reason for r in client.lifts()] == ["expired"]
     finally:
         client.close()
 
@@ -488,7 +511,7 @@ def test_cli_lifts_lists_reports_and_fails_on_overdue(
         assert main(["lifts", "--json"]) == 0
         data = json.loads(capsys.readouterr().out)
         (item,) = data["items"]
-        assert item["end_reason"] == "revoked" and item["overdue"] is False
+        assert item["end_reason"] == "removed" and item["overdue"] is False
 
         assert main(["lifts", "--lift", item["ref"], "--all", "--json"]) == 0
         out = capsys.readouterr().out

@@ -207,7 +207,7 @@ class _Core:
         never raised (the sync itself succeeded)."""
         try:
             events = self.ledger.reconcile(
-                self.store.get_records, self.local_version(), now=self.clock.now()
+                self.lookup.published, self.local_version(), now=self.clock.now()
             )
             self.watches.deliver(events)
         except Exception:

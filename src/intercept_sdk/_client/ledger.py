@@ -35,13 +35,13 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hmac
-import json
 import logging
 import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -60,7 +60,6 @@ __all__ = [
     "LedgerEvent",
     "Link",
     "Restriction",
-    "end_reason",
 ]
 
 log = logging.getLogger("intercept_sdk.client")
@@ -73,7 +72,12 @@ _MAX_DEADLINE_DAYS: Final = 60
 _MAX_FEEDBACK_DAYS: Final = 366
 
 State = Literal["in_force", "lift_due", "lifted"]
-EndReason = Literal["revoked", "deleted", "removed", "expired", "measure_removed"]
+#: Why a restriction ended. Site format 2 publishes no revoked or deleted entry, so a
+#: revocation, a deletion and a removal all show as the entry leaving the list
+#: ("removed"); "expired" is the listing's term passing. A change of an entry's measures
+#: alone is not seen here (the unit holds no identifier to open the record with): the next
+#: check of that person answers by the new record.
+EndReason = Literal["removed", "expired"]
 EventKind = Literal["lift_due", "lift_overdue", "lifted"]
 
 _SCHEMA: Final = """
@@ -88,6 +92,7 @@ CREATE TABLE IF NOT EXISTS restrictions(
     relation       TEXT NOT NULL,
     action         TEXT NOT NULL CHECK (action IN ('block', 'review')),
     list_version   INTEGER NOT NULL,
+    valid_until    TEXT,            -- the listing's term (China date) when enforced
     report_id      TEXT,            -- the interception report, when one was queued
     enforced_at    TEXT NOT NULL,
     last_enforced  TEXT NOT NULL,
@@ -125,7 +130,7 @@ CREATE TABLE IF NOT EXISTS summaries(
 _COLUMNS: Final = (
     "ref, subject, subject_type, measure, entry_id, case_no, relation, action, list_version, "
     "report_id, enforced_at, last_enforced, times, state, end_reason, ended_at, seen_at, "
-    "seen_version, deadline, lifted_at, lift_report_id"
+    "seen_version, deadline, lifted_at, lift_report_id, valid_until"
 )
 _SELECT: Final = f"SELECT {_COLUMNS} FROM restrictions"
 
@@ -272,6 +277,8 @@ class Restriction:
     deadline: _dt.datetime | None = None
     lifted_at: _dt.datetime | None = None
     lift_report_id: str | None = None
+    valid_until: str | None = None
+    """The listing's term when it was enforced (a China date), if it had one."""
 
     def overdue(self, now: _dt.datetime) -> bool:
         """Lift due and past its deadline at ``now``."""
@@ -320,44 +327,15 @@ class LedgerEvent:
 # -- deciding whether an entry still restricts -------------------------------------------
 
 
-def end_reason(record: bytes | None, measure: str, today: _dt.date) -> EndReason | None:
-    """Why the list no longer supports restricting under ``measure``, or ``None``.
-
-    ``record`` is the entry's record in the verified list (``None``: it is no longer
-    there). ``today`` is the date in China (``valid_until`` is a China date, inclusive).
-    A record that cannot be read is treated as still in force (never a false lift).
-    """
-    if record is None:
+def _ended(item: Restriction, published: bool, today: _dt.date) -> EndReason | None:
+    """Why ``item`` no longer restricts: its entry left the list, or its term passed."""
+    if not published:
         return "removed"
-    try:
-        obj = json.loads(record)
-    except ValueError:
-        log.error("ledger: an entry's record cannot be parsed; kept in force")
-        return None
-    if not isinstance(obj, dict):
-        return None
-    status = obj.get("status", "active")
-    if status in ("revoked", "deleted"):
-        return "revoked" if status == "revoked" else "deleted"
-    valid_until = obj.get("valid_until")
-    if isinstance(valid_until, str):
+    if item.valid_until is not None:
         with contextlib.suppress(ValueError):
-            if _dt.date.fromisoformat(valid_until) < today:
+            if _dt.date.fromisoformat(item.valid_until) < today:
                 return "expired"
-    measures = obj.get("measures")
-    if isinstance(measures, list) and "*" not in measures and measure not in measures:
-        return "measure_removed"
     return None
-
-
-def _revoked_at(record: bytes | None) -> _dt.datetime | None:
-    if record is None:
-        return None
-    try:
-        value = json.loads(record).get("revoked_at")
-        return _dt.datetime.fromisoformat(value).astimezone(_dt.timezone.utc)
-    except (ValueError, TypeError, AttributeError):
-        return None
 
 
 def _t(value: str | None) -> _dt.datetime | None:
@@ -387,6 +365,7 @@ def _row(r: Sequence[Any]) -> Restriction:
         deadline=_t(r[18]),
         lifted_at=_t(r[19]),
         lift_report_id=r[20],
+        valid_until=r[21],
     )
 
 
@@ -545,9 +524,9 @@ class Ledger:
                 if row is not None:
                     conn.execute(
                         "UPDATE restrictions SET last_enforced = ?, times = times + 1, "
-                        "action = CASE WHEN ? = 'block' THEN 'block' ELSE action END "
-                        "WHERE ref = ?",
-                        (t, decision.action, row[0]),
+                        "action = CASE WHEN ? = 'block' THEN 'block' ELSE action END, "
+                        "valid_until = ? WHERE ref = ?",
+                        (t, decision.action, m.valid_until, row[0]),
                     )
                     refs.append(str(row[0]))
                     continue
@@ -555,7 +534,8 @@ class Ledger:
                 conn.execute(
                     "INSERT INTO restrictions(ref, subject, subject_type, measure, entry_id, "
                     "case_no, relation, action, list_version, report_id, enforced_at, "
-                    "last_enforced, times, state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,1,'in_force')",
+                    "last_enforced, times, state, valid_until) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,1,'in_force',?)",
                     (
                         ref,
                         who,
@@ -569,6 +549,7 @@ class Ledger:
                         report_id,
                         t,
                         t,
+                        m.valid_until,
                     ),
                 )
                 refs.append(ref)
@@ -577,26 +558,28 @@ class Ledger:
     # -- reconciliation --------------------------------------------------------------------
     def reconcile(
         self,
-        records: Callable[[Sequence[str]], Mapping[str, bytes]],
+        published: Callable[[Sequence[str]], AbstractSet[str]],
         version: int,
         *,
         now: _dt.datetime | None = None,
     ) -> list[LedgerEvent]:
         """Compare every in-force item with the verified list; items whose entry no
-        longer restricts become lift due. ``records(entry_ids)`` returns the records of
-        those entries still in the list. Returns the new ``lift_due`` events and the
-        ``lift_overdue`` events not delivered before."""
+        longer restricts become lift due. ``published(entry_ids)`` says which of those
+        entries the list still carries (site format 2 publishes no revoked or deleted
+        entry: leaving the list is how a revocation shows); an entry still carried
+        whose term (``valid_until`` when it was enforced) has passed is expired.
+        Returns the new ``lift_due`` events and the ``lift_overdue`` events not
+        delivered before."""
         t = self._now(now)
         open_items = [_row(r) for r in self._read(_SELECT + " WHERE state = 'in_force'")]
         ended: list[tuple[Restriction, EndReason, _dt.datetime | None]] = []
         if open_items:
-            found = records(sorted({i.entry_id for i in open_items}))
+            found = published(sorted({i.entry_id for i in open_items}))
             today = t.astimezone(CHINA_TZ).date()
             for item in open_items:
-                rec = found.get(item.entry_id)
-                why = end_reason(rec, item.measure, today)
+                why = _ended(item, item.entry_id in found, today)
                 if why is not None:
-                    ended.append((item, why, _revoked_at(rec)))
+                    ended.append((item, why, None))
         events = self._mark_due(ended, version, t)
         return events + self.overdue_events(now=t)
 

@@ -39,7 +39,15 @@ from .._exceptions import (
     VerificationError,
 )
 from .._protocol.catalog import KEY_RELATIONS
-from .._protocol.sealing import TAG_BYTES, WorkFactor, kek, open_body, open_wrap, wraps_of
+from .._protocol.sealing import (
+    TAG_BYTES,
+    WorkFactor,
+    kek,
+    open_body,
+    open_wrap,
+    record_id,
+    wraps_of,
+)
 from .decisions import Entity, KeyMaker, Person, Probe, Subject, probes_for
 from .store import Hit, Store, StoreState
 from .sync import Updater
@@ -154,6 +162,24 @@ class Lookup:
                 raise NeverSynced(NEVER_SYNCED)
             km = self._rekey(state)
         return km
+
+    def published(self, entry_ids: Sequence[str]) -> set[str]:
+        """Which of ``entry_ids`` the current list carries (public or restricted).
+
+        The record id of an entry is derived under the current key epoch's hash key; the
+        records themselves are not opened (that needs an identifier). NeverSynced
+        without a list.
+        """
+
+        state = self.store.state()
+        if state is None:
+            raise NeverSynced(NEVER_SYNCED)
+        km = self.km
+        if km is None or self._epoch is None or self._epoch[0] != state.key_epoch:
+            km = self._rekey(state)
+        hash_key = km.hash_key
+        by_rid = {record_id(hash_key, e).hex(): e for e in entry_ids}
+        return {by_rid[rid] for rid in self.store.get_records(list(by_rid))}
 
     def subject_key(self, subject: Subject) -> bytes:
         """The key a decision about ``subject`` is audited under (its own identifier)."""
