@@ -86,8 +86,10 @@ for _m in (
     ROLE_REACH[_m] = _CONSUMPTION_ROLES
 #: Measures that reach an entity whose declared officer (with these roles) is listed.
 OFFICER_REACH: dict[str, set[str]] = {m: set() for m in REQUIRED}
-OFFICER_REACH["finance.credit"] = set(ROLES)
-OFFICER_REACH["policy.support"] = set(ROLES)
+# finance.credit: the text names 主要负责人 but not the directly responsible persons;
+# policy.support names neither (法定代表人、实际控制人、董事、监事、高级管理人员).
+OFFICER_REACH["finance.credit"] = set(ROLES) - {"responsible_person"}
+OFFICER_REACH["policy.support"] = set(ROLES) - {"principal", "responsible_person"}
 OFFICER_REACH["supervision.key_target"] = set(ROLES) - {"responsible_person"}
 
 

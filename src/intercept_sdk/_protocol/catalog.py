@@ -47,11 +47,11 @@ from .names import pydantic_pattern
 
 __all__ = [
     "ACTIONS",
-    "TRIGGERS",
     "KEY_RELATIONS",
     "RELATIONS",
     "ROLES",
     "ROLE_TITLES",
+    "TRIGGERS",
     "Action",
     "Measure",
     "Relation",
