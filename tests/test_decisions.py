@@ -389,7 +389,7 @@ def test_strongest_action_among_counted_matches(tmp_path: Path) -> None:
 def test_expired_entry_does_not_count_even_offline(tmp_path: Path) -> None:
     clock = FakeClock(_dt.datetime(2026, 3, 10, 3, 0, tzinfo=_dt.timezone.utc))  # 11:00 CST
     with TestPlatform(tmp_path, expires=30 * 86400, now=clock.now) as p:
-        e = p.add_person(valid_until="2026-03-10")
+        e = p.add_person(valid_until="2026-03-10", situation=2)
         c = p.client(clock=clock)
         # the last valid day, in China
         assert c.check(Person(e["id_number"]), "travel.flight").action == "block"
@@ -486,7 +486,7 @@ def test_expired_manifest_is_stale(tmp_path: Path) -> None:
 def test_clock_never_goes_behind_the_last_successful_sync(tmp_path: Path) -> None:
     clock = FakeClock()
     with TestPlatform(tmp_path, expires=3600, now=clock.now) as p:
-        e = p.add_person(valid_until=clock.now.astimezone(CHINA).date().isoformat())
+        e = p.add_person(valid_until=clock.now.astimezone(CHINA).date().isoformat(), situation=2)
         c = p.client(clock=clock)
         synced_at = clock.now
         clock.advance(days=-3)  # wall clock reset to an earlier date

@@ -134,3 +134,31 @@ def test_rules_as_the_texts_state() -> None:
     for rule in JURISDICTIONS.values():
         days = [int(n) for n in re.findall(r"[0-9]+", rule.passage)]
         assert rule.review_days in days
+
+
+# -- the measures command ------------------------------------------------------------------
+
+
+def test_measures_command_shows_the_new_measures() -> None:
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "intercept_sdk._cli", "measures"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+    for code in ("notify.party_member", "assist.fishing_vessel", "office.deputy_seat"):
+        assert code in out
+    halt = next(line for line in out.splitlines() if "construction_approval_halt" in line)
+    assert "须有法院协助执行通知" in halt
+    assert out.splitlines()[-1] == f"{len(measures())} measures in 19 categories"
+    cap = next(line for line in out.splitlines() if "resort_spending_cap" in line)
+    assert " review " in cap
+    data = json.loads(
+        subprocess.run(
+            [*cmd, "--json"], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    )
+    by_code = {m["code"]: m for m in data}
+    assert by_code["travel.ship_berth"]["source"]["seed"] == "DOMAIN.md"
+    assert by_code["supervision.chattel_mortgage"]["trigger"] == "court_notice"
+    assert by_code["finance.bank_sanction"]["action"] == "review"
