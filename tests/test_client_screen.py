@@ -60,7 +60,7 @@ class Mixed:
         p.add_person(ids["listed"], publish=False)
         revoked = p.add_person(ids["revoked"], publish=False)
         p.revoke(revoked["entry_id"], publish=False)
-        p.add_person(ids["expired"], valid_until="2026-03-09", publish=False)
+        p.add_person(ids["expired"], valid_until="2026-03-09", situation=2, publish=False)
         p.add_person(ids["other_measures"], measures=["travel.flight"], publish=False)
         p.add_person(ids["named"], name="王五", publish=False)
         # the same person listed twice (two cases)

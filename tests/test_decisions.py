@@ -86,8 +86,10 @@ for _m in (
     ROLE_REACH[_m] = _CONSUMPTION_ROLES
 #: Measures that reach an entity whose declared officer (with these roles) is listed.
 OFFICER_REACH: dict[str, set[str]] = {m: set() for m in REQUIRED}
-OFFICER_REACH["finance.credit"] = set(ROLES)
-OFFICER_REACH["policy.support"] = set(ROLES)
+# finance.credit: the text names 主要负责人 but not the directly responsible persons;
+# policy.support names neither (法定代表人、实际控制人、董事、监事、高级管理人员).
+OFFICER_REACH["finance.credit"] = set(ROLES) - {"responsible_person"}
+OFFICER_REACH["policy.support"] = set(ROLES) - {"principal", "responsible_person"}
 OFFICER_REACH["supervision.key_target"] = set(ROLES) - {"responsible_person"}
 
 
@@ -393,7 +395,7 @@ def test_strongest_action_among_counted_matches(tmp_path: Path) -> None:
 def test_expired_entry_does_not_count_even_offline(tmp_path: Path) -> None:
     clock = FakeClock(_dt.datetime(2026, 3, 10, 3, 0, tzinfo=_dt.timezone.utc))  # 11:00 CST
     with TestPlatform(tmp_path, expires=30 * 86400, now=clock.now) as p:
-        e = p.add_person(valid_until="2026-03-10")
+        e = p.add_person(valid_until="2026-03-10", situation=2)
         c = p.client(clock=clock)
         # the last valid day, in China
         assert c.check(Person(e["id_number"]), "travel.flight").action == "block"
@@ -502,7 +504,7 @@ def test_expired_manifest_is_stale(tmp_path: Path) -> None:
 def test_clock_never_goes_behind_the_last_successful_sync(tmp_path: Path) -> None:
     clock = FakeClock()
     with TestPlatform(tmp_path, expires=3600, now=clock.now) as p:
-        e = p.add_person(valid_until=clock.now.astimezone(CHINA).date().isoformat())
+        e = p.add_person(valid_until=clock.now.astimezone(CHINA).date().isoformat(), situation=2)
         c = p.client(clock=clock)
         synced_at = clock.now
         clock.advance(days=-3)  # wall clock reset to an earlier date

@@ -176,6 +176,7 @@ def test_effective_org_code() -> None:
 
 
 def test_person_without_optional_gender_and_age() -> None:
+    # Derived from the ID number (which is required); see docs/legal.md.
     e = parse_entry(with_(PERSON, gender=..., age=...))
     assert e.gender is None
     assert e.age is None
@@ -259,7 +260,7 @@ def test_entity_needs_uscc_or_org_code() -> None:
 
 
 def test_person_needs_id_number() -> None:
-    one_reason(with_(PERSON, id_number=..., gender=..., age=...), "id_number", "required")
+    one_reason(with_(PERSON, id_number=...), "id_number", "required")
 
 
 def test_person_fields_on_an_entity_and_entity_fields_on_a_person() -> None:
@@ -479,6 +480,7 @@ def test_several_field_problems_are_reported_together() -> None:
 def test_several_rule_problems_are_reported_together() -> None:
     bad = with_(
         PERSON,
+        situation=2,
         valid_until="2019-01-01",
         filed_at="2019-06-01",
         visibility="restricted",
@@ -514,3 +516,81 @@ def test_invalid_entry_from_json_line_carries_entry_id() -> None:
     with pytest.raises(InvalidEntry) as info:
         parse_entry(json.dumps(with_(PERSON, severity=9), ensure_ascii=False))
     assert info.value.entry_id == "E00000001"
+
+
+# -- entry rules of the texts (issue 18) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("performance", "performed", "unperformed", "fragment"),
+    [
+        ("全部未履行", "100", "123356", "全部未履行 but performed_amount"),
+        ("部分未履行", "0", "123456", "部分未履行 needs"),
+        ("全部未履行", "0", "0", "unperformed part"),
+    ],
+)
+def test_performance_agrees_with_the_amounts(
+    performance: str, performed: str, unperformed: str, fragment: str
+) -> None:
+    bad = with_(
+        PERSON, performance=performance, performed_amount=performed, unperformed_amount=unperformed
+    )
+    one_reason(bad, fragment)
+    one_reason(json.dumps(bad, ensure_ascii=False), fragment)
+
+
+def test_non_monetary_obligation_can_be_expressed() -> None:
+    ok = with_(
+        PERSON,
+        obligation="被执行人应于判决生效后十日内腾退并交付位于唐山市路北区某某小区3号楼的房屋",
+        obligation_kind="non_monetary",
+        unperformed_amount="0",
+    )
+    assert parse_entry(ok).obligation_kind == "non_monetary"
+    one_reason(with_(ok, unperformed_amount="5"), "non-monetary")
+    one_reason(with_(ok, obligation_kind="other"), "obligation_kind")
+
+
+def test_listing_terms() -> None:
+    two_years = with_(PERSON, situation=2, valid_until="2021-05-01")
+    parse_entry(two_years)
+    # without term_extension_years, the longest lawful term (2 + 3 years) bounds valid_until
+    parse_entry(with_(PERSON, situation=2, valid_until="2024-05-01"))
+    one_reason(with_(PERSON, situation=2, valid_until="2024-05-02"), "5-year term", "situation 2")
+    one_reason(with_(PERSON, valid_until="2099-12-31"), "situation 1 has no fixed term")
+    one_reason(with_(PERSON, situation=4, valid_until="2099-12-31"), "exceeds")
+    # an extension of 1-3 years (violence, several dishonest acts) lengthens the term
+    parse_entry(with_(two_years, valid_until="2024-05-01", term_extension_years=3))
+    one_reason(with_(two_years, valid_until="2022-05-02", term_extension_years=1), "3-year")
+    one_reason(with_(two_years, valid_until="2024-05-02", term_extension_years=3), "5-year term")
+    one_reason(with_(two_years, term_extension_years=4), "term_extension_years")
+    one_reason(with_(PERSON, situation=3, term_extension_years=1), "needs the valid_until")
+    one_reason(with_(PERSON, term_extension_years=1), "situation 1")
+
+
+def test_revocation_and_deletion_grounds() -> None:
+    assert parse_entry(with_(ENTITY, status_ground="objection_upheld")).status_ground
+    deleted = with_(ENTITY, status="deleted", status_ground="performed")
+    parse_entry(deleted)
+    one_reason(with_(ENTITY, status_ground="performed"), "not a ground for revoked")
+    one_reason(with_(deleted, status_ground="wrongly_listed"), "not a ground for deleted")
+    one_reason(with_(PERSON, status_ground="performed"), "only for a revoked or deleted")
+
+
+def test_fast_path_defers_every_new_rule_to_the_model() -> None:
+    """The publisher's fast path never accepts what parse_entry refuses (or decides on a
+    field it does not know): it answers None and the model gives the reasons."""
+    from intercept_sdk._protocol.catalog import measure_codes
+    from intercept_sdk._protocol.models import fast_entry_dict
+
+    known = measure_codes()
+    assert fast_entry_dict(PERSON, known) is not None
+    for bad in (
+        with_(PERSON, performed_amount="5"),
+        with_(PERSON, valid_until="2099-12-31"),
+        with_(PERSON, situation=2, valid_until="2024-05-02"),
+        with_(PERSON, obligation_kind="non_monetary"),
+        with_(PERSON, status_ground="performed"),
+    ):
+        assert fast_entry_dict(bad, known) is None
+        reasons_of(bad)

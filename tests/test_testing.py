@@ -76,7 +76,9 @@ def test_platform_round_trip_add_update_revoke_remove(tmp_path: Path) -> None:
         assert c.sync().mode == "delta"
         assert c.check(who, "consumption.star_hotel").action == "allow"
         assert c.check(who, "travel.flight").action == "block"
-        p.update(e["entry_id"], valid_until="2024-06-01")
+        p.update(
+            e["entry_id"], valid_until="2024-06-01", situation=2
+        )  # a fixed term: situations 2-6
         c.sync()
         assert c.check(who, "travel.flight").reasons == ("expired",)
         p.update(e["entry_id"], valid_until=None)  # None removes the field

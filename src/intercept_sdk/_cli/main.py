@@ -516,18 +516,22 @@ def cmd_measures(args: argparse.Namespace) -> int:
                     "officer_roles": list(m.officer_roles),
                     "departments": list(m.departments),
                     "source": {"seed": m.source_seed, "passage": m.source_passage},
+                    "trigger": m.trigger,
                 }
                 for m in ms
             ]
         )
         return EXIT_OK
-    print(f"{'code':34} {'action':7} {'relations':55} title")
+    print(f"{'code':46} {'action':7} {'relations':55} title")
     for m in ms:
         rel = ",".join(m.relations)
         if m.officer_roles and "officer" in m.relations:
             rel += f" (officer roles: {len(m.officer_roles)})"
-        print(f"{m.code:34} {m.action:7} {rel:55} {m.title}")
-    print(f"{len(ms)} measures")
+        # a measure set off only by a court's assistance notice says so
+        title = m.title + (" [须有法院协助执行通知]" if m.trigger == "court_notice" else "")
+        print(f"{m.code:46} {m.action:7} {rel:55} {title}")
+    categories = len({m.category for m in ms})
+    print(f"{len(ms)} measures in {categories} categories")
     return EXIT_OK
 
 

@@ -76,6 +76,8 @@ class Client:
     * ``poll_interval`` (``"5m"``), ``push`` (listen to the platform's push channel),
       ``background`` (start the sync thread and the report sender now);
     * ``unit_name`` - who applies the measure, named in notices as where to ask for 复核;
+      ``jurisdiction`` (``"national"``; ``"jiangsu"``, ``"huaian"``) - whose objection
+      rule (deadlines, 复议) the notices state;
     * ``transport``/``report_transport`` (an ``httpx`` transport, for tests), ``proxy``,
       ``ca_bundle``, timeouts (the push channel uses the same transport, proxy, CA and
       connect timeout); ``retry`` (a :class:`RetryPolicy`, used by sync requests, report

@@ -133,6 +133,7 @@ class _Core:
             subscriber_id=cfg.subscriber_id,
             keys=cfg.keys,
             unit_name=opts.unit_name,
+            jurisdiction=opts.jurisdiction,
             measure=measures,
             audit=self.audit,
             audit_dir=cfg.cache_dir / "audit",

@@ -52,6 +52,7 @@ from .._protocol.identifiers import (
     normalize_org_code,
     normalize_uscc,
 )
+from .._protocol.jurisdictions import objection_rule
 from .._protocol.keyedhash import KeyedHash
 from .._protocol.reports import CHINA_TZ
 
@@ -70,6 +71,7 @@ __all__ = [
     "Subject",
     "allow_decision",
     "decide",
+    "is_minor",
     "notice_text",
     "probes_for",
     "strongest",
@@ -619,6 +621,31 @@ def _names_differ(given: str | None, listed: object) -> bool:
     return given != listed and _norm_name(given) != _norm_name(listed)
 
 
+def is_minor(role: str, birth_date: _dt.date, as_of: _dt.date) -> bool:
+    """Whether a person born on ``birth_date`` is a minor on ``as_of`` (under 18).
+
+    ``role`` (``"self"``, a role of :data:`ROLES`, or ``"officer:<role>"``) is accepted and
+    checked but changes nothing, on purpose: a minor is never enforced against, whether
+    listed (法释〔2017〕7号: 被执行人是未成年人的，不得纳入失信名单) or recorded as a listed
+    company's legal representative, actual controller, officer ... (a minor holds no such
+    post under the law, so such a record is a data error). The caller passes the birth
+    date from the ID number it holds (``identifiers.id_number_info``); ``as_of`` is the
+    earlier of the listing's publication date and today (a minor on either date).
+    """
+    if (
+        role != "self"
+        and role not in ROLES
+        and not (role.startswith("officer:") and role[8:] in ROLES)
+    ):
+        raise InvalidInput(f"unknown relation {role!r}")
+    years = (
+        as_of.year
+        - birth_date.year
+        - ((as_of.month, as_of.day) < (birth_date.month, birth_date.day))
+    )
+    return years < 18
+
+
 def _was_minor(id_number: str, published_compact: str) -> bool:
     """True when the holder of ``id_number`` was under 18 on the date YYYYMMDD.
 
@@ -838,10 +865,11 @@ def _not_counted(  # noqa: PLR0917 - internal helper of decide()
     if r.status != "active":
         return REVOKED if r.status == "revoked" else DELETED
     person = probe.person
-    if (
-        stored_relation == "self"
-        and person is not None
-        and _was_minor(person.id_number, r.published_compact)
+    # Minors are never enforced against, in any role (listed debtor, legal representative,
+    # actual controller, officer ...): minor on the listing's date, or still minor today.
+    if person is not None and (
+        _was_minor(person.id_number, r.published_compact)
+        or _was_minor(person.id_number, china_date(now).replace("-", ""))
     ):
         return MINOR_NOT_ENFORCED
     if measure.code not in r.measures and "*" not in r.measures:
@@ -921,15 +949,20 @@ def _relation_text(m: Match) -> str:
     return f"您系失信被执行人{m.name}的{role}"
 
 
-def notice_text(decision: Decision, unit_name: str | None = None) -> str:
+def notice_text(
+    decision: Decision, unit_name: str | None = None, jurisdiction: str | None = None
+) -> str:
     """The Chinese notice a clerk shows the person when a measure restricts them.
 
     It says what is restricted (the measure), on which listing (case number, enforcing
-    court, debtor, unperformed amount, publication date) and how to object: a request for
-    correction to the enforcing court (which reviews within 15 days; the listing stays in
-    force meanwhile), and 复核 of this measure with the unit that applied it
-    (``unit_name``, default 本单位).
+    court, debtor, unperformed amount, publication date) and how to object, by the rule
+    of ``jurisdiction`` (:mod:`~intercept_sdk._protocol.jurisdictions`; default the SPC's
+    national rule: correction by the enforcing court within 15 days, then 复议; Jiangsu and
+    Huai'an: apply within 10 days, review within 3 days, then 复议), the listing staying in
+    force meanwhile; and 复核 of this measure with the unit that applied it (``unit_name``,
+    default 本单位). An unknown jurisdiction raises :class:`ConfigurationError`.
     """
+    rule = objection_rule(jurisdiction)
     unit = unit_name or "本单位"
     lines = [
         f"根据失信被执行人联合惩戒的有关规定，{unit}对您采取以下措施：{decision.measure_title}。"
@@ -941,7 +974,7 @@ def notice_text(decision: Decision, unit_name: str | None = None) -> str:
         )
     courts = "、".join(dict.fromkeys(m.court for m in decision.matches)) or "执行法院"
     lines.append(
-        f"如认为失信信息有误，可向执行法院（{courts}）书面申请纠正，法院应在十五日内审查；"
+        f"{rule.objection_sentence(courts)}；"
         f"如对本次限制措施有异议，可向{unit}申请复核。"
         "履行义务或失信信息被删除、撤销后，限制随之解除。"
     )

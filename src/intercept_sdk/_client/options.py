@@ -27,6 +27,7 @@ import httpx
 
 from .._exceptions import ConfigurationError, TrustRootError
 from .._protocol.catalog import get_measure
+from .._protocol.jurisdictions import objection_rule
 from .._util import ensure_private_dir, parse_duration, utcnow
 from .keys import SubscriberKeys, load_subscriber_key
 from .retry import RetryPolicy
@@ -56,6 +57,7 @@ class ClientOptions:
     outbox_max_bytes: int = 256 * 1024 * 1024
     report_rate: float = 2000.0
     unit_name: str | None = None
+    jurisdiction: str = "national"
     clock: Callable[[], _dt.datetime] = utcnow
     audit: bool = True
     lift_deadline_days: int = 3
@@ -106,6 +108,7 @@ def configure(
     poll_interval = parse_duration(options.poll_interval)
     if options.stale_action not in ("review", "block"):
         raise ConfigurationError("stale_action must be 'review' or 'block'")
+    objection_rule(options.jurisdiction)  # an unknown jurisdiction fails here, not in a notice
     keys = _subscriber_keys(options.subscriber_key)
     if keys is not None and subscriber_id is None:
         raise ConfigurationError("a subscriber_key needs a subscriber_id")

@@ -78,6 +78,7 @@ class Reporter:
         subscriber_id: str | None,
         keys: SubscriberKeys | None,
         unit_name: str | None,
+        jurisdiction: str | None = None,
         measure: Callable[[str], Measure],
         audit: AuditLog | None,
         audit_dir: Path,
@@ -91,6 +92,7 @@ class Reporter:
         self.subscriber_id = subscriber_id
         self.keys = keys
         self.unit_name = unit_name
+        self.jurisdiction = jurisdiction
         self._measure = measure
         self.audit = audit
         self.audit_dir = audit_dir
@@ -105,7 +107,7 @@ class Reporter:
 
     def notice(self, decision: Decision) -> str:
         """The Chinese notice text for a decision (what ``Intercepted.notice`` holds)."""
-        return notice_text(decision, self.unit_name)
+        return notice_text(decision, self.unit_name, self.jurisdiction)
 
     # -- reports -----------------------------------------------------------------------
     def report_raw(self, kind: str, **fields: Any) -> str:

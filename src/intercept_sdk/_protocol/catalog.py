@@ -20,7 +20,13 @@ bug, reported as :class:`RuntimeError` on first use rather than silently half-lo
 * ``relations`` only uses ``self``, the role names of :data:`ROLES` and ``officer``, and
   ``officer_roles`` is non-empty exactly when ``officer`` is among the relations;
 * every measure cites the seed file and a verbatim passage (at most 200 characters) that it
-  was taken from, so a notice can quote its legal basis.
+  was taken from, so a notice can quote its legal basis (two consumption measures of the
+  SPC rules that no seed names cite ``DOMAIN.md``, the project's digest of those rules);
+* ``trigger`` says whether the listing alone sets the measure off or only a court's
+  assistance notice does (see :data:`TRIGGERS`).
+
+``docs/legal.md`` maps every seed rule to the measure, entry rule or notice that implements
+it and to the test that pins it.
 """
 
 from __future__ import annotations
@@ -45,10 +51,12 @@ __all__ = [
     "RELATIONS",
     "ROLES",
     "ROLE_TITLES",
+    "TRIGGERS",
     "Action",
     "Measure",
     "Relation",
     "Role",
+    "Trigger",
     "get_measure",
     "measure_codes",
     "measures",
@@ -57,6 +65,13 @@ __all__ = [
 #: What the integrator is asked to do when a measure hits.
 Action = Literal["block", "review", "monitor"]
 ACTIONS: tuple[Action, ...] = ("block", "review", "monitor")
+
+#: What sets a measure off: the listing itself (``listing``, the default: the entry naming
+#: the measure is enough), or a court's assistance notice about this debtor
+#: (``court_notice``: the seeds tie e.g. 停止建设审批 and 动产抵押登记 to 协助执行通知书, so
+#: a platform names such a measure in an entry only once the court has sent that notice).
+Trigger = Literal["listing", "court_notice"]
+TRIGGERS: tuple[Trigger, ...] = get_args(Trigger)
 
 #: Roles a person can hold towards a listed entity: the ``role`` of an entry's related
 #: persons, of a client's declared officers, and what a measure's relations name. This
@@ -144,6 +159,7 @@ class Measure(_Frozen):
     departments: tuple[str, ...] = Field(min_length=1)
     source_seed: str = Field(min_length=1)
     source_passage: str = Field(min_length=1, max_length=_MAX_PASSAGE)
+    trigger: Trigger = "listing"
 
     @model_validator(mode="after")
     def _consistent(self) -> Measure:
@@ -201,6 +217,7 @@ class _RawMeasure(_Frozen):
     officer_roles: tuple[Role, ...]
     departments: tuple[str, ...]
     source: _RawSource
+    trigger: Trigger = "listing"
 
 
 class _RawCatalog(_Frozen):
@@ -243,6 +260,7 @@ def _build(raw: _RawCatalog) -> _Catalog:
             departments=m.departments,
             source_seed=m.source.seed,
             source_passage=m.source.passage,
+            trigger=m.trigger,
         )
         for m in raw.measures
     )

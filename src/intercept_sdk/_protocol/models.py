@@ -105,7 +105,10 @@ class Entry(BaseModel):
     unperformed_amount: str = Field(pattern=pydantic_pattern(_AMOUNT_PATTERN))
     severity: int = Field(ge=1, le=3)
     valid_until: _dt.date | None = None
+    term_extension_years: int | None = Field(default=None, ge=1, le=3)
+    obligation_kind: Literal["monetary", "non_monetary"] | None = None
     status: Literal["active", "revoked", "deleted"] = "active"
+    status_ground: str | None = None
     revoked_at: _dt.datetime | None = None
     visibility: Literal["public", "restricted"] = "public"
     measures: tuple[str, ...] = Field(min_length=1)
@@ -162,6 +165,90 @@ def _info_of_normalised(number: str) -> IdNumberInfo:
     """Birth date and sex of an already-normalised ID number (no second validation)."""
     birth = _dt.date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
     return IdNumberInfo(number, birth, "男" if int(number[16]) % 2 == 1 else "女")
+
+
+#: Why an entry is revoked (it should never have been listed, or was corrected).
+REVOCATION_GROUNDS = frozenset({"wrongly_listed", "objection_upheld", "minor"})
+#: Why an entry is deleted (法释〔2017〕7号 art. 10; the fixed term's end).
+DELETION_GROUNDS = frozenset(
+    {
+        "performed",
+        "settlement_performed",
+        "creditor_request",
+        "no_assets_after_termination",
+        "enforcement_suspended",
+        "not_to_be_enforced",
+        "enforcement_terminated",
+        "term_ended",
+    }
+)
+_BASE_TERM_YEARS = 2  # situations 2-6; situation 1 has no fixed term
+_MAX_EXTENSION_YEARS = 3  # 情节严重或具有多项失信行为: extended by 1-3 years
+
+
+def _add_years(day: _dt.date, years: int) -> _dt.date:
+    if day.year + years > _dt.MAXYEAR:
+        return _dt.date.max
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:  # 29 February -> 28 February
+        return day.replace(year=day.year + years, day=28)
+
+
+def _amount_reasons(e: Entry) -> list[str]:
+    """Performance against the amounts (monetary obligations; the default)."""
+    if e.obligation_kind == "non_monetary":
+        if e.performed_amount != "0" or e.unperformed_amount != "0":
+            return ["performed_amount/unperformed_amount: must be 0 for a non-monetary obligation"]
+        return []
+    performed = float(e.performed_amount)
+    unperformed = float(e.unperformed_amount)
+    reasons = []
+    if unperformed <= 0:
+        reasons.append("unperformed_amount: a listed monetary obligation has an unperformed part")
+    if e.performance == "全部未履行" and performed > 0:
+        reasons.append("performance: 全部未履行 but performed_amount is not 0")
+    if e.performance == "部分未履行" and performed <= 0:
+        reasons.append("performance: 部分未履行 needs a performed_amount above 0")
+    return reasons
+
+
+def _term_reasons(e: Entry) -> list[str]:
+    """The listing term: none for situation 1; 2 years (+1-3 extension) for 2-6."""
+    if e.situation == 1:
+        if e.valid_until is not None or e.term_extension_years is not None:
+            return ["valid_until: situation 1 has no fixed term (listed until deleted)"]
+        return []
+    if e.valid_until is None:
+        if e.term_extension_years is not None:
+            return ["term_extension_years: needs the valid_until it extends"]
+        return []
+    # Without term_extension_years the source may still carry an extended term in
+    # valid_until alone: the longest lawful one (2 + 3 years) is the bound then.
+    ext = e.term_extension_years
+    years = _BASE_TERM_YEARS + (_MAX_EXTENSION_YEARS if ext is None else ext)
+    latest = _add_years(e.published_at, years)
+    if e.valid_until > latest:
+        return [
+            f"valid_until: {e.valid_until} exceeds the {years}-year term of situation "
+            f"{e.situation} (at most {latest}; extensions are 1-3 years)"
+        ]
+    return []
+
+
+def _ground_reasons(e: Entry) -> list[str]:
+    """A ground, when given, fits the status (revocation vs deletion grounds)."""
+    g = e.status_ground
+    if g is None:
+        return []
+    if e.status == "active":
+        return ["status_ground: only for a revoked or deleted entry"]
+    allowed = REVOCATION_GROUNDS if e.status == "revoked" else DELETION_GROUNDS
+    if g not in allowed:
+        return [
+            f"status_ground: {g!r} is not a ground for {e.status} ({', '.join(sorted(allowed))})"
+        ]
+    return []
 
 
 def _person_reasons(e: Entry) -> list[str]:
@@ -235,6 +322,7 @@ def _semantic_reasons(e: Entry, known_measures: frozenset[str] | None) -> list[s
     """Every cross-field rule an entry breaks, in a fixed order (subject, listing, measures)."""
     reasons = _person_reasons(e) if e.subject_type == "person" else _entity_reasons(e)
     reasons += _listing_reasons(e)
+    reasons += _amount_reasons(e) + _term_reasons(e) + _ground_reasons(e)
     if known_measures is not None:
         reasons += _measure_reasons(e, known_measures)
     return reasons
@@ -313,6 +401,8 @@ _NULLABLE = (
     "revoked_at",
 )
 _ROLE_SET = frozenset(ROLES)
+#: Fields the fast path leaves to parse_entry (rare: non-monetary, extended, grounds).
+_SLOW_ONLY = frozenset({"term_extension_years", "obligation_kind", "status_ground"})
 _SEXES = ("女", "男")  # by the parity of the 17th digit
 _FAST_AMOUNT = re.compile(_AMOUNT_PATTERN)
 _FAST_DATETIME = re.compile(
@@ -373,7 +463,7 @@ def fast_entry_dict(obj: object, known_measures: frozenset[str]) -> dict[str, An
     :func:`parse_entry`, which decides and gives the reasons. The measure codes are
     always checked against ``known_measures``.
     """
-    if type(obj) is not dict or not obj.keys() <= _FIELDS:
+    if type(obj) is not dict or not obj.keys() <= _FIELDS or not obj.keys().isdisjoint(_SLOW_ONLY):
         return None
     try:
         return _fast_entry_dict(obj, known_measures)
@@ -392,7 +482,15 @@ def _fast_entry_dict(obj: dict[str, Any], known: frozenset[str]) -> dict[str, An
     texts = _fast_required(g)
     published: str = d["published_at"]
     valid_until = g("valid_until")
-    if valid_until is not None and (not _fast_date(valid_until) or valid_until < published):
+    if valid_until is not None and (
+        not _fast_date(valid_until)
+        or valid_until < published
+        or d["situation"] == 1
+        or valid_until
+        > str(int(published[:4]) + _BASE_TERM_YEARS + _MAX_EXTENSION_YEARS) + published[4:]
+    ):
+        return None
+    if not _fast_amounts_agree(d["performance"], d["performed_amount"], d["unperformed_amount"]):
         return None
     status = _fast_status(d)
     visibility, audience = _fast_visibility(g, texts)
@@ -478,6 +576,12 @@ def _fast_required(g: Callable[[str], Any]) -> list[str]:
     ):
         raise _Unsure
     return [name, court, doc_no, issuer, obligation]
+
+
+def _fast_amounts_agree(performance: str, performed: str, unperformed: str) -> bool:
+    """The monetary rule of :func:`_amount_reasons` (True: the amounts fit performance)."""
+    done = float(performed) > 0
+    return float(unperformed) > 0 and done == (performance == "部分未履行")
 
 
 def _fast_status(d: dict[str, Any]) -> str:
