@@ -196,7 +196,7 @@ def test_a_listing_whose_term_passes_makes_a_lift_due(
     the restriction the day after, with no new list version needed."""
     now = _dt.datetime.now(UTC)
     until = (now + _dt.timedelta(days=10)).astimezone(CHINA_TZ).date()
-    guest = platform.add_person(valid_until=until.isoformat())
+    guest = platform.add_person(situation=2, valid_until=until.isoformat())
     clock = Clock(now)
     client = _client(platform, tmp_path / "c", clock)
     try:
