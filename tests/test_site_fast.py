@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import itertools
 import json
+import os
 import random
 import shutil
 import sys
@@ -27,18 +29,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from intercept_sdk._client.keys import subscriber_keygen
+from _site_v2 import locator
+from intercept_sdk._client.keys import load_subscriber_key, subscriber_keygen
 from intercept_sdk._exceptions import ConfigurationError, InvalidEntry
 from intercept_sdk._platform import publish as _site
 from intercept_sdk._platform.keys import add_subscriber, keygen
-from intercept_sdk._platform.publish import PublishResult, publish
+from intercept_sdk._platform.publish import PublishResult, current_hash_key, publish
 from intercept_sdk._protocol import sealing
 from intercept_sdk._protocol.catalog import measure_codes
 from intercept_sdk._protocol.identifiers import id_check
 from intercept_sdk._protocol.models import fast_entry_dict, parse_entry
-from intercept_sdk._protocol.sealing import WorkFactor
-from intercept_sdk._protocol.signing import Envelope
+from intercept_sdk._protocol.sealing import WorkFactor, box_context, parse_box_payload, unpad
+from intercept_sdk._protocol.signing import Envelope, open_box
 from intercept_sdk.testing.synth import generate_entries
 
 NOW = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.timezone.utc)
@@ -222,7 +226,8 @@ def _swap_subject(e: dict[str, Any], rng: random.Random) -> None:
 
 
 def _case(e: dict[str, Any], rng: random.Random) -> None:
-    case = e.get("case_no") if isinstance(e.get("case_no"), str) else "(2019)冀0203执123号"
+    raw = e.get("case_no")
+    case: str = raw if isinstance(raw, str) else "(2019)冀0203执123号"
     e["case_no"] = rng.choice(
         [
             case + "\n",
@@ -259,7 +264,8 @@ def _org(e: dict[str, Any], rng: random.Random) -> Value:
 
 
 def _age(e: dict[str, Any], rng: random.Random) -> Value:
-    age = e.get("age") if type(e.get("age")) is int else 30
+    raw = e.get("age")
+    age: int = raw if isinstance(raw, int) and not isinstance(raw, bool) else 30
     return rng.choice([None, 0, 150, 151, -1, True, 30.0, "30", age - 2, age - 1, age + 1, age + 2])
 
 
@@ -494,25 +500,41 @@ def _write(path: Path, lines: list[bytes], *, crlf: bool = False) -> Path:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A key directory template with one registered subscriber (``bank-a``)."""
+    """A key directory template with one registered subscriber (``bank-a``) and one key
+    epoch: an empty list was published once (into a scratch site), so every copy of the
+    template publishes under the same hash key and their artefacts can be compared."""
     base = tmp_path_factory.mktemp("platform")
     keys = base / "keys"
     keygen(keys, now=NOW - dt.timedelta(days=1))
     report_pub, box_pub = subscriber_keygen(base / "sub")
     add_subscriber(keys, "bank-a", report_pub.read_bytes(), box_pub.read_bytes())
+    publish([], keys, base / "scratch-site", now=NOW - dt.timedelta(hours=1))
     return keys
 
 
-def _site_view(site: Path, keys: Path, result: PublishResult) -> dict[str, Any]:
-    """Everything a publish produced, with the (randomly sealed) boxes reduced to content."""
+def _bank_a(keys: Path) -> X25519PrivateKey:
+    """The private box key of the template's subscriber (next to the template)."""
+    key = load_subscriber_key(keys.parent / "sub").restricted
+    assert key is not None
+    return key
+
+
+def _site_view(site: Path, bank_a: X25519PrivateKey, result: PublishResult) -> dict[str, Any]:
+    """Everything a publish produced, with the (randomly sealed) boxes reduced to their
+    locator, length and content opened with the subscriber's private key."""
     files = {}
     for p in sorted(site.rglob("*")):
         if p.is_file() and p.suffix != ".box" and p.name != "manifest.json":
             files[p.relative_to(site).as_posix()] = p.read_bytes()
     manifest = Envelope.from_bytes((site / "manifest.json").read_bytes()).payload_json()
-    manifest["restricted"] = {
-        sub: (art["entries"], art["state_sha256"]) for sub, art in manifest["restricted"].items()
-    }
+    boxes = {}
+    for loc, art in manifest["boxes"].items():
+        sealed = (site / art["path"]).read_bytes()
+        assert len(sealed) == art["length"]
+        payload = unpad(open_box(bank_a, sealed, box_context(loc, manifest["version"])))
+        boxes[loc] = (art["length"], payload)
+    manifest["boxes"] = boxes
+    assert list(boxes) == [locator("bank-a", bank_a)]
     return {
         "files": files,
         "manifest": manifest,
@@ -524,7 +546,9 @@ def _site_view(site: Path, keys: Path, result: PublishResult) -> dict[str, Any]:
             result.quarantined,
             result.snapshot,
             result.deltas,
-            sorted(result.restricted),
+            {loc: a.length for loc, a in result.boxes.items()},
+            result.key_epoch,
+            result.rotated,
             result.state_sha256,
             result.state_sum,
         ),
@@ -541,6 +565,7 @@ def _publish_all(
 ) -> list[dict[str, Any]]:
     keys = root / "keys"
     shutil.copytree(keys_template, keys)
+    bank_a = _bank_a(keys_template)
     site = root / "site"
     views = []
     for i, source in enumerate(sources):
@@ -552,7 +577,7 @@ def _publish_all(
             workers=workers,
             progress=progress.append,
         )
-        views.append(_site_view(site, keys, r))
+        views.append(_site_view(site, bank_a, r))
     return views
 
 
@@ -590,6 +615,9 @@ def test_publish_same_bytes_slow_fast_and_parallel(
 
     assert slow[0]["result"][3], "the list must have quarantined lines"
     assert slow[0]["result"][2], "the list must have restricted entries"
+    (loc,) = slow[0]["manifest"]["boxes"]
+    box = parse_box_payload(slow[0]["manifest"]["boxes"][loc][1], version=2)
+    assert box.restricted, "bank-a's box must hold restricted entries"
     assert slow[1]["manifest"]["deltas"], "version 2 must have a delta"
     assert fast == slow
     assert par == slow
@@ -645,7 +673,7 @@ def test_workers_argument(platform: Path, tmp_path: Path, monkeypatch: pytest.Mo
     assert _site._auto_workers(tmp_path / "missing.jsonl") == 0
     monkeypatch.setattr(_site, "_PARALLEL_MIN_BYTES", 1)
     for cpus, expected in ((8, 4), (5, 4), (4, 3), (3, 0), (2, 0), (1, 0)):
-        monkeypatch.setattr(_site.os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
         assert _site._auto_workers(small) == expected
         assert _site._auto_workers(str(small)) == expected
     # A mapping source is published in this process whatever ``workers`` says.
@@ -709,10 +737,31 @@ def test_threaded_gzip_artefact_abort_and_errors(
     assert not list((tmp_path / "b").iterdir())
 
 
-def test_snapshot_written_while_reading_equals_the_one_from_the_table(
-    platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _expected_snapshot(lines: list[bytes], hash_key: bytes) -> list[bytes]:
+    """The snapshot's lines by an independent route: every valid, active, public entry
+    whose entry_id occurs once in ``lines``, sealed by the model path, in record id order."""
+    sealer = _site.Sealer(hash_key, WorkFactor())
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for line in lines:
+        try:
+            fields = parse_entry(line).to_json_dict()
+        except InvalidEntry:
+            continue
+        by_id.setdefault(fields["entry_id"], []).append(fields)
+    sealed = []
+    for copies in by_id.values():
+        if len(copies) == 1 and copies[0].get("visibility") != "restricted":
+            out = sealer.seal_fields(copies[0])
+            if out is not None:
+                sealed.append(out)
+    return [line for _, line in sorted(sealed)]
+
+
+def test_snapshot_is_in_record_id_order_whatever_the_source_order(
+    platform: Path, tmp_path: Path
 ) -> None:
-    """A list sorted by entry_id gets its snapshot while it is read: same bytes."""
+    """The snapshot is the sealed lines of the public entries sorted by record id (which
+    the hash key scrambles), whatever order the source is in, with duplicates left out."""
     rng = random.Random(31)
     entries = list(generate_entries(800, seed=31, restricted=40, audience=["bank-a"], minors=10))
     lines = [_line(e, rng) for e in entries]  # sorted by entry_id, minors invalid
@@ -722,33 +771,29 @@ def test_snapshot_written_while_reading_equals_the_one_from_the_table(
         lines.insert(i, _line(bad, rng))  # an invalid copy before: no duplicate
     shuffled = list(lines)
     rng.shuffle(shuffled)
-    dup_at_end = [*lines, lines[len(lines) // 2]]
+    dup = lines[len(lines) // 2]
     sources = {
-        "sorted": _write(tmp_path / "sorted.jsonl", lines),
-        "shuffled": _write(tmp_path / "shuffled.jsonl", shuffled),
-        "dup_at_end": _write(tmp_path / "dup.jsonl", dup_at_end),
-        "dup_shuffled": _write(tmp_path / "dup2.jsonl", [*shuffled, lines[len(lines) // 2]]),
+        "sorted": lines,
+        "shuffled": shuffled,
+        "dup_at_end": [*lines, dup],
+        "dup_shuffled": [*shuffled, dup],
     }
-    aborted: list[int] = []
-    real_abort = _site._GzipArtefact.abort
-
-    def abort(self: _site._GzipArtefact) -> None:
-        aborted.append(1)
-        real_abort(self)
-
-    monkeypatch.setattr(_site._GzipArtefact, "abort", abort)
     results: dict[str, tuple[Any, ...]] = {}
-    for name, src in sources.items():
-        aborted.clear()
+    for name, src_lines in sources.items():
         keys = tmp_path / name / "keys"
         shutil.copytree(platform, keys)
-        r = publish(src, keys, tmp_path / name / "site", now=NOW, workers=0)
-        results[name] = (r.snapshot, r.state_sha256, r.state_sum, r.entries, len(aborted))
-    assert results["sorted"][4] == 0  # written while reading
-    assert results["shuffled"][4] == results["dup_at_end"][4] == 1  # made from the table
-    assert results["sorted"][:4] == results["shuffled"][:4]
-    assert results["dup_at_end"][:4] == results["dup_shuffled"][:4]
+        site = tmp_path / name / "site"
+        r = publish(_write(tmp_path / f"{name}.jsonl", src_lines), keys, site, now=NOW, workers=0)
+        snap = gzip.decompress((site / r.snapshot.path).read_bytes()).splitlines()
+        rids = [sealing.parse_sealed(x).rid for x in snap]
+        assert all(a < b for a, b in itertools.pairwise(rids)), name  # strictly increasing
+        assert snap == _expected_snapshot(src_lines, current_hash_key(keys)[1]), name
+        assert r.entries == len(snap)
+        results[name] = (r.snapshot, r.state_sha256, r.state_sum, r.entries)
+    assert results["sorted"] == results["shuffled"]
+    assert results["dup_at_end"] == results["dup_shuffled"]
     assert results["dup_at_end"][3] == results["sorted"][3] - 1
+    assert results["sorted"][3] > 600
 
 
 def test_workers_stop_when_the_publish_fails_midway(
@@ -757,8 +802,8 @@ def test_workers_stop_when_the_publish_fails_midway(
     started: list[Any] = []
 
     class Spy(_site._Workers):
-        def __init__(self, count: int, hash_key: bytes) -> None:
-            super().__init__(count, hash_key)
+        def __init__(self, count: int, sealer: _site.Sealer) -> None:
+            super().__init__(count, sealer)
             started.extend(self.procs)
 
     monkeypatch.setattr(_site, "_Workers", Spy)
@@ -790,15 +835,19 @@ def test_benchmark_pipeline_publishes_what_the_generator_gives(tmp_path: Path) -
     finally:
         sys.path.remove(repo)
     a = data.new_platform(tmp_path / "a")
+    # One key epoch for both copies (the first publish draws the hash key).
+    publish([], a["keys"], tmp_path / "scratch-site")
     b_dir = tmp_path / "b"
     shutil.copytree(tmp_path / "a", b_dir)
     piped = data._publish_generated(1500, 10, tmp_path / "a", a, lambda _n: None)
     direct = publish(
         generate_entries(1500, seed=10), b_dir / "keys", b_dir / "site", expires=data.LARGE_EXPIRES
     )
-    assert (piped.entries, piped.snapshot.sha256, piped.state_sum) == (
+    assert (piped.entries, piped.snapshot.sha256, piped.state_sum, piped.key_epoch) == (
         direct.entries,
         direct.snapshot.sha256,
         direct.state_sum,
+        direct.key_epoch,
     )
+    assert not piped.rotated and piped.entries == 1500
     assert not (tmp_path / "a" / "source.fifo").exists()

@@ -1580,6 +1580,8 @@ def _prune_site(db: sqlite3.Connection, site: Path, version: int, keep_versions:
             for d in parent.iterdir():
                 with suppress(OSError):
                     d.rmdir()  # only when empty
+    with suppress(OSError):
+        (site / "restricted").rmdir()  # site format 1's box directory, once empty
     if removed:
         log.info("pruned %d old artefact(s) from %s", removed, site)
 
