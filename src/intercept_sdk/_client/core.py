@@ -345,6 +345,8 @@ class _Core:
 
     def health(self) -> Health:
         """Liveness and readiness, for probes (see :class:`~.health.Health`)."""
+        if self._life.closed:
+            return Health(False, False, ("the client is closed",), None, 0)
         return health_of(self.status(), self.outcomes.read(), closed=self._life.closed)
 
     def _gauges(self) -> dict[str, float | None]:

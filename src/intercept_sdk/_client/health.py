@@ -25,7 +25,7 @@ from typing import Any
 from .._util import atomic_write, format_utc, parse_utc
 from .status import LastError, Status
 
-__all__ = ["HEALTH_FILE", "Health", "SharedOutcomes", "SharedOutcome", "health_of"]
+__all__ = ["HEALTH_FILE", "Health", "SharedOutcome", "SharedOutcomes", "health_of"]
 
 log = logging.getLogger("intercept_sdk.health")
 
