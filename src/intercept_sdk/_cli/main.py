@@ -692,6 +692,45 @@ def cmd_measures(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    """Run the local sidecar (``_cli/agent.py``) until SIGTERM/Ctrl-C; background mode
+    keeps the shared cache in sync unless ``--no-background``."""
+    import signal
+
+    from .agent import AgentServer, shutdown_from_signal
+
+    token = _env("INTERCEPT_AGENT_TOKEN")
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {args.token_file}: {exc.strerror}") from None
+    with _make_client(args, poll_interval=args.interval) as client:
+        if not args.no_background:
+            client.start_background()
+        server = AgentServer(
+            client,
+            host=args.host,
+            port=args.port,
+            unix_socket=args.unix_socket,
+            token=token,
+            allow_remote=args.allow_remote,
+        )
+        signal.signal(signal.SIGTERM, shutdown_from_signal(server))
+        ready = {"event": "listening", "url": server.url}
+        if _wants_json(args):
+            print(json.dumps(ready), flush=True)
+        else:
+            print(f"agent listening on {server.url} (Ctrl-C stops)", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -712,6 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_subscriber_commands(sub)
     _add_client_commands(sub)
     _add_record_commands(sub)
+    _add_agent_command(sub)
     _add_tool_commands(sub)
     return p
 
@@ -870,6 +910,27 @@ def _add_record_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     s.add_argument("--quarter", help="e.g. 2026Q4 (for summary)")
     s.add_argument("--upload", action="store_true", help="also queue the summary as a report")
     s.set_defaults(func=cmd_reports)
+
+
+def _add_agent_command(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """The local HTTP sidecar for non-Python systems."""
+    s = sub.add_parser(
+        "agent", help="local HTTP sidecar: check, block, screen, report, status, metrics"
+    )
+    _client_args(s)
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8471, help="TCP port (default 8471; 0 picks one)")
+    s.add_argument("--unix-socket", help="listen on this Unix socket (mode 0600) instead of TCP")
+    s.add_argument(
+        "--token-file", help="require 'Authorization: Bearer <token>' [INTERCEPT_AGENT_TOKEN]"
+    )
+    s.add_argument(
+        "--allow-remote", action="store_true", help="allow a non-loopback --host (needs a token)"
+    )
+    s.add_argument("--interval", default="5m", help="poll interval when push is down")
+    s.add_argument("--no-background", action="store_true", help="do not sync in the background")
+    s.add_argument("--json", action="store_true", help="print the listening URL as JSON")
+    s.set_defaults(func=cmd_agent)
 
 
 def _add_tool_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
