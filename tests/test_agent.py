@@ -207,7 +207,7 @@ def agent_process(platform: TestPlatform, tmp_path: Path) -> Iterator[tuple[str,
 def test_agent_process_answers_and_stops_on_sigterm(
     agent_process: tuple[str, TestPlatform],
 ) -> None:
-    url, p = agent_process
+    url, _ = agent_process
     c = Conn(url)
     status, d = c.call("POST", "/v1/check", {"measure": MEASURE, "subject": {"id_number": CLEAN}})
     assert status == 200 and d["action"] == "allow"
@@ -263,3 +263,40 @@ def test_java_example_client(agent_process: tuple[str, TestPlatform]) -> None:
     check, block = out.stdout.splitlines()
     assert check.startswith("200 ") and json.loads(check[4:])["action"] == "block"
     assert json.loads(block[4:])["intercepted"] is True
+
+
+def test_agent_benchmark_runs(tmp_path: Path) -> None:
+    """``python -m benchmarks agent`` end to end on a tiny list (the 1-ms target is judged
+    on the full run; here only that it produces every figure)."""
+    out = tmp_path / "agent.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "agent",
+            "--entries",
+            "200",
+            "--checks",
+            "1000",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for key in (
+        "checks_per_s_one_connection",
+        "check_p50_ms",
+        "check_p99_ms",
+        "block_p50_ms",
+        "report_p50_ms",
+        "checks_per_s_4_connections",
+    ):
+        assert result[key] > 0
+    assert result["check_p50_ms"] < 20

@@ -461,3 +461,17 @@ def test_async_watch_callbacks_are_awaited(platform: TestPlatform) -> None:
         await client.aclose()
 
     asyncio.run(main())
+
+
+def test_async_testing_helper(platform: TestPlatform) -> None:
+    from intercept_sdk.testing.aio import async_client
+
+    listed = next(iter(platform.entries.values()))
+
+    async def main() -> None:
+        async with async_client(platform) as client:
+            with pytest.raises(Intercepted):
+                await client.block(Person(listed["id_number"]), MEASURE)
+            assert (await client.health()).ready
+
+    asyncio.run(main())
