@@ -138,3 +138,48 @@ def test_client_commands_answer_in_json_and_screen_reports_bad_rows(
     }
     keys = run("--json", "subscriber", "keygen", "--out", str(tmp_path / "sub"))
     assert "report_key" in json.loads(keys.stdout)
+
+
+def test_block_and_file_a_report_from_the_command_line(
+    site: tuple[TestPlatform, str], tmp_path: Path
+) -> None:
+    p, listed = site
+    env = p.env(tmp_path / "cache")
+    assert run("sync", "--quiet", env=env).returncode == 0
+    out = run(
+        "block",
+        "--measure",
+        MEASURE,
+        "--id-number",
+        listed,
+        "--context",
+        "room=1808",
+        "--json",
+        env=env,
+    )
+    assert out.returncode == 3, out.stderr
+    data = json.loads(out.stdout)
+    assert data["intercepted"] is True and data["report_id"]
+    clean = run("block", "--measure", MEASURE, "--id-number", "110101199003074477", env=env)
+    assert clean.returncode == 0 and clean.stdout.startswith("ALLOW")
+    entry_id = next(iter(p.entries))
+    filed = run(
+        "reports",
+        "file",
+        "--kind",
+        "objection",
+        "--entry-id",
+        entry_id,
+        "--detail",
+        "grounds=已履行完毕",
+        "--timeout",
+        "0",
+        "--json",
+        env=env,
+    )
+    assert filed.returncode == 0, filed.stderr
+    assert json.loads(filed.stdout)["report_id"]
+    listed_reports = json.loads(run("reports", "list", "--json", env=env).stdout)
+    assert listed_reports["pending"] == 2  # a file platform: reports wait in the outbox
+    bad = run("reports", "file", "--kind", "objection", "--detail", "nokey", env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -379,6 +379,73 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+    """``key=value`` arguments as a dict (InvalidInput naming ``flag`` otherwise)."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"{flag} takes key=value, got {item!r}")
+        out[key] = value
+    return out
+
+
+def cmd_block(args: argparse.Namespace) -> int:
+    """``check``, and on block queue the interception report and exit 3 (the notice on
+    stdout, or the JSON ``{"intercepted", "decision", "notice", "report_id"}``)."""
+    from .._exceptions import Intercepted
+
+    subject = _subject_from(
+        {
+            "id_number": args.id_number,
+            "uscc": args.uscc,
+            "org_code": args.org_code,
+            "name": args.name,
+        }
+    )
+    context = _pairs(args.context, "--context")
+    with _make_client(args) as client:
+        try:
+            decision = client.block(subject, args.measure, **context)
+        except Intercepted as stop:
+            if _wants_json(args):
+                _print_json(
+                    {
+                        "intercepted": True,
+                        "decision": stop.decision.to_dict(),
+                        "notice": stop.notice,
+                        "report_id": stop.report_id,
+                    }
+                )
+            else:
+                print(stop.notice)
+                print(f"interception report queued: {stop.report_id}", file=sys.stderr)
+            client.flush_reports(args.timeout)
+            return EXIT_BLOCK
+        if _wants_json(args):
+            _print_json({"intercepted": False, "decision": decision.to_dict()})
+        else:
+            print(
+                f"{decision.action.upper()}  {decision.measure}, "
+                f"list version {decision.list_version}"
+            )
+    return EXIT_REVIEW if decision.action == "review" else EXIT_OK
+
+
+def _file_report(args: argparse.Namespace, client: Any) -> int:
+    """``reports file``: queue one signed report and try to upload it within --timeout."""
+    if not args.kind:
+        raise InvalidInput("reports file needs --kind (objection, lift, review_outcome, ...)")
+    details = _pairs(args.detail, "--detail")
+    report_id = client.report(args.kind, args.entry_id, **details)
+    sent = client.flush_reports(args.timeout)
+    if _wants_json(args):
+        _print_json({"report_id": report_id, "uploaded": sent})
+    else:
+        print(f"report {report_id} queued" + (" and uploaded" if sent else " (upload pending)"))
+    return EXIT_OK
+
+
 def _read_subjects(path: str) -> Iterator[Any]:
     """The subjects of a CSV file; a bad row raises :class:`InvalidInput` naming its line."""
     for _line, row in _read_rows(path):
@@ -612,6 +679,8 @@ def cmd_reports(args: argparse.Namespace) -> int:
     action = args.action or "list"
     with _make_client(args, audit=False) as client:
         core = client._core
+        if action == "file":
+            return _file_report(args, client)
         if action == "list":
             st = client.status()
             if _wants_json(args):
@@ -844,6 +913,21 @@ def _add_client_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     s.add_argument("--fail-on-block", action="store_true", help="exit 3 on block, 4 on review")
     s.set_defaults(func=cmd_check)
 
+    s = sub.add_parser("block", help="check one subject; on block report it and exit 3")
+    _client_args(s)
+    s.add_argument("--measure", required=True, help="measure code (intercept-sdk measures)")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--id-number", help="a person's 18-character ID number")
+    g.add_argument("--uscc", help="an entity's unified social credit code")
+    g.add_argument("--org-code", help="an entity's organisation code (older entities)")
+    s.add_argument("--name", help="the subject's name (checked against the entry's)")
+    s.add_argument(
+        "--context", action="append", metavar="KEY=VALUE", help="report detail, e.g. room=1808"
+    )
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds to try uploading (10)")
+    s.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    s.set_defaults(func=cmd_block)
+
     s = sub.add_parser("screen", help="CSV in (id_number,uscc,org_code,name), CSV of decisions out")
     _client_args(s)
     s.add_argument("--measure", required=True, help="measure code (intercept-sdk measures)")
@@ -899,7 +983,15 @@ def _add_record_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     s = sub.add_parser("reports", help="feedback reports: list, flush, summary")
     _client_args(s)
     s.add_argument(
-        "action", nargs="?", choices=["list", "flush", "summary"], help="what to do (default list)"
+        "action",
+        nargs="?",
+        choices=["list", "flush", "summary", "file"],
+        help="what to do (default list); file: queue one report (--kind, --entry-id, --detail)",
+    )
+    s.add_argument("--kind", help="file: report kind (objection, lift, review_outcome, ...)")
+    s.add_argument("--entry-id", help="file: the entry the report is about")
+    s.add_argument(
+        "--detail", action="append", metavar="KEY=VALUE", help="file: a report detail (repeat)"
     )
     s.add_argument("--server", help="list the reports a platform server received (GET /reports)")
     s.add_argument("--limit", type=int, default=100, help="with --server: at most N (default 100)")
