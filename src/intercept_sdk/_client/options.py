@@ -48,7 +48,9 @@ import httpx
 from .._exceptions import ConfigurationError, TrustRootError
 from .._protocol.catalog import get_measure
 from .._util import ensure_private_dir, parse_duration, utcnow
+from .hooks import Event, EventHooks
 from .keys import SubscriberKeys, load_subscriber_key
+from .metrics import Metrics
 from .retry import RetryPolicy
 
 __all__ = [
@@ -168,8 +170,8 @@ class ClientOptionsDict(TypedDict, total=False):
     unit_name: str | None
     clock: Callable[[], _dt.datetime]
     audit: bool
-    metrics: Any
-    hooks: Any
+    metrics: Metrics | None
+    hooks: EventHooks | Callable[[Event], object] | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,9 +199,9 @@ class ClientOptions:
     unit_name: str | None = None
     clock: Callable[[], _dt.datetime] = utcnow
     audit: bool = True
-    metrics: Any = None
+    metrics: Metrics | None = None
     """A :class:`~.metrics.Metrics` registry to count into (one per client by default)."""
-    hooks: Any = None
+    hooks: EventHooks | Callable[[Event], object] | None = None
     """An :class:`~.hooks.EventHooks` (or a callable taking one :class:`~.hooks.Event`)."""
 
     def __post_init__(self) -> None:
@@ -255,6 +257,10 @@ def _check_types(o: ClientOptions) -> None:
         raise ConfigurationError("outbox_max_bytes must be an integer number of bytes")
     if isinstance(o.report_rate, bool) or not isinstance(o.report_rate, (int, float)):
         raise ConfigurationError("report_rate must be a number (reports per second)")
+    if o.metrics is not None and not isinstance(o.metrics, Metrics):
+        raise ConfigurationError("metrics must be an intercept_sdk.Metrics")
+    if o.hooks is not None and not (isinstance(o.hooks, EventHooks) or callable(o.hooks)):
+        raise ConfigurationError("hooks must be an EventHooks or a callable(event)")
     for name in ("transport", "report_transport"):
         value = getattr(o, name)
         if value is not None and not isinstance(
