@@ -91,14 +91,74 @@ def test_push_listens_until_the_poll_is_due() -> None:
     assert e.next() == SyncNow("poll")
 
 
-def test_a_failed_sync_is_not_retried_sooner_than_the_poll() -> None:
+def test_failed_syncs_back_off_exponentially_capped_at_the_poll() -> None:
     e, clock = engine(100.0, push=False, rand=0.5)
     started(e)
-    clock.now += 100
+    waits = []
+    for _ in range(6):
+        clock.now += 1000
+        e.waited(False)
+        assert e.next() == SyncNow("poll")
+        e.synced(False)
+        step = e.next()
+        assert isinstance(step, Wait)
+        waits.append(step.seconds)
+    # min(poll, 10 s x 2^(n-1)) x uniform(0.5, 1.0) at 0.75; capped by the jittered poll (100)
+    assert waits == pytest.approx([7.5, 15.0, 30.0, 60.0, 75.0, 75.0])
+    e.synced(True)  # success: back to the plain poll
+    assert e.next() == Wait(pytest.approx(100.0))
+
+
+def test_no_listening_while_syncs_fail_or_the_lock_is_busy() -> None:
+    e, clock = engine(300.0, rand=0.5)
+    started(e)
+    assert isinstance(e.next(), Listen)
+    e.listened(Heard("announced"))
+    assert e.next() == SyncNow("push")
+    e.synced(False)
+    assert isinstance(e.next(), Wait)  # an announcement could not be applied: no reconnect
+    clock.now += 1000
     e.waited(False)
     assert e.next() == SyncNow("poll")
-    e.synced(False)
-    assert e.next() == Wait(pytest.approx(100.0))
+    e.synced("busy")
+    step = e.next()
+    assert step == Wait(pytest.approx(0.75))  # min(poll, 1 s) x 0.75: another worker syncs
+    clock.now += 1
+    e.waited(False)
+    assert e.next() == SyncNow("poll")
+    e.synced("ok")
+    assert isinstance(e.next(), Listen)
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_a_failing_client_with_push_announcing_syncs_at_most_5_times_a_minute(seed: int) -> None:
+    """Simulate 60 s of a client whose every sync fails (a wrong trust root) while the
+    channel announces a newer version on every connect: every step is taken at once, on a
+    fake clock, with random jitter."""
+    import random
+
+    rng = random.Random(seed)
+    clock = FakeClock()
+    e = Engine(
+        300.0, push=True, retry=RetryPolicy(random=rng.random), clock=clock, random=rng.random
+    )
+    start = clock.now
+    syncs = listens = 0
+    while clock.now - start <= 60.0:
+        step = e.next()
+        if isinstance(step, Wait):
+            clock.now += step.seconds
+            e.waited(False)
+        elif isinstance(step, SyncNow):
+            syncs += 1
+            e.synced(False)
+        elif isinstance(step, Listen):
+            listens += 1
+            e.listened(Heard("announced"))
+        else:
+            break
+    assert syncs <= 5
+    assert listens <= 1
 
 
 def test_push_failures_back_off_exponentially_and_polling_goes_on() -> None:

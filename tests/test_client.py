@@ -318,7 +318,7 @@ def test_watch_started_before_the_first_sync(platform: TestPlatform) -> None:
 
 def test_watch_callbacks_run_on_the_sdk_thread_in_background(platform: TestPlatform) -> None:
     idn = make_id_number("1979-09-09", seq=8)
-    client = platform.client(background=True, poll_interval=0.3)
+    client = platform.client(background=True, poll_interval=0.5)
     done = threading.Event()
     info: dict[str, Any] = {}
 

@@ -11,11 +11,16 @@ from typing import Any as _Any
 
 if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; at run time names load lazily
     from ._client.client import AsyncClient, Client
-    from ._client.decisions import Decision, Entity, Match, Officer, Person
+    from ._client.decisions import Decision, Entity, Ignored, Match, Officer, Person, Subject
+    from ._client.health import Health
+    from ._client.hooks import Event, EventHooks
     from ._client.keys import SubscriberKeys, load_subscriber_key
     from ._client.ledger import LedgerEvent, Restriction
+    from ._client.metrics import Metrics
+    from ._client.options import ClientOptions, UnknownOption
     from ._client.retry import RetryPolicy
     from ._client.status import LastError, Status
+    from ._client.store import StoreState
     from ._client.sync import SyncResult
     from ._client.watches import Listener, Watch, WatchChange
     from ._exceptions import (
@@ -48,6 +53,7 @@ if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; at run time
         UnknownMeasure,
         VerificationError,
     )
+    from ._platform.publish import PublishResult
     from ._protocol.catalog import Measure, get_measure, measures
     from ._protocol.identifiers import (
         IdNumberInfo,
@@ -65,15 +71,20 @@ _LAZY: dict[str, str] = {
     "BaseVersionMismatch": "._exceptions",
     "Client": "._client.client",
     "ClientClosed": "._exceptions",
+    "ClientOptions": "._client.options",
     "ConfigurationError": "._exceptions",
     "Decision": "._client.decisions",
     "DigestMismatch": "._exceptions",
     "Entity": "._client.decisions",
     "Entry": "._protocol.models",
+    "Event": "._client.hooks",
+    "EventHooks": "._client.hooks",
     "ExpiredError": "._exceptions",
     "FormatError": "._exceptions",
     "HTTPStatusError": "._exceptions",
+    "Health": "._client.health",
     "IdNumberInfo": "._protocol.identifiers",
+    "Ignored": "._client.decisions",
     "InterceptError": "._exceptions",
     "Intercepted": "._exceptions",
     "InvalidEntry": "._exceptions",
@@ -83,12 +94,14 @@ _LAZY: dict[str, str] = {
     "LastError": "._client.status",
     "Match": "._client.decisions",
     "Measure": "._protocol.catalog",
+    "Metrics": "._client.metrics",
     "NetworkError": "._exceptions",
     "NotRegistered": "._exceptions",
     "NeverSynced": "._exceptions",
     "Officer": "._client.decisions",
     "OutboxFull": "._exceptions",
     "Person": "._client.decisions",
+    "PublishResult": "._platform.publish",
     "Related": "._protocol.models",
     "ReportError": "._exceptions",
     "RetryPolicy": "._client.retry",
@@ -101,12 +114,15 @@ _LAZY: dict[str, str] = {
     "Restriction": "._client.ledger",
     "StoreCorrupted": "._exceptions",
     "StoreError": "._exceptions",
+    "StoreState": "._client.store",
+    "Subject": "._client.decisions",
     "SubscriberKeys": "._client.keys",
     "SyncError": "._exceptions",
     "SyncResult": "._client.sync",
     "TooLarge": "._exceptions",
     "TrustRootError": "._exceptions",
     "UnknownMeasure": "._exceptions",
+    "UnknownOption": "._client.options",
     "VerificationError": "._exceptions",
     "Watch": "._client.watches",
     "WatchChange": "._client.watches",
@@ -141,15 +157,20 @@ __all__ = [
     "BaseVersionMismatch",
     "Client",
     "ClientClosed",
+    "ClientOptions",
     "ConfigurationError",
     "Decision",
     "DigestMismatch",
     "Entity",
     "Entry",
+    "Event",
+    "EventHooks",
     "ExpiredError",
     "FormatError",
     "HTTPStatusError",
+    "Health",
     "IdNumberInfo",
+    "Ignored",
     "InterceptError",
     "Intercepted",
     "InvalidEntry",
@@ -161,12 +182,14 @@ __all__ = [
     "Listener",
     "Match",
     "Measure",
+    "Metrics",
     "NetworkError",
     "NeverSynced",
     "NotRegistered",
     "Officer",
     "OutboxFull",
     "Person",
+    "PublishResult",
     "Related",
     "ReportError",
     "Restriction",
@@ -177,12 +200,15 @@ __all__ = [
     "Status",
     "StoreCorrupted",
     "StoreError",
+    "StoreState",
+    "Subject",
     "SubscriberKeys",
     "SyncError",
     "SyncResult",
     "TooLarge",
     "TrustRootError",
     "UnknownMeasure",
+    "UnknownOption",
     "VerificationError",
     "Watch",
     "WatchChange",

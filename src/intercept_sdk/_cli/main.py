@@ -2,7 +2,13 @@
 
 Exit codes: 0 success; 2 usage error or invalid input (the message says what was wrong,
 e.g. the InvalidIdentifier reason); 1 any other error; ``check --fail-on-block`` exits 3
-when the decision is block (4 when review), for shell scripting.
+when the decision is block (4 when review), for shell scripting; ``status`` exits 0 only
+when the cache is ready (a verified, fresh list), 1 otherwise.
+
+Every command answers in JSON with ``--json`` (before or after the command name);
+errors are one line on stderr (``{"error": ..., "kind": ...}`` in JSON mode), never a
+traceback (``-v`` adds one to the log for unexpected errors). ``screen`` reports a bad
+row as an ``error`` row and goes on.
 
 Client commands read their configuration from flags or from the environment:
 INTERCEPT_PLATFORM, INTERCEPT_TRUST_ROOT, INTERCEPT_CACHE_DIR, INTERCEPT_SUBSCRIBER_ID,
@@ -22,12 +28,39 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .._exceptions import ConfigurationError, InterceptError, InvalidInput
+from .._exceptions import ConfigurationError, InterceptError, InvalidInput, NeverSynced
 from . import units as _units
 
 log = logging.getLogger("intercept_sdk.cli")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BLOCK, EXIT_REVIEW = 0, 1, 2, 3, 4
+
+DESCRIPTION = (
+    "Sync, verify and enforce the signed list of dishonest judgment debtors "
+    "(失信被执行人) offline; publish and serve it on the platform side. Client commands "
+    "read INTERCEPT_PLATFORM, INTERCEPT_TRUST_ROOT, INTERCEPT_CACHE_DIR, "
+    "INTERCEPT_SUBSCRIBER_ID, INTERCEPT_SUBSCRIBER_KEY (and INTERCEPT_MAX_STALENESS, "
+    "INTERCEPT_CA_BUNDLE, INTERCEPT_PROXY) when their flags are not given."
+)
+EPILOG = (
+    "exit codes: 0 success; 1 error; 2 usage error or invalid input; check --fail-on-block: "
+    "3 block, 4 review; status: 1 when the cache is not ready"
+)
+
+
+def _wants_json(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False) or getattr(args, "json_all", False))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("intercept-sdk")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        from .. import __version__
+
+        return __version__
 
 
 class Progress:
@@ -160,6 +193,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         online_threshold=args.online_threshold,
         root_expires=parse_duration(args.root_expires),
     )
+    if _wants_json(args):
+        _print_json({"keys": args.keys, "trust_root": str(root)})
+        return EXIT_OK
     print(f"keys written to {args.keys}; trust root (pin this in clients): {root}")
     return EXIT_OK
 
@@ -175,6 +211,9 @@ def cmd_root_rotate(args: argparse.Namespace) -> int:
         rotate_online=args.rotate_online,
         expires=parse_duration(args.expires),
     )
+    if _wants_json(args):
+        _print_json({"root_version": version})
+        return EXIT_OK
     print(f"root version {version} written; publish again to put it on the site")
     return EXIT_OK
 
@@ -195,7 +234,20 @@ def cmd_publish(args: argparse.Namespace) -> int:
         rotate_after=parse_duration(args.rotate_after),
     )
     bar.close()
-    if not args.quiet:
+    if _wants_json(args):
+        _print_json(
+            {
+                "version": result.version,
+                "entries": result.entries,
+                "restricted_entries": result.restricted_entries,
+                "quarantined": len(result.quarantined),
+                "quarantine_path": str(result.quarantine_path),
+                "snapshot_bytes": result.snapshot.length,
+                "deltas": len(result.deltas),
+                "seconds": round(result.seconds, 3),
+            }
+        )
+    elif not args.quiet:
         print(
             f"published version {result.version}: {result.entries:,} public entries, "
             f"{result.restricted_entries} restricted, {len(result.quarantined)} quarantined "
@@ -231,6 +283,9 @@ def cmd_subscriber_keygen(args: argparse.Namespace) -> int:
     from .._client.keys import subscriber_keygen
 
     report_pub, box_pub = subscriber_keygen(Path(args.out))
+    if _wants_json(args):
+        _print_json({"report_key": str(report_pub), "restricted_key": str(box_pub)})
+        return EXIT_OK
     print(f"subscriber keys in {args.out}; register the public keys with the platform:")
     print(f"  report key:     {report_pub}\n  restricted key: {box_pub}")
     return EXIT_OK
@@ -263,7 +318,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
         bar = Progress("sync", None, quiet=args.quiet)
         result = client.sync(progress=bar.update)
         bar.close()
-        if not args.quiet:
+        if _wants_json(args):
+            _print_json(
+                {
+                    "mode": result.mode,
+                    "from_version": result.from_version,
+                    "to_version": result.to_version,
+                    "bytes_downloaded": result.bytes_downloaded,
+                    "fallback_reason": result.fallback_reason,
+                }
+            )
+        elif not args.quiet:
             print(
                 f"{result.mode}: version {result.from_version} -> {result.to_version}, "
                 f"{result.bytes_downloaded:,} bytes downloaded"
@@ -295,7 +360,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     with _make_client(args, audit=True) as client:
         decision = client.check(subject, args.measure)
-        if args.json:
+        if _wants_json(args):
             _print_json(decision.to_dict())
         else:
             print(
@@ -318,75 +383,195 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+    """``key=value`` arguments as a dict (InvalidInput naming ``flag`` otherwise)."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"{flag} takes key=value, got {item!r}")
+        out[key] = value
+    return out
+
+
+def cmd_block(args: argparse.Namespace) -> int:
+    """``check``, and on block queue the interception report and exit 3 (the notice on
+    stdout, or the JSON ``{"intercepted", "decision", "notice", "report_id"}``)."""
+    from .._exceptions import Intercepted
+
+    subject = _subject_from(
+        {
+            "id_number": args.id_number,
+            "uscc": args.uscc,
+            "org_code": args.org_code,
+            "name": args.name,
+        }
+    )
+    context = _pairs(args.context, "--context")
+    with _make_client(args) as client:
+        try:
+            decision = client.block(subject, args.measure, **context)
+        except Intercepted as stop:
+            if _wants_json(args):
+                _print_json(
+                    {
+                        "intercepted": True,
+                        "decision": stop.decision.to_dict(),
+                        "notice": stop.notice,
+                        "report_id": stop.report_id,
+                    }
+                )
+            else:
+                print(stop.notice)
+                print(f"interception report queued: {stop.report_id}", file=sys.stderr)
+            client.flush_reports(args.timeout)
+            return EXIT_BLOCK
+        if _wants_json(args):
+            _print_json({"intercepted": False, "decision": decision.to_dict()})
+        else:
+            print(
+                f"{decision.action.upper()}  {decision.measure}, "
+                f"list version {decision.list_version}"
+            )
+    return EXIT_REVIEW if decision.action == "review" else EXIT_OK
+
+
+def _file_report(args: argparse.Namespace, client: Any) -> int:
+    """``reports file``: queue one signed report and try to upload it within --timeout."""
+    if not args.kind:
+        raise InvalidInput("reports file needs --kind (objection, lift, review_outcome, ...)")
+    details = _pairs(args.detail, "--detail")
+    report_id = client.report(args.kind, args.entry_id, **details)
+    sent = client.flush_reports(args.timeout)
+    if _wants_json(args):
+        _print_json({"report_id": report_id, "uploaded": sent})
+    else:
+        print(f"report {report_id} queued" + (" and uploaded" if sent else " (upload pending)"))
+    return EXIT_OK
+
+
 def _read_subjects(path: str) -> Iterator[Any]:
+    """The subjects of a CSV file; a bad row raises :class:`InvalidInput` naming its line."""
+    for _line, row in _read_rows(path):
+        if isinstance(row, InvalidInput):
+            raise row
+        yield row
+
+
+def _read_rows(path: str) -> Iterator[tuple[int, Any]]:
+    """``(line, subject or InvalidInput)`` for each data row of a CSV file."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         for n, row in enumerate(csv.DictReader(f), 2):
             try:
-                yield _subject_from(row)
+                yield n, _subject_from(row)
             except InvalidInput as exc:
-                raise InvalidInput(f"{path} line {n}: {exc}") from None
+                yield n, InvalidInput(f"{path} line {n}: {exc}")
+
+
+_SCREEN_COLUMNS = [
+    "row",
+    "action",
+    "measure",
+    "entries",
+    "case_nos",
+    "relations",
+    "reasons",
+    "stale",
+    "list_version",
+    "error",
+]
+
+
+def _screened(client: Any, path: str, measure: str) -> Iterator[tuple[int, Any]]:
+    """``(row number, Decision or InvalidInput)`` in input order: bad rows are reported
+    in place and do not stop the screening."""
+    import itertools
+
+    rows = _read_rows(path)
+    i = 0
+    while True:
+        chunk = list(itertools.islice(rows, 2000))
+        if not chunk:
+            return
+        good = [subject for _, subject in chunk if not isinstance(subject, InvalidInput)]
+        decisions = iter(client.screen(good, measure)) if good else iter(())
+        for _, subject in chunk:
+            i += 1
+            yield i, subject if isinstance(subject, InvalidInput) else next(decisions)
+
+
+def _screen_row(i: int, d: Any) -> list[Any]:
+    if isinstance(d, InvalidInput):
+        return [i, "error", "", "", "", "", "", "", "", str(d)]
+    return [
+        i,
+        d.action,
+        d.measure,
+        ";".join(m.entry_id for m in d.matches),
+        ";".join(m.case_no for m in d.matches),
+        ";".join(m.relation for m in d.matches),
+        ";".join(d.reasons),
+        d.stale,
+        d.list_version,
+        "",
+    ]
 
 
 def cmd_screen(args: argparse.Namespace) -> int:
     with open(args.input, encoding="utf-8-sig") as f:
         total = max(0, sum(1 for _ in f) - 1)
-    out = (
-        open(args.output, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed below
-        if args.output != "-"
-        else sys.stdout
-    )
+    as_json = _wants_json(args)
     counts: dict[str, int] = {}
-    try:
-        with _make_client(args) as client:
+    with _make_client(args) as client:
+        client.screen([], args.measure)  # an unknown measure fails before any output
+        out = (
+            open(args.output, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed below
+            if args.output != "-"
+            else sys.stdout
+        )
+        try:
             bar = Progress("screen", total, quiet=args.quiet or args.output == "-")
             writer = csv.writer(out)
-            writer.writerow(
-                [
-                    "row",
-                    "action",
-                    "measure",
-                    "entries",
-                    "case_nos",
-                    "relations",
-                    "reasons",
-                    "stale",
-                    "list_version",
-                ]
-            )
-            for i, d in enumerate(client.screen(_read_subjects(args.input), args.measure), 1):
-                counts[d.action] = counts.get(d.action, 0) + 1
-                writer.writerow(
-                    [
-                        i,
-                        d.action,
-                        d.measure,
-                        ";".join(m.entry_id for m in d.matches),
-                        ";".join(m.case_no for m in d.matches),
-                        ";".join(m.relation for m in d.matches),
-                        ";".join(d.reasons),
-                        d.stale,
-                        d.list_version,
-                    ]
-                )
+            if not as_json:
+                writer.writerow(_SCREEN_COLUMNS)
+            for i, d in _screened(client, args.input, args.measure):
+                action = "error" if isinstance(d, InvalidInput) else d.action
+                counts[action] = counts.get(action, 0) + 1
+                if as_json:
+                    body = {"row": i, "error": str(d)} if action == "error" else d.to_dict()
+                    out.write(json.dumps({"row": i, **body}, ensure_ascii=False) + "\n")
+                else:
+                    writer.writerow(_screen_row(i, d))
                 bar.advance()
             bar.close()
-    finally:
-        if out is not sys.stdout:
-            out.close()
+        finally:
+            if out is not sys.stdout:
+                out.close()
     if not args.quiet and args.output != "-":
         print(
             "screened " + ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items())),
             file=sys.stderr,
         )
-    return EXIT_OK
+    return EXIT_ERROR if counts.get("error") and args.strict else EXIT_OK
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     subjects = list(_read_subjects(args.input))
 
+    as_json = _wants_json(args)
+
     def on_change(changes: Sequence[Any]) -> None:
         for c in changes:
             ids = ";".join(m.entry_id for m in c.after.matches) or "-"
+            if as_json:
+                event = {
+                    "event": "change",
+                    "kind": c.kind,
+                    "row": subjects.index(c.subject) + 2,
+                    "decision": c.after.to_dict(),
+                }
+                print(json.dumps(event, ensure_ascii=False), flush=True)
+                continue
             print(
                 f"{c.kind}: row {subjects.index(c.subject) + 2} -> {c.after.action} ({ids}) "
                 f"version {c.after.list_version}",
@@ -400,11 +585,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
             print(f"initial sync failed: {exc}", file=sys.stderr)
         w = client.watch(subjects, args.measure, on_change)
         listed = sum(1 for d in w.last.values() if d.action != "allow")
-        print(
-            f"watching {len(subjects)} subjects for {args.measure}: {listed} currently restricted",
-            flush=True,
-        )
-        client._core.start_background()
+        if as_json:
+            start = {"event": "watching", "subjects": len(subjects), "restricted": listed}
+            print(json.dumps({**start, "measure": args.measure}), flush=True)
+        else:
+            print(
+                f"watching {len(subjects)} subjects for {args.measure}: "
+                f"{listed} currently restricted",
+                flush=True,
+            )
+        client.start_background()
         deadline = time.monotonic() + (args.duration if args.duration else float("inf"))
         try:
             while time.monotonic() < deadline:
@@ -415,20 +605,26 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Status and readiness: exits 0 only when the cache is ready (see the module doc)."""
     with _make_client(args, audit=False) as client:
         st = client.status()
-        if args.json:
-            _print_json(st.to_dict())
+        health = client.health()
+        data = {**st.to_dict(), "ready": health.ready, "reasons": list(health.reasons)}
+        if _wants_json(args):
+            _print_json(data)
         else:
-            for k, v in st.to_dict().items():
+            for k, v in data.items():
                 print(f"{k:18} {v}")
-    return EXIT_OK
+    return EXIT_OK if health.ready else EXIT_ERROR
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     with _make_client(args, audit=False) as client:
         state = client.verify()
-        print(f"ok: version {state.version}, {state.entries:,} entries match the signed digest")
+        if _wants_json(args):
+            _print_json({"ok": True, "version": state.version, "entries": state.entries})
+        else:
+            print(f"ok: version {state.version}, {state.entries:,} entries match the signed digest")
     return EXIT_OK
 
 
@@ -452,6 +648,18 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     directory = Path(args.dir) if args.dir else Path(args.cache_dir or ".") / "audit"
     audit_key = Path(args.audit_key) if args.audit_key else directory.parent / AUDIT_KEY_FILE
     report = verify_audit(directory, public_key=key, audit_key=audit_key)
+    if _wants_json(args):
+        _print_json(
+            {
+                "ok": report.ok,
+                "files": report.files,
+                "records": report.records,
+                "checkpoints": report.checkpoints,
+                "warnings": [str(w) for w in report.warnings],
+                "problems": [str(p) for p in report.problems],
+            }
+        )
+        return EXIT_OK if report.ok else EXIT_ERROR
     print(
         f"{report.files} files, {report.records:,} records, {report.checkpoints} signed checkpoints"
     )
@@ -475,8 +683,24 @@ def cmd_reports(args: argparse.Namespace) -> int:
     action = args.action or "list"
     with _make_client(args, audit=False) as client:
         core = client._core
+        if action == "file":
+            return _file_report(args, client)
         if action == "list":
             st = client.status()
+            if _wants_json(args):
+                dead = [
+                    {"report_id": d.report_id, "status": d.status, "reason": d.reason}
+                    for d in core.outbox.dead_letters()
+                ]
+                _print_json(
+                    {
+                        "pending": st.pending_reports,
+                        "sent": st.sent_reports,
+                        "dead_letters": st.dead_letters,
+                        "dead": dead,
+                    }
+                )
+                return EXIT_OK
             print(
                 f"pending {st.pending_reports}, sent {st.sent_reports}, "
                 f"dead letters {st.dead_letters}"
@@ -486,6 +710,16 @@ def cmd_reports(args: argparse.Namespace) -> int:
         elif action == "flush":
             ok = client.flush_reports(args.timeout)
             st = client.status()
+            if _wants_json(args):
+                _print_json(
+                    {
+                        "flushed": ok,
+                        "pending": st.pending_reports,
+                        "sent": st.sent_reports,
+                        "dead_letters": st.dead_letters,
+                    }
+                )
+                return EXIT_OK if ok else EXIT_ERROR
             print(
                 f"{'flushed' if ok else 'NOT flushed'}: pending {st.pending_reports}, "
                 f"sent {st.sent_reports}, dead {st.dead_letters}"
@@ -535,6 +769,45 @@ def cmd_measures(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    """Run the local sidecar (``_cli/agent.py``) until SIGTERM/Ctrl-C; background mode
+    keeps the shared cache in sync unless ``--no-background``."""
+    import signal
+
+    from .agent import AgentServer, shutdown_from_signal
+
+    token = _env("INTERCEPT_AGENT_TOKEN")
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {args.token_file}: {exc.strerror}") from None
+    with _make_client(args, poll_interval=args.interval) as client:
+        if not args.no_background:
+            client.start_background()
+        server = AgentServer(
+            client,
+            host=args.host,
+            port=args.port,
+            unix_socket=args.unix_socket,
+            token=token,
+            allow_remote=args.allow_remote,
+        )
+        signal.signal(signal.SIGTERM, shutdown_from_signal(server))
+        ready = {"event": "listening", "url": server.url}
+        if _wants_json(args):
+            print(json.dumps(ready), flush=True)
+        else:
+            print(f"agent listening on {server.url} (Ctrl-C stops)", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -544,14 +817,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: global options, then one builder per command group (the
     order of the calls is the order ``--help`` lists the commands in)."""
-    p = _Parser(prog="intercept-sdk", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = _Parser(prog="intercept-sdk", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("-v", "--verbose", action="store_true", help="log to stderr (INFO)")
+    p.add_argument("--version", action="version", version=f"intercept-sdk {_version()}")
+    p.add_argument(
+        "--json", dest="json_all", action="store_true", help="answer in JSON (any command)"
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_platform_commands(sub)
     _add_subscriber_commands(sub)
     _add_client_commands(sub)
     __import__("intercept_sdk._cli.lifts", fromlist=["*"]).add_lifts_command(sub)
     _add_record_commands(sub)
+    _add_agent_command(sub)
     _add_tool_commands(sub)
     return p
 
@@ -559,30 +837,40 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_platform_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     """The platform's side: keys, root rotation, publishing, the reference server."""
     s = sub.add_parser("keygen", help="create platform keys and root metadata v1")
-    s.add_argument("--keys", required=True)
+    s.add_argument("--keys", required=True, help="directory to write the platform keys to")
     s.add_argument("--signers", type=int, default=1, help="root signers (default 1)")
     s.add_argument("--threshold", type=int, default=1, help="root threshold (default 1)")
-    s.add_argument("--online-signers", type=int, default=1)
-    s.add_argument("--online-threshold", type=int, default=1)
-    s.add_argument("--root-expires", default="365d")
+    s.add_argument(
+        "--online-signers", type=int, default=1, help="online (manifest) signers (default 1)"
+    )
+    s.add_argument(
+        "--online-threshold", type=int, default=1, help="online signature threshold (default 1)"
+    )
+    s.add_argument("--root-expires", default="365d", help="root metadata lifetime (default 365d)")
     s.set_defaults(func=cmd_keygen)
 
     s = sub.add_parser("root", help="root metadata operations")
     rs = s.add_subparsers(dest="root_command", required=True, parser_class=_Parser)
     r = rs.add_parser("rotate", help="publish root N+1 signed by root N and N+1")
-    r.add_argument("--keys", required=True)
+    r.add_argument("--keys", required=True, help="the platform's keys directory")
     r.add_argument("--signers", type=int, default=None, help="new root signers (default: keep)")
-    r.add_argument("--threshold", type=int, default=None)
+    r.add_argument("--threshold", type=int, default=None, help="new root threshold (default: keep)")
     r.add_argument("--rotate-online", action="store_true", help="also replace the online keys")
-    r.add_argument("--expires", default="365d")
+    r.add_argument("--expires", default="365d", help="new root lifetime (default 365d)")
     r.set_defaults(func=cmd_root_rotate)
 
     s = sub.add_parser("publish", help="sign the full list into the next site version")
-    s.add_argument("--source", required=True, help="the full list as JSON Lines")
-    s.add_argument("--keys", required=True)
-    s.add_argument("--site", required=True)
+    s.add_argument(
+        "--source",
+        required=True,
+        help="the full list as JSON Lines, one entry per line (docs/source-list.md)",
+    )
+    s.add_argument("--keys", required=True, help="the platform's keys directory")
+    s.add_argument("--site", required=True, help="site directory to publish into")
     s.add_argument("--expires", default="24h", help="manifest lifetime (default 24h)")
-    s.add_argument("--keep-deltas", type=int, default=8)
+    s.add_argument(
+        "--keep-deltas", type=int, default=8, help="deltas kept for old versions (default 8)"
+    )
     s.add_argument(
         "--work-factor",
         default="hmac",
@@ -594,7 +882,7 @@ def _add_platform_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
         default="30d",
         help="how long one hash key serves before a new key epoch (default 30d)",
     )
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     s.set_defaults(func=cmd_publish)
 
     s = sub.add_parser("serve", help="run the reference platform server")
@@ -614,7 +902,7 @@ def _add_subscriber_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     s = sub.add_parser("subscriber", help="subscriber keys and registration")
     ss = s.add_subparsers(dest="subscriber_command", required=True, parser_class=_Parser)
     k = ss.add_parser("keygen", help="make a subscriber's key pairs")
-    k.add_argument("--out", required=True)
+    k.add_argument("--out", required=True, help="directory to write the key pairs to")
     k.set_defaults(func=cmd_subscriber_keygen)
     a = ss.add_parser("add", help="register a subscriber's public keys with the platform")
     a.add_argument("id")
@@ -630,34 +918,53 @@ def _add_client_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     takes the client configuration (flags or environment, see :func:`_client_args`)."""
     s = sub.add_parser("sync", help="bring the local list up to date")
     _client_args(s)
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.set_defaults(func=cmd_sync)
 
     s = sub.add_parser("check", help="decision for one subject")
     _client_args(s)
-    s.add_argument("--measure", required=True)
+    s.add_argument("--measure", required=True, help="measure code (intercept-sdk measures)")
     g = s.add_mutually_exclusive_group(required=True)
-    g.add_argument("--id-number")
-    g.add_argument("--uscc")
-    g.add_argument("--org-code")
-    s.add_argument("--name")
-    s.add_argument("--json", action="store_true")
+    g.add_argument("--id-number", help="a person's 18-character ID number")
+    g.add_argument("--uscc", help="an entity's unified social credit code")
+    g.add_argument("--org-code", help="an entity's organisation code (older entities)")
+    s.add_argument("--name", help="the subject's name (checked against the entry's)")
+    s.add_argument("--json", action="store_true", help="print the decision as JSON")
     s.add_argument("--fail-on-block", action="store_true", help="exit 3 on block, 4 on review")
     s.set_defaults(func=cmd_check)
 
+    s = sub.add_parser("block", help="check one subject; on block report it and exit 3")
+    _client_args(s)
+    s.add_argument("--measure", required=True, help="measure code (intercept-sdk measures)")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--id-number", help="a person's 18-character ID number")
+    g.add_argument("--uscc", help="an entity's unified social credit code")
+    g.add_argument("--org-code", help="an entity's organisation code (older entities)")
+    s.add_argument("--name", help="the subject's name (checked against the entry's)")
+    s.add_argument(
+        "--context", action="append", metavar="KEY=VALUE", help="report detail, e.g. room=1808"
+    )
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds to try uploading (10)")
+    s.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    s.set_defaults(func=cmd_block)
+
     s = sub.add_parser("screen", help="CSV in (id_number,uscc,org_code,name), CSV of decisions out")
     _client_args(s)
-    s.add_argument("--measure", required=True)
-    s.add_argument("--input", required=True)
-    s.add_argument("--output", default="-")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--measure", required=True, help="measure code (intercept-sdk measures)")
+    s.add_argument("--input", required=True, help="CSV with id_number,uscc,org_code,name columns")
+    s.add_argument("--output", default="-", help="where to write decisions (default stdout)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    s.add_argument("--json", action="store_true", help="JSON Lines out, one object per row")
+    s.add_argument("--strict", action="store_true", help="exit 1 if any row was an error")
     s.set_defaults(func=cmd_screen)
 
     s = sub.add_parser("watch", help="supervise a CSV portfolio; print changes as versions arrive")
     _client_args(s)
-    s.add_argument("--measure", required=True)
-    s.add_argument("--input", required=True)
+    s.add_argument("--measure", required=True, help="measure code (intercept-sdk measures)")
+    s.add_argument("--input", required=True, help="CSV with id_number,uscc,org_code,name columns")
     s.add_argument("--interval", default="5m", help="poll interval when push is down")
+    s.add_argument("--json", action="store_true", help="JSON Lines events")
     s.add_argument(
         "--duration", type=float, default=0, help="stop after N seconds (0: until Ctrl-C)"
     )
@@ -669,8 +976,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     ):
         s = sub.add_parser(name, help=hlp)
         _client_args(s)
-        if name == "status":
-            s.add_argument("--json", action="store_true")
+        s.add_argument("--json", action="store_true", help="print the result as JSON")
         s.set_defaults(func=func)
 
 
@@ -679,7 +985,12 @@ def _add_record_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     s = sub.add_parser("audit", help="audit log operations")
     au = s.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
     v = au.add_parser("verify", help="check the audit log's chains, INDEX and signatures")
-    v.add_argument("--cache-dir", default=_env("INTERCEPT_CACHE_DIR"))
+    v.add_argument(
+        "--cache-dir",
+        default=_env("INTERCEPT_CACHE_DIR"),
+        help="cache directory [INTERCEPT_CACHE_DIR]",
+    )
+    v.add_argument("--json", action="store_true", help="print the result as JSON")
     v.add_argument("--dir", help="audit directory (default CACHE_DIR/audit)")
     v.add_argument("--audit-key", help="the cache's audit secret (default audit.key beside DIR)")
     v.add_argument("--public-key", help="subscriber report public key (file or key directory)")
@@ -692,13 +1003,47 @@ def _add_record_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
 
     s = sub.add_parser("reports", help="feedback reports: list, flush, summary")
     _client_args(s)
-    s.add_argument("action", nargs="?", choices=["list", "flush", "summary"])
+    s.add_argument(
+        "action",
+        nargs="?",
+        choices=["list", "flush", "summary", "file"],
+        help="what to do (default list); file: queue one report (--kind, --entry-id, --detail)",
+    )
+    s.add_argument("--kind", help="file: report kind (objection, lift, review_outcome, ...)")
+    s.add_argument("--entry-id", help="file: the entry the report is about")
+    s.add_argument(
+        "--detail", action="append", metavar="KEY=VALUE", help="file: a report detail (repeat)"
+    )
     s.add_argument("--server", help="list the reports a platform server received (GET /reports)")
-    s.add_argument("--limit", type=int, default=100)
-    s.add_argument("--timeout", type=float, default=30.0)
+    s.add_argument("--limit", type=int, default=100, help="with --server: at most N (default 100)")
+    s.add_argument(
+        "--timeout", type=float, default=30.0, help="flush: seconds to wait (default 30)"
+    )
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.add_argument("--quarter", help="e.g. 2026Q4 (for summary)")
     s.add_argument("--upload", action="store_true", help="also queue the summary as a report")
     s.set_defaults(func=cmd_reports)
+
+
+def _add_agent_command(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """The local HTTP sidecar for non-Python systems."""
+    s = sub.add_parser(
+        "agent", help="local HTTP sidecar: check, block, screen, report, status, metrics"
+    )
+    _client_args(s)
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8471, help="TCP port (default 8471; 0 picks one)")
+    s.add_argument("--unix-socket", help="listen on this Unix socket (mode 0600) instead of TCP")
+    s.add_argument(
+        "--token-file", help="require 'Authorization: Bearer <token>' [INTERCEPT_AGENT_TOKEN]"
+    )
+    s.add_argument(
+        "--allow-remote", action="store_true", help="allow a non-loopback --host (needs a token)"
+    )
+    s.add_argument("--interval", default="5m", help="poll interval when push is down")
+    s.add_argument("--no-background", action="store_true", help="do not sync in the background")
+    s.add_argument("--json", action="store_true", help="print the listening URL as JSON")
+    s.set_defaults(func=cmd_agent)
 
 
 def _add_tool_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -709,7 +1054,7 @@ def _add_tool_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
 
     s = sub.add_parser("demo", help="end-to-end demo on an embedded local platform")
     s.add_argument("--out", help="where to keep the demo files (default: a new temp dir)")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="print only the summary")
     s.set_defaults(func=cmd_demo)
 
 
@@ -724,16 +1069,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (InvalidInput, ConfigurationError) as exc:
-        print(f"intercept-sdk: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except InterceptError as exc:
-        print(f"intercept-sdk: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as exc:  # the command line never shows a traceback
+        return _report_error(args, exc)
+
+
+def _report_error(args: argparse.Namespace, exc: BaseException) -> int:
+    """One line on stderr (JSON with --json) and the exit code for ``exc``."""
+    code = EXIT_ERROR
+    if isinstance(exc, NeverSynced):
+        message = "no verified list in the cache yet: run `intercept-sdk sync` first"
+    elif isinstance(exc, (InvalidInput, ConfigurationError)):
+        message, code = str(exc), EXIT_USAGE
+    elif isinstance(exc, FileNotFoundError):
+        message, code = f"no such file: {exc.filename}", EXIT_USAGE
+    elif isinstance(exc, OSError):
+        message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    elif isinstance(exc, InterceptError):
+        message = str(exc)
+    else:
+        log.debug("unexpected error", exc_info=exc)
+        message = f"unexpected error: {exc}"
+    kind = type(exc).__name__
+    if _wants_json(args):
+        print(json.dumps({"error": message, "kind": kind}, ensure_ascii=False), file=sys.stderr)
+    elif code == EXIT_USAGE:
+        print(f"intercept-sdk: error: {message}", file=sys.stderr)
+    else:
+        print(f"intercept-sdk: {kind}: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

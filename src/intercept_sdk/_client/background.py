@@ -12,9 +12,18 @@ The schedule the engine keeps:
 
 * **Start**: wait a random ``[0, min(2 s, poll_interval / 10))``, so a fleet restarted
   together does not hit the platform at once; then sync.
-* **Poll**: after every sync (successful or not) the next one is due after
-  ``poll_interval`` x uniform(0.9, 1.1). A failed sync is not retried sooner: the fetcher
-  already retried each request with backoff, and a fleet must not amplify an outage.
+* **Poll**: after a successful sync the next one is due after ``poll_interval`` x
+  uniform(0.9, 1.1).
+* **Failure backoff**: after a failed sync the next one waits a capped exponential
+  backoff with jitter: ``min(poll_interval, 10 s x 2 ** (failures - 1))`` x uniform(0.5,
+  1.0), so a misconfigured client (a wrong trust root, say) makes at most 4 attempts in
+  its first minute and then one per ``poll_interval``, however often the push channel
+  announces a version it cannot verify. While syncs fail the channel is not listened to
+  (an announcement could not be applied anyway, and reconnecting per announcement was
+  a storm). A sync that found another process holding the cache's sync lock (``busy``)
+  is retried alike after ``min(poll_interval, 1 s x 2 ** (n - 1))`` x uniform(0.5, 1.0)
+  without listening meanwhile, so workers waiting for one another do not hammer the
+  channel.
 * **Push** (http(s) platforms with ``push=True``): between polls, listen to the push
   channel until the poll is due; an announced newer version syncs at once (and restarts
   the poll timer). A channel that fails (refused, broken, ended, a line past the cap) is
@@ -42,13 +51,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import httpx
 
 from .push import Heard, PushChannel, alisten, listen
 from .retry import RetryPolicy
 
-__all__ = ["AsyncDriver", "Engine", "Listen", "Stop", "SyncNow", "Tasks", "ThreadDriver", "Wait"]
+__all__ = [
+    "AsyncDriver",
+    "Engine",
+    "Listen",
+    "Stop",
+    "SyncNow",
+    "SyncOutcome",
+    "Tasks",
+    "ThreadDriver",
+    "Wait",
+]
 
 log = logging.getLogger("intercept_sdk.background")
 
@@ -61,6 +81,16 @@ class SyncNow:
     """Sync now; report the result with :meth:`Engine.synced`."""
 
     reason: str  # "start", "poll", "push" or "wake"
+
+
+SyncOutcome = Literal["ok", "failed", "busy"]
+"""How a background sync ended (``busy``: another process held the cache's sync lock)."""
+
+SYNC_BACKOFF_INITIAL = 10.0
+"""Ceiling of the wait after the first failed sync, in seconds (doubles per failure)."""
+
+BUSY_BACKOFF_INITIAL = 1.0
+"""Ceiling of the wait after the first ``busy`` sync, in seconds (doubles per retry)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +145,8 @@ class Engine:
         self._next_poll = math.inf  # set by the first sync
         self.push_failures = 0
         self._push_retry_at = -math.inf
+        self.sync_failures = 0
+        self.busy_retries = 0
 
     # -- questions ---------------------------------------------------------------------
     def next(self) -> Step:
@@ -130,9 +162,10 @@ class Engine:
         if self._due is not None:
             reason, self._due = self._due, None
             return SyncNow(reason)
-        if self.push and now >= self._push_retry_at:
+        listening = self.push and not self.sync_failures and not self.busy_retries
+        if listening and now >= self._push_retry_at:
             return Listen(self._next_poll - now)
-        until = min(self._next_poll, self._push_retry_at) if self.push else self._next_poll
+        until = min(self._next_poll, self._push_retry_at) if listening else self._next_poll
         return Wait(until - now)
 
     @property
@@ -141,10 +174,31 @@ class Engine:
         return self._next_poll
 
     # -- answers -----------------------------------------------------------------------
-    def synced(self, ok: bool) -> None:
-        """A sync finished (``ok`` or not): the next poll is one jittered interval away."""
-        del ok  # a failed sync is not retried sooner (see the module docstring)
-        self._next_poll = self._clock() + self.poll_interval * (0.9 + 0.2 * self._random())
+    def synced(self, ok: bool | SyncOutcome) -> None:
+        """A sync finished: ``"ok"`` (or True), ``"failed"`` (or False) or ``"busy"``.
+
+        After success the next poll is one jittered interval away; after a failure or a
+        busy lock, one capped, jittered backoff away (see the module docstring)."""
+        outcome = ok if isinstance(ok, str) else ("ok" if ok else "failed")
+        now = self._clock()
+        poll = self.poll_interval * (0.9 + 0.2 * self._random())
+        if outcome == "ok":
+            self.sync_failures = self.busy_retries = 0
+            self._next_poll = now + poll
+            return
+        if outcome == "busy":
+            self.busy_retries += 1
+            wait = self._backoff(BUSY_BACKOFF_INITIAL, self.busy_retries)
+        else:
+            self.busy_retries = 0
+            self.sync_failures += 1
+            wait = self._backoff(SYNC_BACKOFF_INITIAL, self.sync_failures)
+        self._next_poll = now + min(poll, wait)
+
+    def _backoff(self, initial: float, n: int) -> float:
+        """``min(poll_interval, initial * 2 ** (n - 1))`` x uniform(0.5, 1.0)."""
+        ceiling = min(self.poll_interval, initial * 2.0 ** min(n - 1, 30))
+        return ceiling * (0.5 + 0.5 * self._random())
 
     def listened(self, heard: Heard) -> None:
         """A listen ended as ``heard`` says."""
@@ -181,13 +235,14 @@ class Engine:
 class Tasks:
     """What the drivers do for the engine, supplied by the client core.
 
-    ``sync`` runs one background sync and never raises (True on success);
+    ``sync`` runs one background sync and never raises (``"ok"``, ``"failed"`` or
+    ``"busy"``; a bool is read as ok/failed);
     ``local_version`` is the version in the cache (0 before the first sync);
     ``connected`` is told when the push channel opens (True) and closes (False);
     ``closed`` is true once the client is closed; ``channel`` is None without push.
     """
 
-    sync: Callable[[], bool]
+    sync: Callable[[], bool | SyncOutcome]
     local_version: Callable[[], int]
     connected: Callable[[bool], None]
     closed: Callable[[], bool]

@@ -24,23 +24,45 @@ Guarantees:
 * ``close()`` is idempotent and bounded by its timeout; background threads are daemons and
   are re-created lazily in a forked child (``os.register_at_fork``).
 * Logs go to the ``intercept_sdk`` logger; the root logger is never configured.
+* Options are typed (``**options: Unpack[ClientOptionsDict]``): a misspelt or mistyped
+  option is an error for ``mypy --strict`` and, at run time, an :class:`UnknownOption`
+  or :class:`ConfigurationError` naming the option.
+* ``AsyncClient(background=True)`` starts its task at construction when an event loop
+  is running, else at its first awaited call (or ``async with``); a coroutine function
+  given as a watch's ``on_change`` is awaited on the client's event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 from .background import AsyncDriver
 from .core import _Core
 from .decisions import Decision, Subject
+from .health import Health
+from .hooks import EventHooks
 from .ledger import LedgerEvent, Restriction
+from .metrics import Metrics
+from .options import ClientOptions, build_options
 from .status import LastError, Status
 from .store import StoreState
 from .sync import SyncResult
 from .watches import Listener, Watch, WatchChange
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import ClientOptionsDict
+
+log = logging.getLogger("intercept_sdk.client")
+
+ASYNC_CALLBACK_TIMEOUT = 60.0
+"""How long a sync waits for an async watch callback before going on (seconds)."""
 
 # LastError, Status, Watch, WatchChange and _Core are defined in the modules named above
 # and importable from here, where they always were.
@@ -81,7 +103,16 @@ class Client:
     * ``transport``/``report_transport`` (an ``httpx`` transport, for tests), ``proxy``,
       ``ca_bundle``, timeouts (the push channel uses the same transport, proxy, CA and
       connect timeout); ``retry`` (a :class:`RetryPolicy`, used by sync requests, report
-      uploads and push reconnects alike); ``clock`` (a UTC clock, for tests); ``audit``.
+      uploads and push reconnects alike); ``clock`` (a UTC clock, for tests); ``audit``;
+    * ``metrics`` (a :class:`Metrics` to count into) and ``hooks`` (an :class:`EventHooks`
+      or one callable receiving every :class:`Event`);
+    * ``options`` - a :class:`ClientOptions` holding any of the above (keywords given
+      too override it).
+
+    Durations accept a ``timedelta``, seconds or text like ``"15m"``; ``max_staleness``,
+    ``proxy`` and ``ca_bundle`` default to ``INTERCEPT_MAX_STALENESS``,
+    ``INTERCEPT_PROXY`` and ``INTERCEPT_CA_BUNDLE``. :meth:`from_env` reads the four
+    positional arguments and the subscriber key from ``INTERCEPT_*`` too.
 
     Guarantees: decisions never touch the network; without a verified list every
     decision raises :class:`NeverSynced` instead of allowing; every decision is written to
@@ -96,11 +127,28 @@ class Client:
         subscriber_id: str | None = None,
         *,
         background: bool = False,
-        **options: Any,
+        options: ClientOptions | None = None,
+        **kwargs: Unpack[ClientOptionsDict],
     ) -> None:
-        self._core = _Core(platform, trust_root, cache_dir, subscriber_id, **options)
+        opts = build_options(kwargs, owner=type(self).__name__, base=options)
+        self._core = _Core(platform, trust_root, cache_dir, subscriber_id, opts)
         if background:
             self._core.start_background()
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        background: bool = False,
+        environ: dict[str, str] | None = None,
+        **kwargs: Unpack[ClientOptionsDict],
+    ) -> Client:
+        """A client configured from ``INTERCEPT_PLATFORM``, ``INTERCEPT_TRUST_ROOT``,
+        ``INTERCEPT_CACHE_DIR``, ``INTERCEPT_SUBSCRIBER_ID`` and
+        ``INTERCEPT_SUBSCRIBER_KEY`` (and the optional ones the constructor reads);
+        keywords override. A missing required variable raises ConfigurationError."""
+        args, extra = _from_env(os.environ if environ is None else environ)
+        return cls(*args, background=background, **{**extra, **kwargs})
 
     # list
     def sync(self, progress: Callable[[int, int], None] | None = None) -> SyncResult:
@@ -191,7 +239,7 @@ class Client:
     # reports
     def report(self, kind: str, decision_or_entry: Any = None, **details: Any) -> str:
         """Queue a signed report durably; returns its id once it is safely on disk."""
-        return self._core.reporter.report(kind, decision_or_entry, **details)
+        return self._core.report(kind, decision_or_entry, **details)
 
     def flush_reports(self, timeout: float = 10.0) -> bool:
         """Upload pending reports now; True when the queue is empty within ``timeout``."""
@@ -203,7 +251,23 @@ class Client:
 
     # ops
     def status(self) -> Status:
+        """A snapshot: list version, staleness, the newest sync error on the cache (any
+        process), the outbox."""
         return self._core.status()
+
+    def health(self) -> Health:
+        """Liveness and readiness for probes: ready once a verified, fresh list is in use."""
+        return self._core.health()
+
+    @property
+    def metrics(self) -> Metrics:
+        """The client's metrics (``render_prometheus()``, exporters)."""
+        return self._core.metrics
+
+    @property
+    def hooks(self) -> EventHooks:
+        """The client's event hooks (``client.hooks.on("sync_failed", fn)``)."""
+        return self._core.hooks
 
     def verify(self) -> StoreState:
         """Re-check the whole cache against the signed digest (a full scan)."""
@@ -237,15 +301,28 @@ class AsyncClient:
         subscriber_id: str | None = None,
         *,
         background: bool = False,
-        **options: Any,
+        options: ClientOptions | None = None,
+        **kwargs: Unpack[ClientOptionsDict],
     ) -> None:
-        self._core = _Core(platform, trust_root, cache_dir, subscriber_id, **options)
+        opts = build_options(kwargs, owner=type(self).__name__, base=options)
+        self._core = _Core(platform, trust_root, cache_dir, subscriber_id, opts)
         self._driver = AsyncDriver(self._core.tasks)
-        self._background = background
+        self._pending_start = background
+        if background:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # no loop yet: started by the first awaited call or ``async with``
+            else:
+                self.start_background()
+
+    def _ensure_started(self) -> None:
+        """Start background mode asked for at construction without a running loop."""
+        if self._pending_start and not self._core._life.closed:
+            self.start_background()
 
     async def __aenter__(self) -> AsyncClient:
-        if self._background:
-            self.start_background()
+        self._ensure_started()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -255,24 +332,29 @@ class AsyncClient:
         """Start the background task (on the running loop) and the report sender;
         idempotent."""
         self._core._life.check_open()
+        self._pending_start = False
         self._driver.start()
         if self._core.sender is not None:
             self._core.sender.start()
 
     async def sync(self, progress: Callable[[int, int], None] | None = None) -> SyncResult:
         """Like :meth:`Client.sync`; runs in a worker thread (``progress`` is called there)."""
+        self._ensure_started()
         return await asyncio.to_thread(self._core.sync, progress)
 
     async def check(self, subject: Subject, measure: str) -> Decision:
+        """Like :meth:`Client.check` (inline: no I/O)."""
+        if self._pending_start:
+            self._ensure_started()
         return self._core.check(subject, measure)
 
     async def block(self, subject: Subject, measure: str, **context: Any) -> Decision:
         """Like :meth:`Client.block`; the durable report write runs in a worker thread."""
+        if self._pending_start:
+            self._ensure_started()
         decision = self._core.check(subject, measure)
         if decision.action == "block":
-            raise await asyncio.to_thread(
-                self._core.reporter.intercepted, decision, context, subject
-            )
+            raise await asyncio.to_thread(self._core.intercepted, decision, context, subject)
         if decision.action == "review":
             await asyncio.to_thread(self._core.reporter.enforced, subject, decision)
         return decision
@@ -293,9 +375,26 @@ class AsyncClient:
         self,
         subjects: Iterable[Subject],
         measure: str,
-        on_change: Callable[[list[WatchChange]], None],
+        on_change: Callable[[list[WatchChange]], None]
+        | Callable[[list[WatchChange]], Awaitable[None]],
     ) -> Watch:
-        return self._core.watches.watch(subjects, measure, on_change)
+        """Like :meth:`Client.watch`. ``on_change`` may be a coroutine function: it is
+        then awaited on this event loop (the sync that found the change waits for it, at
+        most :data:`ASYNC_CALLBACK_TIMEOUT` seconds); a plain function runs on the
+        syncing worker thread, as with :class:`Client`."""
+        self._ensure_started()
+        if inspect.iscoroutinefunction(on_change) or inspect.iscoroutinefunction(
+            getattr(on_change, "__call__", None)  # noqa: B004 - an object with async __call__
+        ):
+            return self._core.watches.watch(
+                subjects,
+                measure,
+                _on_loop(
+                    cast("Callable[[list[WatchChange]], Awaitable[None]]", on_change),
+                    asyncio.get_running_loop(),
+                ),
+            )
+        return self._core.watches.watch(subjects, measure, on_change)  # type: ignore[arg-type]
 
     def notice(self, decision: Decision) -> str:
         return self._core.reporter.notice(decision)
@@ -312,9 +411,8 @@ class AsyncClient:
         return self._core.watches.listen(on_event)
 
     async def report(self, kind: str, decision_or_entry: Any = None, **details: Any) -> str:
-        return await asyncio.to_thread(
-            self._core.reporter.report, kind, decision_or_entry, **details
-        )
+        """Like :meth:`Client.report`; the durable write runs in a worker thread."""
+        return await asyncio.to_thread(self._core.report, kind, decision_or_entry, **details)
 
     async def flush_reports(self, timeout: float = 10.0) -> bool:
         return await asyncio.to_thread(self._core.flush_reports, timeout)
@@ -327,7 +425,23 @@ class AsyncClient:
         )
 
     async def status(self) -> Status:
-        return self._core.status()
+        """Like :meth:`Client.status`."""
+        self._ensure_started()
+        return await asyncio.to_thread(self._core.status)
+
+    async def health(self) -> Health:
+        """Like :meth:`Client.health`."""
+        return await asyncio.to_thread(self._core.health)
+
+    @property
+    def metrics(self) -> Metrics:
+        """The client's metrics."""
+        return self._core.metrics
+
+    @property
+    def hooks(self) -> EventHooks:
+        """The client's event hooks."""
+        return self._core.hooks
 
     async def verify(self) -> StoreState:
         return await asyncio.to_thread(self._core.verify)
@@ -336,3 +450,57 @@ class AsyncClient:
         """Stop the background task, then close like :meth:`Client.close`. Idempotent."""
         await self._driver.stop(min(2.0, timeout))
         await asyncio.to_thread(self._core.close, timeout)
+
+
+def _on_loop(
+    callback: Callable[[list[WatchChange]], Awaitable[None]], loop: asyncio.AbstractEventLoop
+) -> Callable[[list[WatchChange]], None]:
+    """A plain callback (run on the syncing thread) that awaits ``callback`` on ``loop``."""
+
+    def deliver(changes: list[WatchChange]) -> None:
+        async def run() -> None:
+            await callback(changes)
+
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:  # called on the loop itself: cannot block it, schedule
+            task = loop.create_task(run())
+            task.add_done_callback(_log_failure)
+            return
+        try:
+            future = asyncio.run_coroutine_threadsafe(run(), loop)
+        except RuntimeError:
+            log.error("async watch callback dropped: the event loop is closed")
+            return
+        future.result(timeout=ASYNC_CALLBACK_TIMEOUT)  # raised errors are logged by Watches
+
+    return deliver
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("async watch callback failed", exc_info=task.exception())
+
+
+_ENV_REQUIRED = ("INTERCEPT_PLATFORM", "INTERCEPT_TRUST_ROOT", "INTERCEPT_CACHE_DIR")
+
+
+def _from_env(env: Any) -> tuple[tuple[str, str, str, str | None], dict[str, Any]]:
+    """The positional arguments and the subscriber key from ``INTERCEPT_*``."""
+    from .._exceptions import ConfigurationError
+
+    missing = [v for v in _ENV_REQUIRED if not env.get(v)]
+    if missing:
+        raise ConfigurationError(f"missing environment variable(s): {', '.join(missing)}")
+    extra: dict[str, Any] = {}
+    if env.get("INTERCEPT_SUBSCRIBER_KEY"):
+        extra["subscriber_key"] = env["INTERCEPT_SUBSCRIBER_KEY"]
+    args = (
+        env["INTERCEPT_PLATFORM"],
+        env["INTERCEPT_TRUST_ROOT"],
+        env["INTERCEPT_CACHE_DIR"],
+        env.get("INTERCEPT_SUBSCRIBER_ID") or None,
+    )
+    return args, extra

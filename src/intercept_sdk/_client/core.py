@@ -14,12 +14,17 @@ client (sync and its errors, status, verify, close, fork):
 :mod:`.watches`           watches and their change events; ledger listeners
 :mod:`.ledger`            the restriction ledger: what was enforced, lifts due
 :mod:`.background`        the background engine and its thread driver
+:mod:`.health`            sync outcomes shared by every process on the cache; probes
+:mod:`.metrics`           counters and gauges (Prometheus text, OpenTelemetry)
+:mod:`.hooks`             event hooks
 ========================  =============================================================
 
 Guarantees: ``close()`` is idempotent and bounded by its timeout; the background thread
 is a daemon, re-created lazily in a forked child (``os.register_at_fork``); one sync at
 a time per client (and per cache, by the updater's lock); a failed sync leaves the last
-good version in force and is reported in ``status()``.
+good version in force and is reported in ``status()`` of every process on the cache
+(:mod:`.health`); ``close()`` also delivers reports left queued (by this process or by
+one that was killed) within its timeout.
 """
 
 from __future__ import annotations
@@ -33,14 +38,17 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .._exceptions import HTTPStatusError, InterceptError, StoreCorrupted
+from .._exceptions import HTTPStatusError, Intercepted, InterceptError, StoreCorrupted
 from .audit import AuditLog
-from .background import Engine, Tasks, ThreadDriver
+from .background import Engine, SyncOutcome, Tasks, ThreadDriver
 from .decisions import Decision, Subject
-from .fetch import HttpFetcher, _ca_context, make_fetcher
+from .fetch import HttpFetcher, make_fetcher
 from .freshness import CacheClock, Staleness
+from .health import Health, SharedOutcomes, health_of
+from .hooks import EventHooks
 from .ledger import Deadlines, Ledger, LedgerEvent
 from .lookup import Lookup
+from .metrics import Metrics
 from .options import ClientOptions, Config, configure
 from .outbox import Outbox, Sender
 from .push import PushChannel
@@ -65,11 +73,14 @@ class _Core:
         trust_root: str | os.PathLike[str] | bytes,
         cache_dir: str | os.PathLike[str],
         subscriber_id: str | None = None,
-        **options: Any,
+        options: ClientOptions | None = None,
     ) -> None:
         cfg = self.config = configure(
-            platform, trust_root, cache_dir, subscriber_id, ClientOptions(**options)
+            platform, trust_root, cache_dir, subscriber_id, options or ClientOptions()
         )
+        self.metrics: Metrics = cfg.options.metrics or Metrics()
+        self.hooks = EventHooks.of(cfg.options.hooks)
+        self.outcomes = SharedOutcomes(cfg.cache_dir)
         self.platform, self.cache_dir, self.subscriber_id = (
             cfg.platform,
             cfg.cache_dir,
@@ -81,7 +92,8 @@ class _Core:
         )
         self._life = Lifecycle()
         self.clock = CacheClock(cfg.cache_dir, cfg.options.clock)
-        self.fetcher = make_fetcher(cfg.platform, **cfg.options.http_options(cfg.retry))
+        self.http = cfg.options.http
+        self.fetcher = make_fetcher(cfg.platform, **self.http.fetcher_options(cfg.retry))
         self.store = Store(cfg.cache_dir)
         self.updater = Updater(
             cfg.cache_dir,
@@ -97,6 +109,7 @@ class _Core:
         self._last_error: LastError | None = None
         self._push_connected = False
         self.background = ThreadDriver(self.tasks)
+        self.metrics.gauges = self._gauges
         _register_fork_handler(self)
 
     def _build_parts(self, cfg: Config) -> None:
@@ -108,15 +121,19 @@ class _Core:
             else None
         )
         self.outbox = Outbox(cfg.cache_dir / "outbox.sqlite", max_bytes=opts.outbox_max_bytes)
+        http = self.http
         self.sender = (
             Sender(
                 self.outbox,
                 cfg.platform,
-                transport=opts.report_transport
-                if opts.report_transport is not None
-                else opts.transport,
+                transport=http.report_transport
+                if http.report_transport is not None
+                else http.transport,
                 max_rate=opts.report_rate,
                 retry=cfg.retry,
+                proxy=http.proxy,
+                verify=http.verify(),
+                timeout=http.timeout(read=max(http.read_timeout, 30.0)),
             )
             if isinstance(self.fetcher, HttpFetcher)
             else None
@@ -149,6 +166,7 @@ class _Core:
             stale_action=cfg.stale_action,
             measures=measures,
             on_data_errors=self.reporter.data_errors,
+            metrics=self.metrics,
         )
         self.watches = Watches(self.store, self.lookup, self.decider, self._life)
         # The hot path goes straight to the decider (no extra call per check).
@@ -164,36 +182,33 @@ class _Core:
             ),
         )
 
-    @staticmethod
-    def _push_channel(cfg: Config) -> PushChannel | None:
+    def _push_channel(self, cfg: Config) -> PushChannel | None:
         url = PushChannel.url_of(cfg.platform) if cfg.options.push else None
         if url is None:
             return None
-        opts = cfg.options
         return PushChannel(
             url,
-            connect_timeout=opts.connect_timeout,
-            proxy=opts.proxy,
-            verify=True if opts.ca_bundle is None else _ca_context(opts.ca_bundle),
-            transport=opts.transport,
+            connect_timeout=self.http.connect_timeout,
+            proxy=self.http.proxy,
+            verify=self.http.verify(),
+            transport=self.http.transport,
         )
 
     # -- sync ----------------------------------------------------------------------------
     def sync(self, progress: Callable[[int, int], None] | None = None) -> SyncResult:
-        """Bring the list up to date now; raises on failure (recorded for ``status()``)."""
+        """Bring the list up to date now; raises on failure (recorded for ``status()`` of
+        every process on the cache, counted, and told to the ``sync_failed`` hooks)."""
         self._life.check_open()
         with self._sync_lock:
             try:
                 result = self.updater.sync(progress)
             except (InterceptError, OSError) as exc:
-                status = exc.status_code if isinstance(exc, HTTPStatusError) else None
-                self._last_error = LastError(type(exc).__name__, str(exc), status, self.clock.now())
-                log.warning("sync failed: %s: %s", type(exc).__name__, exc)
+                self._sync_failed(exc)
                 raise
-            if result.mode != "locked":
-                self.clock.mark_success()
-                self.staleness.forget()
-                self._last_error = None
+            if result.mode == "locked":
+                self.metrics.count_sync("busy")
+            else:
+                self._sync_succeeded(result)
         self.watches.after_version_change()
         self._after_sync()
         return result
@@ -216,21 +231,49 @@ class _Core:
         with contextlib.suppress(Exception):
             self.reporter.maybe_quarterly()
 
-    def background_sync(self) -> bool:
-        """One sync for the background engine: True on success; never raises (failures
-        are in ``status()``, the last good version stays in force). Also uploads last
-        quarter's summary once it has closed."""
-        ok = False
+    def _sync_failed(self, exc: BaseException) -> None:
+        status = exc.status_code if isinstance(exc, HTTPStatusError) else None
+        error = self._last_error = LastError(type(exc).__name__, str(exc), status, self.clock.now())
+        outcome = self.outcomes.record(error, error.at)
+        self.metrics.count_sync("failed")
+        log.warning(
+            "sync failed (%d in a row): %s: %s", outcome.consecutive_failures, error.kind, exc
+        )
+        self.hooks.emit(
+            "sync_failed",
+            error=error.kind,
+            message=error.message,
+            http_status=status,
+            consecutive_failures=outcome.consecutive_failures,
+        )
+
+    def _sync_succeeded(self, result: SyncResult) -> None:
+        self.clock.mark_success()
+        self.staleness.forget()
+        self._last_error = None
+        self.outcomes.record(None, self.clock.now())
+        self.metrics.count_sync("ok")
+        self.hooks.emit("sync_succeeded", version=result.to_version, mode=result.mode)
+        if result.mode in ("delta", "snapshot"):
+            self.hooks.emit("version_changed", version=result.to_version)
+
+    def background_sync(self) -> SyncOutcome:
+        """One sync for the background engine; never raises (failures are in
+        ``status()``, the last good version stays in force). ``"busy"`` when another
+        process held the cache's sync lock. Also uploads last quarter's summary once it
+        has closed."""
+        outcome: SyncOutcome = "failed"
         try:
-            self.sync()
-            ok = True
+            outcome = "busy" if self.sync().mode == "locked" else "ok"
         except (InterceptError, OSError):
             pass  # recorded in status()
-        except Exception:  # never let the background loop die silently
+        except Exception as exc:  # never let the background loop die silently
             log.exception("unexpected error in background sync")
+            with contextlib.suppress(Exception):
+                self._sync_failed(exc)
         with contextlib.suppress(Exception):
             self.reporter.maybe_quarterly()
-        return ok
+        return outcome
 
     def local_version(self) -> int:
         state = self.store.state()
@@ -268,9 +311,29 @@ class _Core:
         """``check``, and on a block the interception (reported) raised."""
         decision = self.check(subject, measure)
         if decision.action == "block":
-            raise self.reporter.intercepted(decision, context, subject)
+            raise self.intercepted(decision, context, subject)
         self.reporter.enforced(subject, decision)  # a review is kept too (never raises)
         return decision
+
+    def intercepted(
+        self, decision: Decision, context: dict[str, Any], subject: Subject | None = None
+    ) -> Intercepted:
+        """The interception of a block decision: reported durably (and kept in the
+        restriction ledger when ``subject`` is given), told to the hooks."""
+        exc = self.reporter.intercepted(decision, context, subject)
+        self.hooks.emit(
+            "intercepted",
+            measure=decision.measure,
+            entry_ids=list(decision.entry_ids),
+            report_id=exc.report_id,
+        )
+        return exc
+
+    def report(self, kind: str, decision_or_entry: Any = None, **details: Any) -> str:
+        """Queue a signed report (see ``Client.report``), told to the hooks."""
+        report_id = self.reporter.report(kind, decision_or_entry, **details)
+        self.hooks.emit("report_queued", kind=kind, report_id=report_id)
+        return report_id
 
     def flush_reports(self, timeout: float = 10.0) -> bool:
         """Upload pending reports now; True when the queue is empty within ``timeout``."""
@@ -296,7 +359,7 @@ class _Core:
             last_success=self.clock.last_success(),
             manifest_expires=expires,
             stale=stale,
-            last_error=self._last_error,
+            last_error=self._shared_last_error(),
             pending_reports=self.outbox.pending_count(),
             dead_letters=self.outbox.dead_count(),
             sent_reports=self.outbox.sent_count(),
@@ -306,6 +369,35 @@ class _Core:
             push_connected=self._push_connected,
             **self.reporter.accountability(now),
         )
+
+    def _shared_last_error(self) -> LastError | None:
+        """The newest sync outcome on the cache (any process), else this process's."""
+        shared = self.outcomes.read()
+        if shared is None:
+            return self._last_error
+        return shared.error if not shared.ok else None
+
+    def health(self) -> Health:
+        """Liveness and readiness, for probes (see :class:`~.health.Health`)."""
+        if self._life.closed:
+            return Health(False, False, ("the client is closed",), None, 0)
+        return health_of(self.status(), self.outcomes.read(), closed=self._life.closed)
+
+    def _gauges(self) -> dict[str, float | None]:
+        """The metrics' gauges, read at scrape time."""
+        st = self.status()
+        now = self.clock.now()
+        shared = self.outcomes.read()
+        lag = (now - st.last_success).total_seconds() if st.last_success else None
+        return {
+            "sync_lag_seconds": lag,
+            "list_version": st.list_version,
+            "list_age_seconds": lag,
+            "list_stale": 1.0 if st.stale else 0.0,
+            "outbox_pending": st.pending_reports,
+            "outbox_dead_letters": st.dead_letters,
+            "sync_consecutive_failures": shared.consecutive_failures if shared else 0,
+        }
 
     def verify(self) -> StoreState:
         state = self.store.verify()
@@ -321,6 +413,11 @@ class _Core:
         deadline = time.monotonic() + timeout
         self.background.stop(max(0.0, min(2.0, deadline - time.monotonic())))
         if self.sender is not None:
+            # Reports still queued (this process's, or a killed one's): deliver them now,
+            # within the timeout, even if this client never ran in background mode.
+            with contextlib.suppress(InterceptError, OSError):
+                if self.outbox.has_pending():
+                    self.sender.start()
             self.sender.close(max(0.1, deadline - time.monotonic()))
         if self.audit is not None:
             self.audit.close(max(0.1, min(2.0, deadline - time.monotonic())))

@@ -47,6 +47,7 @@ import math
 import os
 import re
 import sqlite3
+import ssl
 import threading
 import time
 import weakref
@@ -866,7 +867,9 @@ class Sender:
     * Fork-safe: a forked child has no sender thread, no inherited HTTP connections and
       no lock; the thread restarts lazily on the child's next ``notify()``/``flush()``.
 
-    ``transport`` (e.g. ``httpx.MockTransport``) replaces the network; ``sleep`` and
+    ``proxy`` and ``verify`` (the client's one HTTP configuration: the same proxy and CA
+    as its syncs) apply to every upload. ``transport`` (e.g. ``httpx.MockTransport``)
+    replaces the network; ``sleep`` and
     ``clock`` (monotonic) replace waiting and time for tests. The default ``sleep`` is
     interrupted by ``close()``. Fork safety covers the default transport (a fresh
     connection pool per process); a ``transport`` object passed in is shared with forked
@@ -888,6 +891,8 @@ class Sender:
         sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         headers: Mapping[str, str] | None = None,
+        proxy: str | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         url = reports_url(platform_url)
         if url is None:
@@ -910,6 +915,8 @@ class Sender:
         self.timeout = timeout or httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
         self.retry = retry or RetryPolicy()
         self._transport = transport
+        self._proxy = proxy
+        self._verify = verify
         self._custom_sleep = sleep
         self._clock = clock
         self._headers = {
@@ -958,6 +965,8 @@ class Sender:
         if self._client is None:
             self._client = httpx.Client(
                 transport=self._transport,
+                proxy=self._proxy,
+                verify=self._verify,
                 timeout=self.timeout,
                 follow_redirects=False,
                 headers=self._headers,

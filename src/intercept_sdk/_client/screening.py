@@ -13,6 +13,7 @@ Guarantees:
   subject); a decision acted upon by a watch is audited the same way (:meth:`record`).
 * A listed minor (a data error) is never enforced; the decision carries the entry in
   ``data_errors`` and ``on_data_errors`` is told once per decision that has any.
+* Every decision is counted in ``metrics`` (by measure and action) when one is given.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .audit import AuditLog
 from .decisions import Decision, Entity, Person, Probe, Subject, allow_decision, decide, own_probe
 from .freshness import CacheClock, Staleness
 from .lookup import Lookup
+from .metrics import Metrics
 from .status import Lifecycle
 from .store import Hit, StoreState
 
@@ -70,6 +72,7 @@ class Decider:
         stale_action: Literal["review", "block"],
         measures: Measures,
         on_data_errors: Callable[[Decision], None],
+        metrics: Metrics | None = None,
     ) -> None:
         self.lookup = lookup
         self.clock = clock
@@ -80,6 +83,7 @@ class Decider:
         self.measure = measures
         self._measures = measures.memo
         self._on_data_errors = on_data_errors
+        self.metrics = metrics
 
     # -- check -------------------------------------------------------------------------
     def check(self, subject: Subject, measure: str) -> Decision:
@@ -116,6 +120,9 @@ class Decider:
         audit = self.audit
         if audit is not None:
             audit.record(m.code, keys[0], decision.action, decision.entry_ids, state.version, now)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.count_check(m.code, decision.action)
         if decision.data_errors:
             self._on_data_errors(decision)
         return decision
@@ -195,6 +202,8 @@ class Decider:
         log = self.audit if audit else None
         if log is not None:
             _audit_batch(log, m, keys, out, todo, allow, state, now)
+        if self.metrics is not None:
+            self.metrics.count_checks(m.code, (d.action for d in out))
         for i in todo:
             if out[i].data_errors:
                 self._on_data_errors(out[i])
