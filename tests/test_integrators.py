@@ -389,7 +389,13 @@ def test_hooks_hear_syncs_interceptions_and_failures(
 def test_health_is_ready_only_with_a_fresh_verified_list(
     platform: TestPlatform, tmp_path: Path
 ) -> None:
-    fresh = Client(str(platform.site_dir), platform.trust_root, tmp_path / "fresh")
+    fresh = Client(
+        str(platform.site_dir),
+        platform.trust_root,
+        tmp_path / "fresh",
+        platform.subscriber_id,
+        subscriber_key=platform.subscriber_key_dir,
+    )
     h = fresh.health()
     assert h.live and not h.ready and "never synced" in h.reasons[0]
     fresh.sync()
@@ -405,7 +411,12 @@ def test_async_background_starts_without_async_with(platform: TestPlatform) -> N
     async def main() -> None:
         with platform.serve() as server:
             client = AsyncClient(
-                server.url, platform.trust_root, platform.directory / "ac", background=True
+                server.url,
+                platform.trust_root,
+                platform.directory / "ac",
+                platform.subscriber_id,
+                subscriber_key=platform.subscriber_key_dir,
+                background=True,
             )
             assert client._driver.task is not None  # started at construction, on this loop
             for _ in range(100):

@@ -35,7 +35,7 @@ def add_lifts_command(sub: argparse._SubParsersAction[_Parser]) -> None:
     _client_args(s)
     s.add_argument("--sync", action="store_true", help="sync first (reconciles the ledger)")
     s.add_argument("--all", action="store_true", help="every restriction, not only lifts due")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     s.add_argument("--lift", metavar="REF", action="append", default=[], help="report a lift")
     s.add_argument("--fail-on-overdue", action="store_true", help="exit 5 if any lift is overdue")
     s.set_defaults(func=cmd_lifts)

@@ -139,10 +139,10 @@ def register(subscriber_commands: argparse._SubParsersAction[Any], top: Any = No
     add.set_defaults(func=_with_unit(add.get_default("func")))
     ls = subscriber_commands.add_parser("list", help="registered subscribers and their units")
     ls.add_argument("--keys", required=True, help="the platform's keys directory")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     ls.set_defaults(func=cmd_list)
     rm = subscriber_commands.add_parser("remove", help="remove a subscriber's keys and record")
-    rm.add_argument("id")
+    rm.add_argument("id", help="the subscriber id to remove (its keys and unit record)")
     rm.add_argument("--keys", required=True, help="the platform's keys directory")
     rm.set_defaults(func=cmd_remove)
     if top is not None:
@@ -150,7 +150,9 @@ def register(subscriber_commands: argparse._SubParsersAction[Any], top: Any = No
         st.add_argument("--state", required=True, help="the server's state directory")
         st.add_argument("--keys", help="the platform's keys directory (unit records)")
         st.add_argument("--source", help="the source list (JSONL): revocation times")
-        st.add_argument("--format", choices=("csv", "json"), default="csv")
+        st.add_argument(
+            "--format", choices=("csv", "json"), default="csv", help="export format (default csv)"
+        )
         st.add_argument("--due-days", type=int, default=30, help="summary due days (30)")
         st.add_argument("--lift-working-days", type=int, default=3, help="lift deadline (3)")
         st.add_argument("--out", help="write to this file instead of stdout")
