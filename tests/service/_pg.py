@@ -23,7 +23,9 @@ from pathlib import Path
 
 def find_bin() -> Path | None:
     """The newest ``/usr/lib/postgresql/<n>/bin`` with initdb, or one on PATH."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
+    )
     if found:
         return Path(found[-1]).parent
     on_path = shutil.which("initdb")
@@ -71,8 +73,8 @@ class Cluster:
 
     def stop(self) -> None:
         subprocess.run(
-            [*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate",
-             "-w", "-t", "20", "stop"],
+            [*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.root / "data"),
+             "-m", "immediate", "-w", "-t", "20", "stop"],
             capture_output=True, timeout=30, check=False,
         )  # fmt: skip
         shutil.rmtree(self.root, ignore_errors=True)

@@ -49,7 +49,9 @@ def database(engine: str, request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture
-def report_store(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ReportStore]:
+def report_store(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[ReportStore]:
     """An open, empty :class:`ReportStore` of each engine."""
     store: ReportStore
     if engine == "sqlite":

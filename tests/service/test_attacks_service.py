@@ -15,7 +15,7 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -60,7 +60,9 @@ def attacker_socket(port: int) -> socket.socket:
     return s
 
 
-def measure(request: Callable[[], int], seconds: float, ok: tuple[int, ...] = (200,)) -> list[float]:
+def measure(
+    request: Callable[[], int], seconds: float, ok: tuple[int, ...] = (200,)
+) -> list[float]:
     """Latencies of ``request`` called back to back for ``seconds``; every answer in ``ok``."""
     latencies: list[float] = []
     end = time.monotonic() + seconds
@@ -83,7 +85,9 @@ def legit_upload(url: str, key: SigningKey) -> Callable[[], int]:
     client = httpx.Client(base_url=url, timeout=10)
 
     def go() -> int:
-        return client.post("/reports", json={"reports": [make_report(key, "hotel-001")]}).status_code
+        return client.post(
+            "/reports", json={"reports": [make_report(key, "hotel-001")]}
+        ).status_code
 
     return go
 
@@ -183,7 +187,7 @@ def test_slow_body_does_not_stop_report_intake(site: FakeSite, tmp_path: Path) -
                     if data:
                         answers.append(data)
                         return
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 except OSError:
                     return

@@ -90,7 +90,9 @@ def _rounds(tmp_path: Path, database: str | None, sig: int, rounds: int) -> None
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill9", "sigterm"])
-def test_signals_during_uploads_lose_nothing(tmp_path: Path, database: str | None, sig: int) -> None:
+def test_signals_during_uploads_lose_nothing(
+    tmp_path: Path, database: str | None, sig: int
+) -> None:
     _rounds(tmp_path, database, sig, 5)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from _servers import make_report
+from intercept_sdk._exceptions import ConfigurationError
 from intercept_sdk._platform.server.storage import (
     ReportRow,
     ReportStore,
@@ -23,7 +24,6 @@ from intercept_sdk._platform.server.storage import (
     SQLiteReportStore,
     open_report_store,
 )
-from intercept_sdk._exceptions import ConfigurationError
 from intercept_sdk._protocol.signing import SigningKey, canonical_json
 
 KEY = SigningKey.generate()
@@ -121,9 +121,9 @@ def test_unique_constraint_is_in_the_database(report_store: ReportStore, engine:
     else:
         import psycopg
 
-        with psycopg.connect(report_store._dsn) as conn:  # type: ignore[attr-defined]
-            with pytest.raises(psycopg.errors.UniqueViolation):
-                conn.execute("INSERT INTO reports (report_id, subscriber_id, kind, measure, "
+        dsn = report_store._dsn  # type: ignore[attr-defined]
+        with psycopg.connect(dsn) as pg, pytest.raises(psycopg.errors.UniqueViolation):
+            pg.execute("INSERT INTO reports (report_id, subscriber_id, kind, measure, "
                              "entry_id, case_no, created_at, received_at, envelope) "
                              "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)", values)  # fmt: skip
 
@@ -163,7 +163,9 @@ def test_sqlite_file_is_private_and_v1_schema_migrates(tmp_path: Path) -> None:
 
 def test_database_urls(tmp_path: Path) -> None:
     assert isinstance(open_report_store(None, tmp_path), SQLiteReportStore)
-    assert isinstance(open_report_store(f"sqlite:///{tmp_path}/x.sqlite", tmp_path), SQLiteReportStore)
+    assert isinstance(
+        open_report_store(f"sqlite:///{tmp_path}/x.sqlite", tmp_path), SQLiteReportStore
+    )
     for bad in ("mysql://x", "sqlite:///", "", "reports.sqlite"):
         with pytest.raises(ConfigurationError):
             open_report_store(bad, tmp_path)
@@ -179,13 +181,13 @@ def test_unreachable_postgres_is_a_store_error() -> None:
             store.open()
 
 
-class socket_closed_port:  # noqa: N801 - a tiny context manager
+class socket_closed_port:
     def __enter__(self) -> int:
         import socket
 
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
-        self.port: int = s.getsockname()[1]
+        self.port = int(s.getsockname()[1])
         s.close()
         return self.port
 
