@@ -293,7 +293,10 @@ def test_reports_list_flush_summary_server(platform: dict) -> None:
     assert summary["due_date"] == "2027-01-30" and summary["checks_performed"] >= 1
     r = run("reports", "summary", "--quarter", "2026-4", env=env, check=False)
     assert r.returncode == 2
-    server = json.loads(run("reports", "--server", platform["url"]).stdout)  # type: ignore[arg-type]
+    token = (platform["dir"] / "state" / "operator.token").read_text().strip()
+    server = json.loads(
+        run("reports", "--server", platform["url"], env={"INTERCEPT_PLATFORM_TOKEN": token}).stdout
+    )
     assert isinstance(server, (list, dict))
 
 

@@ -50,7 +50,7 @@ def server(site: FakeSite, sim: FaultSimulator, tmp_path: Path) -> Iterator[Plat
 
 @pytest.fixture
 def client(server: PlatformServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=5.0) as c:
+    with httpx.Client(base_url=server.url, timeout=5.0, headers=server.operator_headers()) as c:
         yield c
 
 

@@ -90,7 +90,8 @@ def server(
 
 @pytest.fixture
 def client(server: PlatformServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+    """An operator's client: uploads need no token, the listing needs the operator's."""
+    with httpx.Client(base_url=server.url, timeout=10.0, headers=server.operator_headers()) as c:
         yield c
 
 

@@ -997,6 +997,7 @@ def test_report_forgery(site: Site, tmp_path: Path) -> None:
     theirs = SigningKey(load_subscriber_key(site.subs[OTHER]).report)
     stranger = SigningKey.generate()
     genuine: set[str] = set()
+    taken: set[str] = set()  # report ids a second unit also used (its own report)
     with PlatformServer(
         site.versions[1],
         subscribers_dir=site.keys / "subscribers",
@@ -1049,16 +1050,21 @@ def test_report_forgery(site: Site, tmp_path: Path) -> None:
                 assert _post(url, [r]).status_code == 200
                 genuine.add(rid)
                 hijack = _report(theirs, OTHER, report_id=rid, outcome="not_enforced")
-                assert _post(url, [hijack]).json()["duplicates"] == [rid]
+                # Reports are identified by (subscriber, report_id) (issue 16): the other
+                # unit's copy is its own report; ours is untouched.
+                assert _post(url, [hijack]).json()["accepted"] == [rid]
                 conn = sqlite3.connect(state / "reports.sqlite")
                 try:
-                    owner = conn.execute(
-                        "SELECT subscriber_id FROM reports WHERE report_id = ?", (rid,)
-                    ).fetchone()[0]
+                    owners = conn.execute(
+                        "SELECT subscriber_id, envelope FROM reports WHERE report_id = ?", (rid,)
+                    ).fetchall()
                 finally:
                     conn.close()
-                assert owner == SUBSCRIBER
+                ours_row = [env for sid, env in owners if sid == SUBSCRIBER]
+                assert ours_row == [canonical_json(r)]
+                taken.add(rid)
         with tally.run("only genuine reports stored, once each"):
             stored = platform_report_rows(state)
-            assert len(stored) == len(set(stored)) and set(stored) == genuine
+            assert set(stored) == genuine
+            assert len(stored) == len(genuine) + len(taken)
     tally.finish()

@@ -124,7 +124,7 @@ def run_demo(out_dir: Path | None = None, *, quiet: bool = False) -> int:
         _step_tickets(o, w, client)
         lifted = _step_registry(o, w, client)
         _step_revocation(o, w, client, lifted)
-        kinds = _step_reports(o, client, server.url)
+        kinds = _step_reports(o, client, server.url, server.operator_headers())
     finally:
         if client is not None:
             client.close()
@@ -346,11 +346,11 @@ def _step_revocation(o: _Out, w: _World, client: Client, lifted: threading.Event
     o.say(f"   a 复核 objection filed by 赵立新 queued as report {obj}")
 
 
-def _step_reports(o: _Out, client: Client, url: str) -> dict[str, int]:
+def _step_reports(o: _Out, client: Client, url: str, auth: dict[str, str]) -> dict[str, int]:
     """Step 8: flush the reports; returns how many of each kind the platform holds."""
     o.step("8. Feedback reports (惩戒情况) reach the platform")
     ok = client.flush_reports(15)
-    resp = httpx.get(url + "/reports", params={"limit": 100}, timeout=10)
+    resp = httpx.get(url + "/reports", params={"limit": 100}, headers=auth, timeout=10)
     got = resp.json()
     items = got.get("reports", got) if isinstance(got, dict) else got
     kinds: dict[str, int] = {}

@@ -261,22 +261,26 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .._platform.server import PlatformServer
+    from .._platform.server.process import default_state_dir, serve_command
 
-    server = PlatformServer(
-        Path(args.site),
-        subscribers_dir=Path(args.subscribers) if args.subscribers else None,
-        state_dir=Path(args.state) if args.state else None,
+    state = Path(args.state) if args.state else default_state_dir()
+
+    def ready(url: str) -> None:
+        print(f"listening on {url} (serving {args.site}; Ctrl-C stops)", flush=True)
+        print(f"state in {state}; operator token: {state / 'operator.token'}", flush=True)
+
+    return serve_command(
+        site=Path(args.site),
+        subscribers=Path(args.subscribers) if args.subscribers else None,
+        state=state,
+        database=args.database,
+        behind_proxy=args.behind_proxy,
         host=args.host,
         port=args.port,
         log_level="info" if args.verbose else "warning",
+        access_log=args.verbose,
+        on_ready=ready,
     )
-    server.serve_forever(
-        on_ready=lambda url: print(
-            f"listening on {url} (serving {args.site}; Ctrl-C stops)", flush=True
-        )
-    )
-    return EXIT_OK
 
 
 def cmd_subscriber_keygen(args: argparse.Namespace) -> int:
@@ -309,6 +313,11 @@ def cmd_subscriber_add(args: argparse.Namespace) -> int:
         pub, restricted = str(d / "report.ed25519.pub.pem"), str(d / "restricted.x25519.pub.pem")
     add_subscriber(Path(args.keys), args.id, read(pub), read(restricted))
     print(f"subscriber {args.id} registered in {args.keys}")
+    if args.token:
+        from .._platform.keys import issue_subscriber_token
+
+        token = issue_subscriber_token(Path(args.keys), args.id)
+        print(f"read token for {args.id} (shown once; GET /reports with Bearer): {token}")
     return EXIT_OK
 
 
@@ -674,8 +683,12 @@ def cmd_reports(args: argparse.Namespace) -> int:
     if args.server:
         import httpx
 
+        token = os.environ.get("INTERCEPT_PLATFORM_TOKEN", "")  # operator or subscriber
         resp = httpx.get(
-            args.server.rstrip("/") + "/reports", params={"limit": args.limit}, timeout=10
+            args.server.rstrip("/") + "/reports",
+            params={"limit": args.limit},
+            headers={"Authorization": f"Bearer {token}"} if token else None,
+            timeout=10,
         )
         resp.raise_for_status()
         _print_json(resp.json())
@@ -890,7 +903,14 @@ def _add_platform_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     s.add_argument(
         "--subscribers", help="directory of registered subscriber keys (KEYS/subscribers)"
     )
-    s.add_argument("--state", help="directory for the reports database")
+    s.add_argument(
+        "--state", help="state directory (default $INTERCEPT_PLATFORM_STATE or "
+        "~/.local/state/intercept-sdk/platform): operator.token, reports.sqlite"
+    )  # fmt: skip
+    s.add_argument("--database", help="postgresql://user@host/db (default: SQLite in --state)")
+    s.add_argument(
+        "--behind-proxy", action="store_true", help="per-client limits off (enforce at the LB)"
+    )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8470, help="0 picks a free port (default 8470)")
     s.add_argument("--verbose-access", dest="verbose", action="store_true", help="access log")
@@ -909,6 +929,9 @@ def _add_subscriber_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     a.add_argument("--public-key", required=True, help="report.ed25519.pub.pem (or the keygen dir)")
     a.add_argument("--restricted-key", help="restricted.x25519.pub.pem")
     a.add_argument("--keys", required=True, help="the platform's keys directory")
+    a.add_argument(
+        "--token", action="store_true", help="also issue a token to read its own reports"
+    )
     a.set_defaults(func=cmd_subscriber_add)
     _units.register(ss, sub)  # unit records: add --name..., list, remove; and `stats`
 

@@ -34,9 +34,11 @@ Guarantees:
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -615,3 +617,21 @@ def add_subscriber(
         ed is not None,
         xk is not None,
     )
+
+
+def issue_subscriber_token(keys_dir: Path | str, subscriber_id: str) -> str:
+    """A new read-access token for ``subscriber_id``; returns it (shown once).
+
+    Only the token's SHA-256 is kept, as ``keys_dir/subscribers/<id>.token.sha256``
+    (0600): the platform server reads it to let the subscriber list its own reports
+    (``GET /reports`` with ``Authorization: Bearer <token>``). Issuing again replaces the
+    previous token, which stops working within one re-scan of the directory.
+    """
+    kd = KeyDir(keys_dir)
+    validate_subscriber_id(subscriber_id)
+    token = "isk-sub-" + secrets.token_urlsafe(32)
+    directory = ensure_private_dir(kd.subscribers_dir)
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    atomic_write(directory / f"{subscriber_id}.token.sha256", (digest + "\n").encode(), mode=0o600)
+    log.info("issued a read token for subscriber %s", subscriber_id)
+    return token

@@ -118,6 +118,7 @@ class Intake:
         self.limits = limits
         self.limiter: anyio.CapacityLimiter | None = None
         self._inflight = 0
+        self._per_client: dict[str, int] = {}
         # Threads that verify signatures (see PARALLEL_MIN); started with the app.
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -147,12 +148,25 @@ class Intake:
     # -- the endpoint
 
     async def post(self, request: Request) -> Response:
-        """``POST /reports``: the whole batch is stored (200) or refused (4xx/503)."""
+        """``POST /reports``: the whole batch is stored (200) or refused (4xx/503).
+
+        Bounded per client address (``max_uploads_per_client``, then 429) and overall
+        (``max_inflight_report_requests``, then 503), both with Retry-After; the body must
+        arrive within ``body_timeout`` (else 408), so a client that trickles its body
+        holds a slot for a bounded time and never more than its own share of them.
+        """
         if self._inflight >= self.limits.max_inflight_report_requests:
             return error(503, "too many report uploads in progress", retry_after=1)
+        peer = request.client.host if request.client is not None else ""
+        mine = self._per_client.get(peer, 0)
+        if mine >= self.limits.max_uploads_per_client:
+            return error(429, "too many report uploads in progress from you", retry_after=1)
         self._inflight += 1
+        self._per_client[peer] = mine + 1
         try:
-            body = await self._read_body(request)
+            body: bytes | Response = error(408, "request body not received in time")
+            with anyio.move_on_after(self.limits.body_timeout):
+                body = await self._read_body(request)
             if isinstance(body, Response):
                 return body
             status, result = await anyio.to_thread.run_sync(self.ingest, body, limiter=self.limiter)
@@ -160,6 +174,11 @@ class Intake:
             return error(400, "client disconnected")
         finally:
             self._inflight -= 1
+            left = self._per_client.get(peer, 1) - 1
+            if left > 0:
+                self._per_client[peer] = left
+            else:
+                self._per_client.pop(peer, None)
         return JSONResponse(result, status, headers={"Retry-After": "5"} if status == 503 else None)
 
     async def _read_body(self, request: Request) -> bytes | Response:
@@ -225,14 +244,28 @@ class Intake:
         if envelopes is None:
             envelopes = self.parsed_envelopes(body)
         keys = self.subscribers.snapshot()
+        first_bad = [len(envelopes)]  # lowest failing index so far (shared by the chunks)
 
         def work(lo: int, hi: int) -> list[frozenset[str] | BadSignature]:
-            return [self.signers(keys, env, i) for i, (env, _) in enumerate(envelopes[lo:hi], lo)]
+            # Stops at the first bad signature, and skips whatever lies after a bad one
+            # found by another chunk: the batch is refused anyway, so a batch of junk
+            # signatures costs one verification per chunk, not one per report.
+            out: list[frozenset[str] | BadSignature] = []
+            for i in range(lo, hi):
+                if i > first_bad[0]:
+                    break
+                who = self.signers(keys, envelopes[i][0], i)
+                out.append(who)
+                if isinstance(who, BadSignature):
+                    first_bad[0] = min(first_bad[0], i)
+                    break
+            return out
 
         signed_by = self._map_chunks(work, len(envelopes))
         for who in signed_by:
             if isinstance(who, BadSignature):
                 raise who
+        assert len(signed_by) == len(envelopes)
         rows: list[ReportRow] = []
         for i, ((env, raw), who) in enumerate(zip(envelopes, signed_by, strict=True)):
             assert not isinstance(who, BadSignature)
@@ -296,7 +329,7 @@ class Intake:
         except (binascii.Error, ValueError):
             raise Refused(400, f"report {i}: signature is not valid base64") from None
         env = Envelope(REPORT_TYPE, payload, sigs)
-        if len(sigs) > self.limits.max_signatures_per_report:
+        if len(sigs) > 1:
             self._check_signature_count(env, f"report {i}")
         return env, m.group(0)
 
@@ -305,10 +338,16 @@ class Intake:
             raise Refused(413, f"at most {self.limits.max_reports_per_batch} reports per batch")
 
     def _check_signature_count(self, env: Envelope, where: str) -> None:
+        """1..max signatures, each under a different key id: a repeated key id could
+        only make the server verify the same key again (signature-work flood)."""
         if not env.signatures or len(env.signatures) > self.limits.max_signatures_per_report:
             raise Refused(
                 400, f"{where}: needs 1..{self.limits.max_signatures_per_report} signatures"
             )
+        if len(env.signatures) > 1 and len({kid for kid, _ in env.signatures}) != len(
+            env.signatures
+        ):
+            raise Refused(400, f"{where}: a key id appears twice among the signatures")
 
     # -- steps 2 and 3: signatures, then payloads
 

@@ -29,9 +29,16 @@ from starlette.middleware import Middleware
 
 from ..._exceptions import ConfigurationError
 from .app import Platform, create_app
+from .guard import guarded_protocol
 from .limits import Limits
 
-__all__ = ["PlatformServer", "ServerProcess", "main", "run_server_process"]
+__all__ = [
+    "PlatformServer",
+    "ServerProcess",
+    "default_state_dir",
+    "main",
+    "run_server_process",
+]
 
 log = logging.getLogger("intercept_sdk.platform")
 
@@ -79,6 +86,19 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def default_state_dir() -> Path:
+    """Where ``intercept-sdk serve`` keeps its state when given no ``--state``:
+    ``$INTERCEPT_PLATFORM_STATE``, else ``$XDG_STATE_HOME/intercept-sdk/platform``, else
+    ``~/.local/state/intercept-sdk/platform``. Never a temporary directory: acknowledged
+    reports must survive the process."""
+    explicit = os.environ.get("INTERCEPT_PLATFORM_STATE")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "intercept-sdk" / "platform"
+
+
 def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
@@ -88,8 +108,11 @@ class PlatformServer:
 
     ``start()`` returns once the socket listens; ``stop()`` is idempotent and bounded (a
     graceful shutdown of at most ``Limits.graceful_shutdown`` s, then a forced exit).
-    ``state_dir=None`` uses a temporary directory removed by ``stop()``. ``middleware``
-    is passed to :func:`create_app` (e.g. a test's fault simulator).
+    ``state_dir=None`` uses a temporary directory removed by ``stop()`` -- for tests and
+    throw-away embedding only: the command line (``intercept-sdk serve``, :func:`main`)
+    always passes a persistent one (:func:`default_state_dir`). ``database`` selects
+    another report store (``postgresql://...``). ``middleware`` is passed to
+    :func:`create_app` (e.g. a test's fault simulator).
     """
 
     def __init__(
@@ -104,8 +127,10 @@ class PlatformServer:
         limits: Limits | None = None,
         access_log: bool = False,
         middleware: Sequence[Middleware] = (),
+        database: str | None = None,
     ) -> None:
         self.site_dir = Path(site_dir)
+        self.database = database
         self.subscribers_dir = Path(subscribers_dir) if subscribers_dir is not None else None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if state_dir is None:
@@ -137,6 +162,16 @@ class PlatformServer:
     def url(self) -> str:
         return _url(self.host, self.port)
 
+    @property
+    def operator_token_path(self) -> Path:
+        """``<state_dir>/operator.token`` (exists once the server was prepared)."""
+        return self.state_dir / "operator.token"
+
+    def operator_headers(self) -> dict[str, str]:
+        """``{"Authorization": "Bearer <operator token>"}`` for ``GET /reports``/``/stats``."""
+        token = self.operator_token_path.read_text(encoding="ascii").strip()
+        return {"Authorization": f"Bearer {token}"}
+
     def _prepare(
         self, on_started: Callable[[], None] | None = None
     ) -> tuple[_UvicornServer, socket.socket]:
@@ -150,6 +185,7 @@ class PlatformServer:
             state_dir=self.state_dir,
             limits=self.limits,
             middleware=self.middleware,
+            database=self.database,
         )
         platform: Platform = app.state.platform
         try:
@@ -166,10 +202,10 @@ class PlatformServer:
             access_log=self._access_log,
             lifespan="on",
             loop="asyncio",
-            http="h11",
+            http=guarded_protocol(self.limits),
             ws="none",
             backlog=2048,
-            limit_concurrency=4096,
+            limit_concurrency=self.limits.max_connections,
             timeout_keep_alive=5,
             timeout_graceful_shutdown=self.limits.graceful_shutdown,
         )
@@ -305,6 +341,8 @@ def run_server_process(
     log_level: str = "warning",
     timeout: float = 15.0,
     env: dict[str, str] | None = None,
+    database: str | None = None,
+    extra_args: Sequence[str] = (),
 ) -> ServerProcess:
     """Start the server as a child process and return once it listens.
 
@@ -317,6 +355,9 @@ def run_server_process(
         cmd += ["--subscribers", str(subscribers_dir)]
     if state_dir is not None:
         cmd += ["--state", str(state_dir)]
+    if database is not None:
+        cmd += ["--database", database]
+    cmd += list(extra_args)
     proc = ServerProcess(cmd, stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
@@ -355,7 +396,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--site", type=Path, required=True, help="published site directory")
     parser.add_argument("--subscribers", type=Path, help="dir of <id>.ed25519.pem keys")
-    parser.add_argument("--state", type=Path, help="dir for reports.sqlite (default: temp)")
+    parser.add_argument(
+        "--state", type=Path, help="state dir: operator.token, reports.sqlite (default: "
+        "$INTERCEPT_PLATFORM_STATE or ~/.local/state/intercept-sdk/platform)"
+    )  # fmt: skip
+    parser.add_argument("--database", help="postgresql://... (default: SQLite in --state)")
+    parser.add_argument("--behind-proxy", action="store_true", help=_BEHIND_PROXY_HELP)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--log-level", default="info")
@@ -370,22 +416,66 @@ def main(argv: Sequence[str] | None = None) -> int:
     def ready(url: str) -> None:
         print(f"listening on {url}", flush=True)
 
-    # SIGTERM ends the process like Ctrl-C: graceful shutdown, then exit status 0.
+    return serve_command(
+        site=args.site,
+        subscribers=args.subscribers,
+        state=args.state,
+        database=args.database,
+        behind_proxy=args.behind_proxy,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level.lower(),
+        access_log=args.access_log,
+        on_ready=ready,
+    )
+
+
+_BEHIND_PROXY_HELP = (
+    "every request comes from a load balancer: per-client limits become global ones "
+    "(enforce them at the balancer)"
+)
+
+
+def serve_command(
+    *,
+    site: Path,
+    subscribers: Path | None,
+    state: Path | None,
+    database: str | None,
+    behind_proxy: bool,
+    host: str,
+    port: int,
+    log_level: str,
+    access_log: bool,
+    on_ready: Callable[[str], None],
+) -> int:
+    """Serve in the foreground until SIGINT/SIGTERM, then exit 0 after a graceful stop.
+
+    What ``intercept-sdk serve`` and ``python -m intercept_sdk._platform.server`` share:
+    the state directory is persistent (``state`` or :func:`default_state_dir`), SIGTERM
+    is handled like Ctrl-C (uvicorn stops accepting, finishes in-flight requests for up
+    to ``Limits.graceful_shutdown`` s, the store is closed), and a configuration problem
+    is exit status 2 with one line on stderr.
+    """
+
     def on_term(signum: int, frame: object) -> None:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, on_term)
+    state_dir = state if state is not None else default_state_dir()
     try:
         server = PlatformServer(
-            args.site,
-            subscribers_dir=args.subscribers,
-            state_dir=args.state,
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level.lower(),
-            access_log=args.access_log,
+            site,
+            subscribers_dir=subscribers,
+            state_dir=state_dir,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=access_log,
+            database=database,
+            limits=Limits.behind_proxy() if behind_proxy else Limits(),
         )
-        server.serve_forever(on_ready=ready)
+        server.serve_forever(on_ready=on_ready)
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,7 +4,9 @@
 changes, ``: ping`` after ``Limits.heartbeat_interval`` of silence. One background task
 (:meth:`PushHub.poll_manifest`) polls the manifest's (inode, size, mtime) every
 ``Limits.poll_interval`` for all listeners, so a thousand listeners cost one ``stat``.
-Listeners are capped (``Limits.max_listeners``, then 503 with ``Retry-After``).
+Listeners are capped overall (``Limits.max_listeners``, then 503 with ``Retry-After``) and
+per client address (``Limits.max_listeners_per_client``, then 429 with ``Retry-After``),
+so one client opening a thousand streams cannot push the real clients back to polling.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class PushHub:
         self.version: int | None = None
         self.etag: str | None = None
         self.listeners = 0
+        self.per_client: dict[str, int] = {}
         self.closing = threading.Event()
         self._changed: asyncio.Event | None = None
 
@@ -113,7 +116,12 @@ class PushHub:
             return Response(media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         if self.listeners >= self._limits.max_listeners:
             return JSONResponse({"error": "too many listeners"}, 503, headers={"Retry-After": "5"})
-        return _EventStream(self, self._event_source())
+        peer = request.client.host if request.client is not None else ""
+        if self.per_client.get(peer, 0) >= self._limits.max_listeners_per_client:
+            return JSONResponse(
+                {"error": "too many listeners from your address"}, 429, headers={"Retry-After": "5"}
+            )
+        return _EventStream(self, self._event_source(), peer)
 
     async def _event_source(self) -> AsyncIterator[bytes]:
         sent = 0
@@ -134,17 +142,25 @@ class PushHub:
 class _EventStream(StreamingResponse):
     """A StreamingResponse that keeps the hub's listener count exact."""
 
-    def __init__(self, hub: PushHub, content: AsyncIterator[bytes]) -> None:
+    def __init__(self, hub: PushHub, content: AsyncIterator[bytes], peer: str) -> None:
         super().__init__(
             content,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
         self._hub = hub
+        self._peer = peer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._hub.listeners += 1
+        hub, peer = self._hub, self._peer
+        hub.listeners += 1
+        hub.per_client[peer] = hub.per_client.get(peer, 0) + 1
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._hub.listeners -= 1
+            hub.listeners -= 1
+            left = hub.per_client.get(peer, 1) - 1
+            if left > 0:
+                hub.per_client[peer] = left
+            else:
+                hub.per_client.pop(peer, None)

@@ -1,15 +1,19 @@
 """The registered subscribers' report keys, and the signature check that uses them.
 
 Keys come from ``<dir>/<subscriber_id>.ed25519.pem`` (what ``intercept-sdk subscriber add``
-writes). When PyNaCl is installed, libsodium verifies the Ed25519 signatures (about 2-3x
-faster than cryptography's OpenSSL build, measured on the project machine), because at
-thousands of reports per second verification is the server's whole cost.
+writes), read-access tokens from ``<dir>/<subscriber_id>.token.sha256`` (the SHA-256 of
+the token that command printed; see :mod:`.auth`). When PyNaCl is installed, libsodium
+verifies the Ed25519 signatures (about 2-3x faster than cryptography's OpenSSL build,
+measured on the project machine), because at thousands of reports per second
+verification is the server's whole cost.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +58,7 @@ class SubscriberKeys:
     keys: dict[str, Ed25519PublicKey]  # keyid -> key
     raw: dict[str, bytes]  # keyid -> raw 32-byte public key
     owners: dict[str, frozenset[str]]  # keyid -> subscriber ids holding that key
+    tokens: dict[str, str] = dataclasses.field(default_factory=dict)  # sha256 -> id
 
     def valid_keyids(self, env: Envelope) -> set[str]:
         """Key ids among ours whose signature over PAE(type, payload) verifies.
@@ -90,6 +95,7 @@ class Subscribers:
     """
 
     _SUFFIX = ".ed25519.pem"
+    _TOKEN_SUFFIX = ".token.sha256"  # noqa: S105 - a file name
 
     def __init__(self, directory: Path | None) -> None:
         self._dir = directory
@@ -146,7 +152,27 @@ class Subscribers:
             kid: key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
             for kid, key in keys.items()
         }
-        return SubscriberKeys(keys, raw, {k: frozenset(v) for k, v in owners.items()})
+        tokens = self._tokens(names)
+        return SubscriberKeys(keys, raw, {k: frozenset(v) for k, v in owners.items()}, tokens)
+
+    def _tokens(self, names: list[str]) -> dict[str, str]:
+        """token SHA-256 -> subscriber id, from the ``<id>.token.sha256`` files."""
+        assert self._dir is not None
+        tokens: dict[str, str] = {}
+        for name in names[: _MAX_SUBSCRIBERS * 4]:
+            if name.startswith(".") or not name.endswith(self._TOKEN_SUFFIX):
+                continue
+            try:
+                with (self._dir / name).open("rb") as f:
+                    text = f.read(256).decode("ascii", "replace").strip()
+            except OSError as exc:
+                log.warning("skipping subscriber token %s: %s", name, exc.strerror)
+                continue
+            if re.fullmatch(r"[0-9a-f]{64}", text) is None:
+                log.warning("skipping subscriber token %s: not a hex SHA-256", name)
+                continue
+            tokens[text] = name[: -len(self._TOKEN_SUFFIX)]
+        return tokens
 
     @staticmethod
     def _load(path: Path) -> Ed25519PublicKey | None:

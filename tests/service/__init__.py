@@ -1,0 +1,1 @@
+"""The platform as a service (issue 16): auth, limits under attack, durability, PostgreSQL."""
