@@ -8,6 +8,7 @@ need the same real servers; pytest puts ``tests/`` on ``sys.path``, so
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import hashlib
 import http.server
 import json
@@ -72,6 +73,7 @@ def write_manifest(site: Path, version: int, key: SigningKey, **extra: Any) -> b
         "version": version,
         "root_version": 1,
         "published_at": format_utc(utcnow()),
+        "expires": format_utc(utcnow() + _dt.timedelta(hours=1)),
         **extra,
     }
     data = sign_envelope(MANIFEST_TYPE, canonical_json(payload), [key]).to_bytes()
@@ -180,7 +182,8 @@ http {{
         autoindex off;
         location ~ /\\. {{ return 404; }}
         location = /manifest.json {{ add_header Cache-Control "no-cache" always; }}
-        location / {{ add_header Cache-Control "public, max-age=31536000, immutable"; }}
+        location /root/ {{ add_header Cache-Control "public, max-age=31536000, immutable"; }}
+        location / {{ add_header Cache-Control "public, max-age=3600"; }}
     }}
 }}
 """

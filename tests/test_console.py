@@ -218,3 +218,26 @@ def test_console_without_the_token_says_so_and_draws_nothing(seeded: dict[str, A
     )
     assert "operator credential needed" in done.stdout
     assert '"error":"HTTP 401"' in done.stdout.replace("&quot;", '"')
+
+
+def test_the_reference_server_serves_the_console_behind_the_operator_credential(
+    tmp_path: Path,
+) -> None:
+    """``intercept-sdk serve`` itself (not a test app): the page needs no credential (it
+    holds no figure), its data needs the operator's token; a unit's token gets 403."""
+    from intercept_sdk._platform.keys import issue_subscriber_token
+    from intercept_sdk.testing import TestPlatform
+
+    with TestPlatform(tmp_path) as p:
+        p.add_person()
+        unit_token = issue_subscriber_token(p.keys_dir, p.subscriber_id)
+        with p.serve() as server, httpx.Client(base_url=server.url, timeout=10) as http:
+            page = http.get("/console/")
+            assert page.status_code == 200 and "<canvas" in page.text
+            assert http.get("/console/data.json").status_code == 401
+            unit = {"Authorization": f"Bearer {unit_token}"}
+            assert http.get("/console/data.json", headers=unit).status_code == 403
+            data = http.get("/console/data.json", headers=server.operator_headers())
+            assert data.status_code == 200 and "charts" in data.json()
+            csv = http.get("/console/stats.csv", headers=server.operator_headers())
+            assert csv.status_code == 200

@@ -56,7 +56,8 @@ def test_artefact_ranges_and_cache_policy(site: FakeSite) -> None:
         r = c.get("/" + site.artefact)
         assert r.status_code == 200
         assert r.content == site.artefact_bytes
-        assert r.headers["cache-control"] == "public, max-age=31536000, immutable"
+        # superseded artefacts must not live on in caches: no year of immutable
+        assert r.headers["cache-control"] == "public, max-age=3600"
         assert "content-encoding" not in r.headers  # the .gz is data, not a transfer coding
 
         resumed = c.get("/" + site.artefact, headers={"Range": "bytes=40000-"})

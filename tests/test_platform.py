@@ -148,11 +148,18 @@ def test_manifest_missing_is_404_no_store(client: httpx.Client, site: FakeSite) 
     assert r.headers["cache-control"] == "no-store"
 
 
-def test_artefacts_are_immutable_with_etag(client: httpx.Client, site: FakeSite) -> None:
+def test_artefacts_live_until_the_manifest_expires_with_etag(
+    client: httpx.Client, site: FakeSite
+) -> None:
+    """Snapshots, deltas and boxes are cacheable until the current manifest expires (the
+    fake one expires in an hour), never for a year: the publisher deletes superseded
+    versions and caches must let them go. Signed roots stay immutable."""
     r = client.get("/" + site.artefact)
     assert r.status_code == 200
     assert r.content == site.artefact_bytes
-    assert r.headers["cache-control"] == IMMUTABLE
+    cc = r.headers["cache-control"]
+    assert cc.startswith("public, max-age=") and "immutable" not in cc
+    assert 3000 < int(cc.split("=")[1]) <= 3600
     assert r.headers["accept-ranges"] == "bytes"
     assert r.headers["content-type"] == "application/gzip"
     assert "content-encoding" not in r.headers  # gzip files are data, not transfer coding

@@ -39,11 +39,13 @@ from ..._exceptions import ConfigurationError
 from ..._protocol.reports import REPORT_KINDS
 from ..._util import ensure_private_dir, format_utc, parse_utc
 from .auth import Auth, Principal, ensure_operator_token
+from .console import console_routes
 from .intake import Intake
 from .limits import Limits
 from .push import PushHub
 from .responses import error
 from .static import Manifest, SiteFiles
+from .stats import StatsSource
 from .storage import ReportStore, ReportStoreError, open_report_store
 from .subscribers import Subscribers
 
@@ -77,6 +79,16 @@ class Platform:
         self.intake = Intake(self.subscribers, store, limits)
         self.auth = Auth(operator_token, self.subscribers)
         self._limiter: anyio.CapacityLimiter | None = None
+
+    def require_operator(self, request: Request) -> Response | None:
+        """``None`` for the platform operator's credential, else the 401/403 answer (the
+        console's and the statistics exports' guard)."""
+        who = self.auth.identify(request)
+        if isinstance(who, Response):
+            return who
+        if not who.is_operator:
+            return error(403, "the console is for the platform operator")
+        return None
 
     def begin_shutdown(self) -> None:
         """Ask every ``/events`` listener to finish (from any thread); see :class:`PushHub`."""
@@ -232,11 +244,17 @@ def create_app(
         limits or Limits(),
         token,
     )
+    stats = StatsSource(
+        store,
+        Path(subscribers_dir) if subscribers_dir is not None else None,
+        current_version=lambda: platform.hub.version,
+    )
     app = Starlette(
         routes=[
             Route("/events", platform.hub.events, methods=["GET"]),
             Route("/reports", platform.reports, methods=["GET", "POST"]),
             Route("/stats", platform.stats, methods=["GET"]),
+            *console_routes(stats, platform.require_operator),
             Route("/{path:path}", platform.site.get, methods=["GET", "HEAD"]),
         ],
         middleware=list(middleware),

@@ -26,7 +26,9 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -37,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 from ..._exceptions import FormatError, InvalidReport
 from ..._protocol.reports import validate_report
 from ..._protocol.signing import REPORT_TYPE, Envelope, canonical_json
+from ..units import Unit, flag_report, load_units
 from .limits import Limits
 from .responses import error
 from .storage import ReportRow, ReportStore, ReportStoreError
@@ -122,6 +125,7 @@ class Intake:
         # Threads that verify signatures (see PARALLEL_MIN); started with the app.
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._unit_cache: tuple[int, float, dict[str, Unit]] | None = None
 
     # -- lifecycle
 
@@ -227,7 +231,36 @@ class Intake:
             "report batch: %d accepted, %d duplicate(s) from %s",
             len(accepted), len(duplicates), ",".join(sorted({r.subscriber_id for r in rows})),
         )  # fmt: skip
+        self._flag(rows, set(accepted))
         return 200, {"accepted": accepted, "duplicates": duplicates}
+
+    def _units(self, directory: Path) -> dict[str, Unit]:
+        """The unit records, re-read when the directory changed or every 30 s."""
+        mtime = os.stat(directory).st_mtime_ns
+        now = time.monotonic()
+        cached = self._unit_cache
+        if cached is None or cached[0] != mtime or now - cached[1] > 30.0:
+            cached = self._unit_cache = (mtime, now, load_units(directory))
+        return cached[2]
+
+    def _flag(self, rows: list[ReportRow], accepted: set[str]) -> None:
+        """Check each accepted report against its unit's record (:func:`flag_report`): a
+        unit reporting on a measure it does not enforce is logged here and shown in the
+        statistics and the console. A flagged report is still stored: it is signed
+        evidence. Never raises (the batch is already committed)."""
+        directory = self.subscribers.directory
+        if directory is None or not accepted:
+            return
+        try:
+            units = self._units(directory)
+            for r in rows:
+                if r.report_id not in accepted:
+                    continue
+                payload = {"subscriber_id": r.subscriber_id, "kind": r.kind, "measure": r.measure}
+                for flag in flag_report(units.get(r.subscriber_id), payload):
+                    log.warning("report %s flagged: %s", r.report_id, flag)
+        except Exception:  # a broken unit record must not fail intake
+            log.exception("reports not checked against the unit records")
 
     def verify_batch(self, body: bytes) -> list[ReportRow]:
         """Parse, verify and check one batch; raise :class:`Refused` for the first problem.

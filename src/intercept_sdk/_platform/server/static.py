@@ -3,10 +3,14 @@
 ``GET /<path>`` serves the site directory as a static web server would, so the same
 directory works unchanged behind nginx, an object store or a CDN: ``manifest.json``
 with ``Cache-Control: no-cache`` and a strong ETag computed from its bytes
-(``If-None-Match`` -> 304); every other file as immutable (``public, max-age=31536000,
-immutable``). Single byte ranges -> 206 with ``Content-Range``, unsatisfiable ranges ->
-416. No directory listing, no dotfiles, no path escaping the site (``..``, absolute
-paths, symlinks pointing outside): all 404.
+(``If-None-Match`` -> 304); signed roots (``root/``) as immutable (``public,
+max-age=31536000, immutable``: they never change and are needed forever); every other
+artefact (snapshots, deltas, boxes) with a lifetime that ends when the current manifest
+expires (``public, max-age=<seconds left>``, at least 60 s), never a year of
+``immutable``: superseded versions are deleted by the publisher and must not live on in
+caches (site format 2, decision 0011). Single byte ranges -> 206 with
+``Content-Range``, unsatisfiable ranges -> 416. No directory listing, no dotfiles, no
+path escaping the site (``..``, absolute paths, symlinks pointing outside): all 404.
 
 The server trusts its own site directory (it reads the manifest's version without
 verifying it) but nothing a client sends.
@@ -34,6 +38,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..._exceptions import FormatError
 from ..._protocol.signing import Envelope
+from ..._util import parse_utc
 from .responses import not_found
 
 __all__ = ["Manifest", "ManifestState", "SiteFiles"]
@@ -228,6 +233,7 @@ class ManifestState:
     version: int | None
     racy: bool
     read_at: float  # time.monotonic() of the read
+    expires: float | None = None  # the manifest's expiry (POSIX seconds), if readable
 
 
 class Manifest:
@@ -265,8 +271,11 @@ class Manifest:
         key, mtime_ns, data = read
         etag = f'"{sha256(data).hexdigest()}"'
         racy = time.time_ns() - mtime_ns < RACY_NS
-        version = c.version if c is not None and c.etag == etag else manifest_version(data)
-        state = ManifestState(key, data, etag, version, racy, time.monotonic())
+        if c is not None and c.etag == etag:
+            version, expires = c.version, c.expires
+        else:
+            version, expires = manifest_version(data), manifest_expires(data)
+        state = ManifestState(key, data, etag, version, racy, time.monotonic(), expires)
         self._cached = state
         return state
 
@@ -318,6 +327,24 @@ def manifest_version(data: bytes) -> int | None:
     return version
 
 
+def manifest_expires(data: bytes) -> float | None:
+    """The manifest's ``expires`` as POSIX seconds, read without verifying; None if absent."""
+    try:
+        value = Envelope.from_bytes(data).payload_json()["expires"]
+        return parse_utc(value).timestamp() if isinstance(value, str) else None
+    except (FormatError, KeyError, RecursionError, ValueError):
+        return None
+
+
+def artefact_cache_control(manifest: ManifestState | None, now: float | None = None) -> str:
+    """``Cache-Control`` of a snapshot, delta or box: cacheable until the current manifest
+    expires (at least 60 s; 60 s when the manifest or its expiry is unknown)."""
+    left = 60.0
+    if manifest is not None and manifest.expires is not None:
+        left = max(60.0, manifest.expires - (time.time() if now is None else now))
+    return f"public, max-age={int(left)}"
+
+
 # --------------------------------------------------------------------------- the endpoint
 
 
@@ -342,24 +369,31 @@ class SiteFiles:
         except OSError:
             return not_found()
         try:
-            return self._serve_open_file(request, fd, parts[-1])
+            return self._serve_open_file(
+                request,
+                fd,
+                parts[-1],
+                _IMMUTABLE if parts[0] == "root" else artefact_cache_control(self.manifest.load()),
+            )
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise
 
-    def _serve_open_file(self, request: Request, fd: int, name: str) -> Response:
+    def _serve_open_file(
+        self, request: Request, fd: int, name: str, cache_control: str
+    ) -> Response:
         """The answer for an open site file; ``fd`` is closed unless a FileSlice owns it."""
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             return not_found()
-        # Artefacts are immutable and named by content hash, so size+mtime is a
+        # Artefacts never change and are named by content hash, so size+mtime is a
         # sufficient validator (what nginx uses too); no need to hash large files.
         etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
         headers = {
             "ETag": etag,
-            "Cache-Control": _IMMUTABLE,
+            "Cache-Control": cache_control,
             "Accept-Ranges": "bytes",
             "Content-Type": _content_type(name),
         }

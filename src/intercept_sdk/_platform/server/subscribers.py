@@ -105,6 +105,11 @@ class Subscribers:
         self._racy = True
         self._loaded_at = 0.0
 
+    @property
+    def directory(self) -> Path | None:
+        """The key directory (``None``: nobody is registered)."""
+        return self._dir
+
     def snapshot(self) -> SubscriberKeys:
         """The current keys (thread-safe; re-scans only when the directory changed)."""
         if self._dir is None:
