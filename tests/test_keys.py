@@ -51,7 +51,6 @@ def test_keygen_layout_and_root_v1(tmp_path: Path) -> None:
     for name in ["root-1.pem", "root-2.pem", "root-3.pem", "online-1.pem", "online-2.pem"]:
         assert stat.S_IMODE((kd_path / name).stat().st_mode) == 0o600
         assert (kd_path / name).read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
-    assert stat.S_IMODE((kd_path / "hash_key.bin").stat().st_mode) == 0o600
     assert (kd_path / "root" / "1.root.json").read_bytes() == root_json.read_bytes()
 
     env, payload = _root(root_json)
@@ -79,7 +78,8 @@ def test_keygen_layout_and_root_v1(tmp_path: Path) -> None:
     assert kd.root_version == 1
     assert len(kd.root_keys()) == 3
     assert {k.keyid for k in kd.online_keys()} == set(payload["roles"]["online"]["keyids"])
-    assert len(kd.hash_key()) == 32
+    # site format 2: no long-lived hash key (one per key epoch, in the publisher state)
+    assert not (kd_path / "hash_key.bin").exists()
     # No stray temporary directories next to it.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keys"]
 
@@ -117,16 +117,6 @@ def test_keygen_rejects_bad_parameters(tmp_path: Path, kwargs: dict[str, Any], m
     with pytest.raises(ConfigurationError, match=match):
         keygen(tmp_path / "keys", now=NOW, **kwargs)
     assert not (tmp_path / "keys").exists()
-
-
-def test_hash_key_hex_form_accepted(tmp_path: Path) -> None:
-    keygen(tmp_path / "k", now=NOW)
-    raw = (tmp_path / "k" / "hash_key.bin").read_bytes()
-    (tmp_path / "k" / "hash_key.bin").write_text(raw.hex() + "\n")
-    assert KeyDir(tmp_path / "k").hash_key() == raw
-    (tmp_path / "k" / "hash_key.bin").write_bytes(b"short")
-    with pytest.raises(ConfigurationError):
-        KeyDir(tmp_path / "k").hash_key()
 
 
 def test_not_a_key_dir(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 Why a directory of plain files: the platform operator must be able to move the offline
 root keys to a safe (or an HSM-backed signer) while the publisher keeps running with only
-the online keys and the hash key. So every key is its own PEM file, and which keys are
+the online keys (the identifier hash keys are per key epoch, in the publisher state). So every key is its own PEM file, and which keys are
 *current* is decided by the newest signed root (``root.json``), never by file names: a
 key file is used for a role only when its key id is listed for that role.
 
@@ -11,14 +11,13 @@ Layout::
     keys_dir/                       0700
       root-1.pem .. root-N.pem      offline root role (Ed25519, PKCS#8 PEM, 0600)
       online-1.pem ..               online role, signs manifests (0600)
-      hash_key.bin                  32-byte key of the identifier HMAC (0600)
       root/1.root.json ..           every signed root, never changed once written
       root.json                     copy of the newest root: what integrators pin
       retired/v<N>/*.pem            keys that left their role at root N+1
       staged/                       new keys of an unfinished rotation (see below)
       subscribers/<id>.ed25519.pem  subscriber report-signing keys (public)
       subscribers/<id>.x25519.pem   subscriber restricted-box keys (public)
-      state/                        publisher state (see :mod:`intercept_sdk._platform.publish`)
+      state/                        publisher state, key epochs (see :mod:`intercept_sdk._platform.publish`)
 
 Guarantees:
 
@@ -73,7 +72,6 @@ from .._protocol.signing import (
 from .._util import atomic_write, ensure_private_dir, format_utc, fsync_dir, parse_utc, utcnow
 
 __all__ = [
-    "HASH_KEY_FILE",
     "ROOT_FILE",
     "SUBSCRIBER_ID_RE",
     "KeyDir",
@@ -89,8 +87,6 @@ __all__ = [
 log = logging.getLogger("intercept_sdk._platform.keys")
 
 ROOT_FILE = "root.json"
-HASH_KEY_FILE = "hash_key.bin"
-HASH_KEY_LENGTH = 32
 _ROOT_NAME_RE = re.compile(r"([1-9][0-9]{0,9})\.root\.json")
 _DEFAULT_ROOT_EXPIRES = 365 * 86400.0
 
@@ -325,23 +321,6 @@ class KeyDir:
             )
         return keys
 
-    def hash_key(self) -> bytes:
-        """The 32-byte identifier hash key (file holds raw bytes or 64 hex characters)."""
-        path = self.path / HASH_KEY_FILE
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from None
-        if len(data) == HASH_KEY_LENGTH:
-            return data
-        text = data.strip()
-        if len(text) == 2 * HASH_KEY_LENGTH:
-            try:
-                return bytes.fromhex(text.decode("ascii"))
-            except (UnicodeDecodeError, ValueError):
-                pass
-        raise ConfigurationError(f"{path}: expected 32 raw bytes or 64 hex characters")
-
     # -- subscribers ------------------------------------------------------------------
     def _subscriber_files(self, suffix: str) -> dict[str, Path]:
         out: dict[str, Path] = {}
@@ -410,7 +389,6 @@ def keygen(
         root_keys, online_keys = _generate(signers), _generate(online_signers)
         _write_keys(tmp, "root", root_keys)
         _write_keys(tmp, "online", online_keys)
-        atomic_write(tmp / HASH_KEY_FILE, os.urandom(HASH_KEY_LENGTH), mode=0o600)
         payload = build_root_payload(
             version=1,
             expires=expires,
