@@ -2,7 +2,8 @@
 
 Why a directory of plain files: the platform operator must be able to move the offline
 root keys to a safe (or an HSM-backed signer) while the publisher keeps running with only
-the online keys (the identifier hash keys are per key epoch, in the publisher state). So every key is its own PEM file, and which keys are
+the online keys (identifier hash keys are per key epoch, in the publisher state). So
+every key is its own PEM file, and which keys are
 *current* is decided by the newest signed root (``root.json``), never by file names: a
 key file is used for a role only when its key id is listed for that role.
 
@@ -17,7 +18,7 @@ Layout::
       staged/                       new keys of an unfinished rotation (see below)
       subscribers/<id>.ed25519.pem  subscriber report-signing keys (public)
       subscribers/<id>.x25519.pem   subscriber restricted-box keys (public)
-      state/                        publisher state, key epochs (see :mod:`intercept_sdk._platform.publish`)
+      state/                        publisher state, key epochs (see ``_platform.publish``)
 
 Guarantees:
 
