@@ -345,6 +345,10 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "BLOCKED" in out and "watch: lifted" in out
     assert "'interception': 1" in out and "'lift': 1" in out
     assert "王建国 at the hotel now: allow" in out
+    # supervision (issue 17): the ledger's lift due, overdue a week later, the console
+    assert "lift due: consumption.star_hotel" in out
+    assert "1 overdue" in out and "OVERDUE: consumption.star_hotel" in out
+    assert "/console/#token=" in out
     assert "Done" in out
     assert time.monotonic() - t < 240
     _ = httpx  # the demo's platform is already stopped: nothing to fetch

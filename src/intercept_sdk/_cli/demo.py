@@ -27,6 +27,7 @@ from .._client.keys import subscriber_keygen
 from .._exceptions import Intercepted
 from .._platform.keys import add_subscriber, keygen
 from .._platform.publish import PublishResult, publish
+from .._platform.units import Unit, save_unit
 from ..testing.synth import generate_entries, valid_id_number, valid_uscc, write_jsonl
 
 SUBSCRIBER = "hotel-tangshan-001"
@@ -125,11 +126,16 @@ def run_demo(out_dir: Path | None = None, *, quiet: bool = False) -> int:
         lifted = _step_registry(o, w, client)
         _step_revocation(o, w, client, lifted)
         kinds = _step_reports(o, client, server.url, server.operator_headers())
+        overdue = _step_supervision(o, w, client, server.url)
+        console = _console_url(server.url, server.operator_headers())
+        o.say(f"   operator console (charts of interceptions, lifts, freshness): {console}")
     finally:
         if client is not None:
             client.close()
         server.stop()
     _step_done(o, w)
+    if not overdue:
+        return 1
     return 0 if kinds.get("interception") and kinds.get("lift") else 1
 
 
@@ -141,6 +147,23 @@ def _step_platform(o: _Out, base: Path, rng: random.Random) -> _World:
     trust_root = keygen(keys)
     report_pub, box_pub = subscriber_keygen(base / "subscriber-keys")
     add_subscriber(keys, SUBSCRIBER, report_pub.read_bytes(), box_pub.read_bytes())
+    # The unit's record: its reports are checked against the measures it enforces (the
+    # demo's one client stands for a hotel, a ticket office and a registry at once).
+    save_unit(
+        keys,
+        Unit(
+            id=SUBSCRIBER,
+            name="唐山某某大酒店",
+            department="唐山市商务局",
+            region="河北省唐山市路北区",
+            measures=(
+                "consumption.star_hotel",
+                "travel.rail_premium",
+                "bidding.tender",
+                "supervision.key_target",
+            ),
+        ),
+    )
     guest_id = valid_id_number(rng, birth_from=_dt.date(1975, 1, 1), birth_to=_dt.date(1990, 1, 1))
     rep_id = valid_id_number(rng, birth_from=_dt.date(1970, 1, 1), birth_to=_dt.date(1985, 1, 1))
     company_uscc = valid_uscc(rng)
@@ -373,15 +396,59 @@ def _step_reports(o: _Out, client: Client, url: str, auth: dict[str, str]) -> di
     return kinds
 
 
+def _step_supervision(o: _Out, w: _World, client: Client, url: str) -> bool:
+    """Step 9: the restriction ledger after the revocation: the hotel's block of 王建国 is
+    now *lift due* (3 working days); a client on the same cache whose clock says a week
+    later shows it overdue. Returns whether that overdue item was seen."""
+    o.step("9. Supervision: lifts due, their deadlines, and what is overdue")
+    client.sync()  # the ledger reconciles with the list after every sync
+    due = client.lifts()
+    for r in due:
+        deadline = r.deadline.isoformat(timespec="minutes") if r.deadline else "?"
+        o.say(
+            f"   lift due: {r.measure} ({r.case_no}), the list dropped entry {r.entry_id}; "
+            f"lift before {deadline} (3 working days)"
+        )
+    later = _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(days=7)
+    week = Client(
+        url,
+        w.keys / "root.json",
+        w.cache,
+        SUBSCRIBER,
+        subscriber_key=w.base / "subscriber-keys",
+        push=False,
+        clock=lambda: later,
+    )
+    try:
+        st = week.status()
+        late = [r for r in week.lifts() if r.overdue(later)]
+    finally:
+        week.close()
+    o.say(f"   a week later, with nothing lifted: {st.lifts_due} due, {st.lifts_overdue} overdue")
+    for r in late:
+        o.say(f"     OVERDUE: {r.measure} on {r.case_no} (decision {r.ref[:12]}…)")
+    return bool(late)
+
+
+def _console_url(url: str, auth: dict[str, str]) -> str:
+    token = auth["Authorization"].split(" ", 1)[1]
+    return f"{url}/console/#token={token}"
+
+
 def _step_done(o: _Out, w: _World) -> None:
-    """Step 9: where the files are."""
-    o.step("9. Done")
+    """Step 10: where the files are."""
+    o.step("10. Done")
     o.say(f"   everything stopped. Files are in {w.base}:")
     o.say(
         f"     {w.site.name}/ (the static site: serve it with any web server or CDN), "
         f"{w.keys.name}/ (platform keys: keep offline), {w.cache.name}/ (the client cache, 0700),"
     )
     o.say("     platform-state/reports.sqlite (reports received), list.jsonl (the source list)")
+    o.say(
+        f"   to look at the console again: intercept-sdk serve --site {w.site} "
+        f"--subscribers {w.keys / 'subscribers'} --state {w.base / 'platform-state'} "
+        "and open /console/#token=<platform-state/operator.token>"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover
