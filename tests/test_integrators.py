@@ -336,7 +336,9 @@ def test_a_fresh_clients_close_delivers_reports_a_killed_process_left(
         client = platform.client(cache, platform=server.url, sync=False, push=False)
         assert client.status().pending_reports == 1
         client.close(timeout=10)  # not background, no new report: close() delivers it
-        stored = httpx.get(server.url.rstrip("/") + "/reports", timeout=10).json()
+        stored = httpx.get(
+            server.url.rstrip("/") + "/reports", timeout=10, headers=server.operator_headers()
+        ).json()
     ids = (
         [r["report_id"] for r in stored["reports"]]
         if isinstance(stored, dict)

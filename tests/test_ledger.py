@@ -357,7 +357,9 @@ def test_overdue_summary_is_warned_and_uploaded_at_once(
                 got = [
                     _payload(r)
                     for r in httpx.get(
-                        f"{server.url}/reports", params={"kind": "quarterly_summary"}
+                        f"{server.url}/reports",
+                        params={"kind": "quarterly_summary"},
+                        headers=server.operator_headers(),
                     )
                     .raise_for_status()
                     .json()
@@ -409,7 +411,9 @@ def test_review_outcome_and_objection_are_linked_to_their_decision(
                 objection_id
             ]
             assert client.flush_reports(15)
-            stored = httpx.get(f"{server.url}/reports", params={"limit": 100}).json()
+            stored = httpx.get(
+                f"{server.url}/reports", params={"limit": 100}, headers=server.operator_headers()
+            ).json()
             by_id = {_payload(r)["report_id"]: _payload(r) for r in stored}
             assert by_id[outcome_id]["details"]["decision_ref"] == by_measure[REVIEW].ref
             # the platform can join the objection to the interception it concerns

@@ -46,7 +46,7 @@ from intercept_sdk._platform.server import Limits, PlatformServer
 from intercept_sdk._protocol.signing import Envelope
 from intercept_sdk._util import utcnow
 from intercept_sdk.testing import TestPlatform
-from intercept_sdk.testing.faults import FaultSimulator, SimulatedTransport
+from intercept_sdk.testing.faults import ALWAYS, FaultSimulator, SimulatedTransport
 
 MEASURE = "consumption.star_hotel"
 
@@ -507,8 +507,10 @@ def test_status_reports_version_expiry_staleness_errors_and_reports(env: Env) ->
     signed = Envelope.from_bytes((p.site_dir / "manifest.json").read_bytes()).payload_json()
     assert s.manifest_expires is not None
     assert s.manifest_expires.strftime("%Y-%m-%dT%H:%M:%SZ") == signed["expires"]
+    env.faults.add("status", "reports", count=ALWAYS, status=503, retry_after=30)
     with contextlib.suppress(Exception):
         client.block(person(a), MEASURE, room="1208")
+    # queued durably; the sender (started by the report) is told to come back later
     assert client.status().pending_reports == 1
     env.faults.fail_next(3, status=503, retry_after=None, target="site")  # every attempt
     with pytest.raises(HTTPStatusError):
