@@ -156,6 +156,14 @@ ROW_SPECS: tuple[RowSpec, ...] = (
     RowSpec("artefact_delta", "delta", "artefact: delta, 1% of {n} changed (gzip)", "kB",
             "reported"),
     RowSpec("artefact_manifest", "delta", "artefact: manifest.json", "bytes", "reported"),
+    RowSpec("agent_check_p50", "agent", "agent (local sidecar) check latency p50 over loopback",
+            "ms", "≤ 1 ms"),
+    RowSpec("agent_rate", "agent", "agent checks per second, one keep-alive connection",
+            "checks/s", "reported"),
+    RowSpec("intake_sqlite", "intake", "report intake over HTTP, SQLite report store",
+            "reports/s", "reported, next to the raw insert"),
+    RowSpec("intake_postgresql", "intake", "report intake over HTTP, PostgreSQL report store",
+            "reports/s", "reported, next to the raw insert"),
     RowSpec("privacy_sweep_default", "privacy",
             "leaked-key sweep of the ID space, cost per recovered ID, default work factor "
             "({n}-entry list)", "CPU-s/ID", "reported (a sanity recovery must succeed)"),
@@ -165,7 +173,8 @@ ROW_SPECS: tuple[RowSpec, ...] = (
 )  # fmt: skip
 
 STAGE_ORDER = (
-    "reports", "push", "publish", "sync", "check", "screen", "delta", "large", "start", "privacy"
+    "reports", "push", "publish", "sync", "check", "screen", "delta", "large", "start",
+    "privacy", "agent", "intake",
 )  # fmt: skip
 STAGE_DEPS: dict[str, tuple[str, ...]] = {
     "sync": ("publish",),
@@ -471,7 +480,7 @@ StageFn = Callable[[Context], None]
 
 
 def _stages() -> dict[str, StageFn]:
-    from . import lookups, privacy, push, reports, syncs
+    from . import agent, lookups, privacy, push, report_intake, reports, syncs
 
     return {
         "reports": reports.run,
@@ -484,6 +493,8 @@ def _stages() -> dict[str, StageFn]:
         "large": syncs.large,
         "start": syncs.start,
         "privacy": privacy.privacy,
+        "agent": agent.stage,
+        "intake": report_intake.stage,
     }
 
 

@@ -157,7 +157,7 @@ def run(n: int, batch: int) -> list[dict[str, Any]]:
                 rows = _rows(envs)
                 dsn = [cl.new_database() for _ in range(3)] if cl is not None else [None] * 3
                 raw = (_raw_sqlite(root / f"raw-{engine}.sqlite", rows, batch) if cl is None
-                       else _raw_pg(dsn[0], rows, batch))  # fmt: skip
+                       else _raw_pg(str(dsn[0]), rows, batch))  # fmt: skip
                 (root / f"store-{engine}").mkdir(exist_ok=True)
                 store = _store(open_report_store(dsn[1], root / f"store-{engine}"), rows, batch)
                 http = _http(site, subs, root / f"http-{engine}", dsn[2], _envelopes(key, n), batch)
@@ -175,7 +175,7 @@ def _start_pg() -> Any:
     try:
         import psycopg  # noqa: F401
 
-        from service import _pg  # the tests' private-cluster helper
+        from service import _pg  # type: ignore[import-not-found]  # tests' cluster helper
     except ImportError as exc:
         print(f"PostgreSQL skipped: {exc}", file=sys.stderr)
         return None
@@ -201,3 +201,28 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def stage(ctx: Any) -> None:
+    """The ``intake`` stage of ``python -m benchmarks``: HTTP intake on each engine next to
+    that engine's raw insert (rows ``intake_sqlite``, ``intake_postgresql``)."""
+    from .harness import log
+
+    n = 1_000 if ctx.sizes.name == "smoke" else 5_000
+    log(f"intake: {n:,} signed reports per measurement, batches of 500")
+    results = run(n, 500)
+    for engine in ("sqlite", "postgresql"):
+        got = {r["what"]: r["reports_per_s"] for r in results if r["engine"] == engine}
+        if not got:
+            continue  # PostgreSQL not installed: the row says "not run"
+        raw, http = got["raw insert"], got["HTTP intake"]
+        ctx.row(
+            f"intake_{engine}",
+            http,
+            met=None,
+            baseline=raw,
+            baseline_text=f"{raw:,} reports/s (raw executemany insert)",
+            ratio=http / raw,
+            notes=f"store.insert {got['store.insert']:,}/s; HTTP intake = signature "
+            "verification, schema validation and durable store, 2 client threads",
+        )
