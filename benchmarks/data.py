@@ -38,6 +38,7 @@ from intercept_sdk import Entity, Person
 from intercept_sdk._client.keys import subscriber_keygen
 from intercept_sdk._platform.keys import add_subscriber, keygen
 from intercept_sdk._platform.publish import PublishResult, current_hash_key, publish
+from intercept_sdk._platform.units import Unit, save_unit
 from intercept_sdk._protocol.keyedhash import identifier_key
 from intercept_sdk._protocol.sealing import record_id
 from intercept_sdk.testing.synth import (
@@ -79,6 +80,17 @@ def new_platform(directory: Path) -> dict[str, Path]:
     sub = directory / "subscriber"
     report_pub, box_pub = subscriber_keygen(sub)
     add_subscriber(keys, SUBSCRIBER, report_pub.read_bytes(), box_pub.read_bytes())
+    # its unit record, as a real deployment registers it (reports are checked against it)
+    save_unit(
+        keys,
+        Unit(
+            id=SUBSCRIBER,
+            name="benchmark hotel",
+            department="商务局",
+            region="唐山",
+            measures=("consumption.star_hotel",),
+        ),
+    )
     return {"keys": keys, "root": root, "subscriber": sub, "site": directory / "site"}
 
 

@@ -162,3 +162,39 @@ def test_cli_stats_exports_csv(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "no report database" in bad.stderr
+
+
+def test_intake_flags_a_report_on_a_measure_the_unit_does_not_enforce(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At intake (a real server on loopback): the report is stored (signed evidence) and
+    the mismatch logged once per batch and flag, naming how many reports it concerns."""
+    import logging
+
+    from intercept_sdk import Intercepted, Person
+    from intercept_sdk._platform.units import Unit, save_unit
+    from intercept_sdk.testing import TestPlatform
+
+    with TestPlatform(tmp_path) as p:
+        listed = p.add_person(measures=["*"])
+        save_unit(
+            p.keys_dir,
+            Unit(
+                id=p.subscriber_id,
+                name="某酒店",
+                department="商务局",
+                region="唐山",
+                measures=("consumption.star_hotel",),
+            ),
+        )
+        with p.serve() as server:
+            c = p.client(platform=server.url, push=False)
+            for measure in ("consumption.star_hotel", "travel.flight", "travel.flight"):
+                with pytest.raises(Intercepted):
+                    c.block(Person(listed["id_number"]), measure)
+            with caplog.at_level(logging.WARNING, logger="intercept_sdk"):
+                assert c.flush_reports(15)
+            c.close()
+    lines = [r.getMessage() for r in caplog.records if "flagged" in r.getMessage()]
+    assert lines and all("travel.flight" in line for line in lines), lines
+    assert sum(int(line.split(" ", 1)[0]) for line in lines) == 2  # the hotel one fits

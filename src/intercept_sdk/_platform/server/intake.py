@@ -253,12 +253,15 @@ class Intake:
             return
         try:
             units = self._units(directory)
+            flagged: dict[str, list[str]] = {}  # flag -> report ids (one log line per flag)
             for r in rows:
                 if r.report_id not in accepted:
                     continue
                 payload = {"subscriber_id": r.subscriber_id, "kind": r.kind, "measure": r.measure}
                 for flag in flag_report(units.get(r.subscriber_id), payload):
-                    log.warning("report %s flagged: %s", r.report_id, flag)
+                    flagged.setdefault(flag, []).append(r.report_id)
+            for flag, ids in flagged.items():
+                log.warning("%d report(s) flagged (first %s): %s", len(ids), ids[0], flag)
         except Exception:  # a broken unit record must not fail intake
             log.exception("reports not checked against the unit records")
 
