@@ -6,26 +6,37 @@ figure drops out by itself; an entry whose figure is fixed should then be delete
 are row ids or row-id prefixes (``check_hit`` covers p50 and p99).
 """
 
-ANALYSED_AT = "2026-11-22 (session 3; profiles and A/B runs in decisions 0009 and 0010)"
+ANALYSED_AT = (
+    "2026-11-22 (session 3; decisions 0009 and 0010) and 2026-12-05 (site format 2: decision 0011)"
+)
 
 ANALYSIS: dict[str, str] = {
     "check_hit_p50": (
-        "CPU work spread over many small pieces, not one hot spot (decision 0010). Thread "
-        "CPU p50 of each piece of a hit inside this harness, whose interleaved baseline "
-        "queries (a 888 MB table, a 1M-entry dict) leave the CPU caches cold for every "
-        "check: key derivation 7 µs, the SQL (`_store.Store.lookup`: meta, key index and "
-        "record in one statement, the same two B-tree searches as the baseline plus a hot "
-        "meta row) 23 µs, zstd decode of the body and the `Hit` 20 µs, clock and staleness "
-        "4 µs, the record's JSON parse (`_decisions._Record`) 21 µs, the rules and the "
-        "`Match`/`Decision` objects 17 µs, the audit record 3 µs; each is 2-3× its time in "
-        "a warm loop. Fixed this session: a new zstd decompression context per body "
-        "(`ZSTD_createDCtx` runs CPUID, a VM exit here) replaced by libzstd's one-shot "
-        "call with a per-thread context (14 → 7.5 µs a body), and pydantic-core's string "
-        "cache off for record parses: 4.17× → 3.3-3.7×. What would close it: a body form "
-        "for hits that needs no JSON parse (the rule fields stored beside the exact "
-        "record bytes, which verify() keeps using) and one function for "
-        "`_decide_one`/`_not_counted`/`_match` (~3-5 µs); together about the 10-20 % that "
-        "is missing."
+        "site format 2 (decision 0011): a hit now opens a sealed record, and the pieces add "
+        "up. Medians of each piece in a warm loop on a 20k list (2026-12-05, idle "
+        "machine), against a raw SELECT of 5.5 µs: the store's read (tag index and raw "
+        "sealed line, one statement) ~5 µs, reading the wraps of the tag from the line "
+        "(`sealing.wraps_of`, canonical-layout regex) 2.8 µs, the KEK (one HMAC; "
+        "remembered per identifier after the first hit) 2.0 µs, opening the wrap 1.6 µs, "
+        "the body (AES-GCM + inflate with the protocol dictionary) 2.5 µs, the rules, "
+        "`Match` and `Decision` 7.5 µs, and the check's own bookkeeping (staleness, audit "
+        "line, Hit objects) ~8 µs: ~30 µs, 5.5×. Done this session to get there: sealed "
+        "lines stored raw (zstd decoding was 6 µs), the canonical-layout reader (7 → 2.8 "
+        "µs), a single-row fast path in the opener. What would close it: moving the "
+        "opening (wrap + body + inflate) into one C call or caching `AESGCM` objects per "
+        "KEK (~3 µs), storing the tag's wrap in the index row so no line is parsed (~2 "
+        "µs), and a parse-free rule path for the plaintext (~3 µs)."
+    ),
+    "size_cache": (
+        "site format 2 stores each record as its sealed line, as published (its digest "
+        "is the signed one): base64 ciphertext, 61 bytes of wrap per identifier, which no "
+        "compressor shrinks (zstd saved ~20 %, so it was dropped: decision 0011). The "
+        "baseline row shows it: a plain sqlite3 table of the same lines takes 585 B/entry, "
+        "the store 593. The 250 B target was set for format 1's plaintext records (141 B "
+        "each with a trained dictionary). What would close it: keeping the decoded binary "
+        "form (16-byte rid, body and wraps raw: ~270 B for a person) and rebuilding the "
+        "canonical line when digests are checked, or a shorter wrap (a 12-byte nonce and "
+        "16-byte tag per identifier are most of it)."
     ),
     "check_hit_p99": (
         "waiting for a core, not work. This row follows the machine's load: at load ~5 on "
@@ -78,7 +89,9 @@ ANALYSIS: dict[str, str] = {
         "spills to temporary files past the cache size."
     ),
     "delta_time": (
-        "the delta's cost is mostly SQLite writing random pages: 10,000 changes touch "
+        "site format 2 made the denominator smaller: the full sync of 1M now takes ~12 s "
+        "(33 s before: raw sealed lines, no dictionary to train or apply), the delta itself "
+        "~0.7 s as before. The delta's cost is mostly SQLite writing random pages: 10,000 changes touch "
         "~10,000 record pages spread over the file, written to the WAL at COMMIT and "
         "checkpointed into the file (`_store._shrink_wal`). Fixed this session: only the "
         "key-index rows that differ are rewritten (a revocation keeps every key) and the "

@@ -140,6 +140,7 @@ def list_v2(ctx: Context, n: int, v1: Path, fraction: float) -> tuple[Path, dict
             if i in revoke:
                 obj = json.loads(line)
                 obj["status"] = "revoked"
+                obj["status_ground"] = "wrongly_listed"
                 obj["revoked_at"] = REVOKED_AT
                 out.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode())
                 out.write(b"\n")

@@ -19,7 +19,14 @@ from pydantic import ValidationError
 from intercept_sdk import InterceptError, InvalidInput
 from intercept_sdk._exceptions import InvalidEntry
 from intercept_sdk._protocol.identifiers import id_check, uscc_check
-from intercept_sdk._protocol.models import ROLES, Entry, Related, parse_entry, validate_entry
+from intercept_sdk._protocol.models import (
+    ROLES,
+    Entry,
+    Related,
+    fast_entry_dict,
+    parse_entry,
+    validate_entry,
+)
 
 PERSON: dict[str, Any] = {
     "entry_id": "E00000001",
@@ -65,6 +72,7 @@ ENTITY: dict[str, Any] = {
     "valid_until": "2022-08-15",
     "status": "revoked",
     "revoked_at": "2021-01-05T09:30:00+08:00",
+    "status_ground": "wrongly_listed",
     "visibility": "restricted",
     "audience": ["bank-a", "airline-b"],
     "measures": ["travel.flight", "consumption.star_hotel"],
@@ -308,15 +316,28 @@ def test_filed_after_published() -> None:
 
 
 def test_status_and_revoked_at_go_together() -> None:
-    one_reason(with_(PERSON, status="revoked"), "revoked_at")
+    one_reason(with_(PERSON, status="revoked", status_ground="wrongly_listed"), "revoked_at")
     one_reason(with_(PERSON, revoked_at="2020-01-01T00:00:00Z"), "revoked_at")
-    e = parse_entry(with_(PERSON, status="deleted", revoked_at="2020-01-01T00:00:00Z"))
+    e = parse_entry(
+        with_(
+            PERSON, status="deleted", revoked_at="2020-01-01T00:00:00Z", status_ground="performed"
+        )
+    )
     assert e.revoked_at == dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def test_a_withdrawn_entry_says_why() -> None:
+    """A revoked or deleted entry carries its ground (法释〔2017〕7号 arts. 10-12): without
+    one it is quarantined with the list of grounds; the fast path leaves it to the model."""
+    withdrawn = with_(PERSON, status="deleted", revoked_at="2020-01-01T00:00:00Z")
+    one_reason(withdrawn, "status_ground", "performed")
+    known = frozenset({"travel.flight", "consumption.star_hotel"})
+    assert fast_entry_dict(dict(withdrawn), known) is None
 
 
 def test_revoked_at_needs_an_offset() -> None:
     changed = with_(PERSON, status="revoked", revoked_at="2020-01-01T08:00:00")
-    one_reason(changed, "revoked_at", "offset")
+    one_reason(with_(changed, status_ground="wrongly_listed"), "revoked_at", "offset")
 
 
 def test_restricted_needs_audience_and_public_has_none() -> None:
@@ -594,3 +615,32 @@ def test_fast_path_defers_every_new_rule_to_the_model() -> None:
     ):
         assert fast_entry_dict(bad, known) is None
         reasons_of(bad)
+
+
+def test_an_entity_entry_names_its_legal_representative_or_principal() -> None:
+    """法定代表人或者负责人姓名 is part of an entity's listing (SPC rule, seed 004): an
+    entity without it is quarantined with that reason; a related legal_rep or principal
+    with a name supplies it. The fast path defers every such case to the model."""
+    known = frozenset({"travel.flight", "consumption.star_hotel"})
+    active = with_(ENTITY, status="active", revoked_at=..., status_ground=...)
+    assert fast_entry_dict(active, known) is not None  # the fast path takes entities
+    nameless = with_(active, legal_rep_name=..., related=[])
+    with pytest.raises(InvalidEntry, match="legal_rep_name"):
+        parse_entry(nameless)
+    assert fast_entry_dict(dict(nameless), known) is None
+    with pytest.raises(InvalidEntry, match="legal_rep_name"):
+        parse_entry(with_(ENTITY, legal_rep_name="  ", related=[]))
+    principal = [{"role": "principal", "name": "王五"}]
+    assert parse_entry(with_(ENTITY, legal_rep_name=..., related=principal)).related
+    director = [{"role": "director", "name": "王五"}]
+    with pytest.raises(InvalidEntry, match="legal_rep_name"):
+        parse_entry(with_(ENTITY, legal_rep_name=..., related=director))
+
+
+def test_situations_2_to_6_carry_a_term() -> None:
+    """Situations 2-6 (SPC rule art. 2) are listed for 2 years (+1-3): an entry without
+    ``valid_until`` is quarantined with that reason; situation 1 has none."""
+    one_reason(with_(PERSON, situation=4, valid_until=...), "listed for a term")
+    known = frozenset({"travel.flight", "consumption.star_hotel"})
+    assert fast_entry_dict(with_(PERSON, situation=4, valid_until=...), known) is None
+    assert parse_entry(with_(PERSON, situation=1, valid_until=...)).valid_until is None

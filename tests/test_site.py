@@ -110,11 +110,17 @@ def entity(entry_id: str, name: str = "某某有限公司", **kw: Any) -> dict[s
     out = {**_BASE, "entry_id": entry_id, "subject_type": "entity", "name": name, **kw}
     if "uscc" not in out and "org_code" not in out:
         out["uscc"] = USCC_1
+    out.setdefault("legal_rep_name", "李四")  # an entity's entry names its legal representative
     return out
 
 
 def revoked(e: dict[str, Any]) -> dict[str, Any]:
-    return {**e, "status": "revoked", "revoked_at": "2026-11-01T00:00:00Z"}
+    return {
+        **e,
+        "status": "revoked",
+        "revoked_at": "2026-11-01T00:00:00Z",
+        "status_ground": "objection_upheld",
+    }
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -257,7 +257,9 @@ def test_counts_and_ratios() -> None:
     assert Counter(d["performance"] for d in entries).keys() == {"全部未履行", "部分未履行"}
     with_valid_until = [d for d in entries if "valid_until" in d]
     assert with_valid_until
-    assert 0 < len(with_valid_until) < sum(situations[s] for s in range(2, 7))
+    # situations 2-6 are listed for a term, situation 1 until performance (SPC rule)
+    assert len(with_valid_until) == sum(situations[s] for s in range(2, 7))
+    assert all(("valid_until" in d) == (d["situation"] != 1) for d in entries)
     for_entities = [d for d in entries if d["subject_type"] == "entity"]
     assert any("uscc" in d and "org_code" not in d for d in for_entities)
     assert any("uscc" in d and "org_code" in d for d in for_entities)

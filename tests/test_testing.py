@@ -81,7 +81,7 @@ def test_platform_round_trip_add_update_revoke_remove(tmp_path: Path) -> None:
         )  # a fixed term: situations 2-6
         c.sync()
         assert c.check(who, "travel.flight").reasons == ("expired",)
-        p.update(e["entry_id"], valid_until=None)  # None removes the field
+        p.update(e["entry_id"], valid_until=None, situation=1)  # None removes the field
         c.sync()
         assert c.check(who, "travel.flight").action == "block"
         p.revoke(e["entry_id"])

@@ -345,6 +345,7 @@ def _step_revocation(o: _Out, w: _World, client: Client, lifted: threading.Event
     for e in entries:
         if e["entry_id"] == "D0000001":
             e["status"] = "revoked"
+            e["status_ground"] = "objection_upheld"
             e["revoked_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
     write_jsonl(w.source, entries)
     result2 = publish(w.source, w.keys, w.site, expires=3600)

@@ -222,7 +222,10 @@ def _term_reasons(e: Entry) -> list[str]:
     if e.valid_until is None:
         if e.term_extension_years is not None:
             return ["term_extension_years: needs the valid_until it extends"]
-        return []
+        return [
+            f"valid_until: situation {e.situation} is listed for a term (2 years, extendable "
+            "by 1-3 years): the entry must say until when"
+        ]
     # Without term_extension_years the source may still carry an extended term in
     # valid_until alone: the longest lawful one (2 + 3 years) is the bound then.
     ext = e.term_extension_years
@@ -240,6 +243,12 @@ def _ground_reasons(e: Entry) -> list[str]:
     """A ground, when given, fits the status (revocation vs deletion grounds)."""
     g = e.status_ground
     if g is None:
+        if e.status != "active":
+            return [
+                f"status_ground: a {e.status} entry says why (revoked: "
+                f"{', '.join(sorted(REVOCATION_GROUNDS))}; deleted: "
+                f"{', '.join(sorted(DELETION_GROUNDS))})"
+            ]
         return []
     if e.status == "active":
         return ["status_ground: only for a revoked or deleted entry"]
@@ -285,6 +294,13 @@ def _entity_reasons(e: Entry) -> list[str]:
         reasons.append("id_number/gender/age: only for a person")
     if e.uscc and e.org_code and e.uscc[8:17] != e.org_code:
         reasons.append("org_code: differs from the code embedded in uscc (positions 9-17)")
+    if not (e.legal_rep_name or "").strip() and not any(
+        r.role in ("legal_rep", "principal") and r.name.strip() for r in e.related
+    ):
+        reasons.append(
+            "legal_rep_name: an entity's entry names its 法定代表人或者负责人 "
+            "(legal_rep_name, or a related legal_rep/principal with a name)"
+        )
     return reasons
 
 
@@ -482,6 +498,8 @@ def _fast_entry_dict(obj: dict[str, Any], known: frozenset[str]) -> dict[str, An
     texts = _fast_required(g)
     published: str = d["published_at"]
     valid_until = g("valid_until")
+    if valid_until is None and d["situation"] != 1:
+        return None  # situations 2-6 need a term: the model words the reason
     if valid_until is not None and (
         not _fast_date(valid_until)
         or valid_until < published
@@ -589,6 +607,8 @@ def _fast_status(d: dict[str, Any]) -> str:
     status = d.get("status", "active")
     if type(status) is not str or status not in ("active", "revoked", "deleted"):
         raise _Unsure
+    if status != "active":
+        raise _Unsure  # withdrawn entries (rare) need a status_ground: the model decides
     revoked_at = d.get("revoked_at")
     if revoked_at is None:
         if status != "active":
@@ -667,10 +687,9 @@ def _fast_entity(d: dict[str, Any], texts: list[str]) -> None:
     if g("id_number") is not None or g("gender") is not None or g("age") is not None:
         raise _Unsure
     legal_rep_name = g("legal_rep_name")
-    if legal_rep_name is not None:
-        if not _str_len(legal_rep_name, 0, 100):
-            raise _Unsure
-        texts.append(legal_rep_name)
+    if legal_rep_name is None or not _str_len(legal_rep_name, 1, 100) or not legal_rep_name.strip():
+        raise _Unsure  # the model decides (a related legal_rep/principal may name it)
+    texts.append(legal_rep_name)
     raw_uscc = g("uscc")
     raw_org = g("org_code")
     if raw_uscc is None and raw_org is None:

@@ -226,6 +226,7 @@ class TestPlatform:
         e = self.entries[entry_id]
         e["status"] = "revoked"
         e["revoked_at"] = "2024-06-01T08:00:00+08:00"
+        e["status_ground"] = "objection_upheld"
         if publish:
             self.publish()
 

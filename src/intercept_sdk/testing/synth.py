@@ -732,7 +732,7 @@ def _add_listing(
     entry["performed_amount"] = performed_text
     entry["unperformed_amount"] = unperformed_text
     entry["severity"] = 1 + _bisect(_SEVERITY_CUMULATIVE, rand())
-    if situation != 1 and rand() < 0.5:
+    if situation != 1:
         # Situations 2-6 are listed for 2 years, sometimes extended by 1-3 years.
         extra = 0 if rand() < 0.85 else 1 + int(rand() * 3)
         entry["valid_until"] = _shift_years(published[0], 2 + extra).isoformat()
@@ -754,6 +754,7 @@ def _add_status(
         revoked = days[published[0].toordinal() + 1 + int(rand() * days_since) - _DAY0]
         seconds = 28_800 + int(rand() * 36_000)  # office hours, 08:00 to 18:00
         entry["status"] = "revoked"
+        entry["status_ground"] = "wrongly_listed" if rand() < 0.5 else "objection_upheld"
         entry["revoked_at"] = (
             f"{revoked[1]}T{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}+08:00"
         )
