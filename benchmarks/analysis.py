@@ -91,8 +91,8 @@ ANALYSIS: dict[str, str] = {
     "delta_time": (
         "site format 2 made the denominator smaller: the full sync of 1M now takes ~12 s "
         "(33 s before: raw sealed lines, no dictionary to train or apply), the delta itself "
-        "~0.7 s as before. The delta's cost is mostly SQLite writing random pages: 10,000 changes touch "
-        "~10,000 record pages spread over the file, written to the WAL at COMMIT and "
+        "~0.7 s as before. The delta's cost is mostly SQLite writing random pages: 10,000 "
+        "changes touch ~10,000 record pages spread over the file, written to the WAL at COMMIT and "
         "checkpointed into the file (`_store._shrink_wal`). Fixed this session: only the "
         "key-index rows that differ are rewritten (a revocation keeps every key) and the "
         "restricted-partition scan is skipped when there is none: 1.4-1.75 s → ~1.1 s "
