@@ -390,7 +390,14 @@ def _valid_entries() -> list[dict[str, Any]]:
         for k in ("id_number", "gender", "age"):
             e.pop(k, None)
     out.append({**out[0], "visibility": "restricted", "audience": ["test-unit"]})
-    out.append({**out[1], "status": "revoked", "revoked_at": "2024-06-01T08:00:00+08:00"})
+    out.append(
+        {
+            **out[1],
+            "status": "revoked",
+            "revoked_at": "2024-06-01T08:00:00+08:00",
+            "status_ground": "objection_upheld",
+        }
+    )
     return out
 
 
