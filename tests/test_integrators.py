@@ -488,3 +488,57 @@ def test_async_testing_helper(platform: TestPlatform) -> None:
             assert (await client.health()).ready
 
     asyncio.run(main())
+
+
+def test_metrics_export_to_a_prometheus_client_registry(platform: TestPlatform) -> None:
+    """The ``prometheus`` extra: the client's metrics as a ``prometheus_client`` collector
+    in a real registry, scraped in the exposition format."""
+    prometheus_client = pytest.importorskip(
+        "prometheus_client", reason="prometheus-client (the 'prometheus' extra) not installed"
+    )
+    listed = next(iter(platform.entries.values()))
+    client = platform.client()
+    client.check(Person(listed["id_number"]), MEASURE)
+    client.check(Person("110101199003074477"), MEASURE)
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(client.metrics.prometheus_collector())
+    text = prometheus_client.generate_latest(registry).decode()
+    assert f'intercept_checks_total{{action="block",measure="{MEASURE}"}} 1.0' in text
+    assert f'intercept_checks_total{{action="allow",measure="{MEASURE}"}} 1.0' in text
+    assert f"intercept_list_version {float(platform.last.version)}" in text  # type: ignore[union-attr]
+    client.check(Person("110101199003074477"), MEASURE)  # read at each scrape
+    again = prometheus_client.generate_latest(registry).decode()
+    assert f'intercept_checks_total{{action="allow",measure="{MEASURE}"}} 2.0' in again
+
+
+def test_metrics_bind_to_an_opentelemetry_meter(platform: TestPlatform) -> None:
+    """The ``otel`` extra: one observable instrument per metric on a meter; each
+    collection calls back and reads the current values (real ``Observation`` objects)."""
+    metrics_api = pytest.importorskip(
+        "opentelemetry.metrics", reason="opentelemetry-api (the 'otel' extra) not installed"
+    )
+
+    class Meter:  # records what a meter provider would collect
+        def __init__(self) -> None:
+            self.made: dict[str, Any] = {}
+
+        def _make(self, name: str, callbacks: list[Any], description: str = "") -> str:
+            self.made[name] = callbacks
+            return name
+
+        create_observable_counter = _make
+        create_observable_gauge = _make
+
+    listed = next(iter(platform.entries.values()))
+    client = platform.client()
+    client.check(Person(listed["id_number"]), MEASURE)
+    meter = Meter()
+    assert client.metrics.bind_opentelemetry(meter)
+    (callback,) = meter.made["intercept.checks_total"]
+    observed = callback(None)
+    assert all(isinstance(o, metrics_api.Observation) for o in observed)
+    assert [(o.value, dict(o.attributes or {})) for o in observed] == [
+        (1, {"measure": MEASURE, "action": "block"})
+    ]
+    (version,) = meter.made["intercept.list_version"]
+    assert [o.value for o in version(None)] == [platform.last.version]  # type: ignore[union-attr]
