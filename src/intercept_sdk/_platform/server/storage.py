@@ -55,6 +55,35 @@ class ReportRow(NamedTuple):
     envelope: bytes
 
 
+def listing_sql(
+    subscriber: str | None,
+    kind: str | None,
+    since: str | None,
+    limit: int,
+    *,
+    mark: str,
+    order: str,
+) -> tuple[str, list[Any]]:
+    """The ``GET /reports`` query of every engine: its SQL (parameter marker ``mark``,
+    oldest first by ``order``) and arguments."""
+    where: list[str] = []
+    args: list[Any] = []
+    for column, op, value in (
+        ("subscriber_id", "=", subscriber),
+        ("kind", "=", kind),
+        ("received_at", ">=", since),
+    ):
+        if value is not None:
+            where.append(f"{column} {op} {mark}")
+            args.append(value)
+    sql = "SELECT envelope, received_at FROM reports"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY {order} LIMIT {mark}"
+    args.append(limit)
+    return sql, args
+
+
 class ReportStore(Protocol):
     """What the server needs from a report store (see the module docstring)."""
 
@@ -206,21 +235,7 @@ class SQLiteReportStore:
     def query(
         self, subscriber: str | None, kind: str | None, since: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        where: list[str] = []
-        args: list[Any] = []
-        for column, op, value in (
-            ("subscriber_id", "=", subscriber),
-            ("kind", "=", kind),
-            ("received_at", ">=", since),
-        ):
-            if value is not None:
-                where.append(f"{column} {op} ?")
-                args.append(value)
-        sql = "SELECT envelope, received_at FROM reports"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY rowid LIMIT ?"
-        args.append(limit)
+        sql, args = listing_sql(subscriber, kind, since, limit, mark="?", order="rowid")
         with self._lock, _translated("query"):
             rows = self._connect().execute(sql, args).fetchall()
         out: list[dict[str, Any]] = []

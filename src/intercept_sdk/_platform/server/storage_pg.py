@@ -25,7 +25,7 @@ from typing import Any
 from ..._exceptions import ConfigurationError
 from ..._protocol.signing import Envelope
 from ..._util import format_utc, utcnow
-from .storage import ReportRow, ReportStoreError
+from .storage import ReportRow, ReportStoreError, listing_sql
 
 __all__ = ["PostgresReportStore"]
 
@@ -172,21 +172,7 @@ class PostgresReportStore:
     def query(
         self, subscriber: str | None, kind: str | None, since: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        where: list[str] = []
-        args: list[Any] = []
-        for column, op, value in (
-            ("subscriber_id", "=", subscriber),
-            ("kind", "=", kind),
-            ("received_at", ">=", since),
-        ):
-            if value is not None:
-                where.append(f"{column} {op} %s")
-                args.append(value)
-        sql = "SELECT envelope, received_at FROM reports"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq LIMIT %s"
-        args.append(limit)
+        sql, args = listing_sql(subscriber, kind, since, limit, mark="%s", order="seq")
         with self._lock, self._translated("query"):
             conn = self._connect()
             with conn.transaction():
