@@ -43,7 +43,6 @@ import datetime as _dt
 import errno
 import fcntl
 import gzip
-import hashlib
 import logging
 import os
 import queue
@@ -81,7 +80,6 @@ __all__ = ["SyncResult", "Updater", "iter_records"]
 log = logging.getLogger("intercept_sdk.sync")
 MAX_RECORD = 1 << 20  # one record line may not exceed 1 MiB
 MAX_ROOT_WALK = 1024
-_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _ROOT_NAME = "{}.root.json"
 _APPLIED = "applied_version"  # the newest version applied to this cache (rollback floor)
 

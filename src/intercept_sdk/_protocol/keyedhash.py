@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
 from typing import Final, Literal
 
 __all__ = ["KEY_LENGTH", "IdentifierKind", "KeyedHash", "identifier_key"]
@@ -96,30 +95,3 @@ class KeyedHash:
         if kind == "org":
             return self.org(value)
         raise ValueError(f"kind must be 'id' or 'org', got {kind!r}")
-
-    def message_key(self, message: bytes) -> bytes:
-        """``HMAC-SHA256(hash_key, message)`` of a whole message ``kind ":" value``."""
-        h = self._inner.copy()
-        h.update(message)
-        o = self._outer.copy()
-        o.update(h.digest())
-        return o.digest()
-
-    def hexer(self) -> Callable[[bytes], str]:
-        """``message -> message_key(message).hex()``, as one plain function.
-
-        For the publisher's per-entry loop: a closure over the two states costs less per
-        call than the method (no attribute lookups), and ``hexdigest()[:32]`` less than
-        ``digest()[:16].hex()``.
-        """
-        inner = self._inner
-        outer = self._outer
-
-        def key_hex(message: bytes) -> str:
-            h = inner.copy()
-            h.update(message)
-            o = outer.copy()
-            o.update(h.digest())
-            return o.hexdigest()
-
-        return key_hex
