@@ -125,9 +125,9 @@ CREATE TABLE records(
     body BLOB NOT NULL              -- _Codec.encode(record)
 );
 CREATE TABLE keys(
-    k BLOB NOT NULL,                -- the 16 raw bytes of an id_key / org_key
+    k BLOB NOT NULL,                -- the 4-byte tag of an identifier secret (a wrap's)
     rid INTEGER NOT NULL,
-    rel INTEGER NOT NULL,           -- index into RELATIONS
+    rel INTEGER NOT NULL,           -- 0: the relation is inside the wrap (format 2)
     PRIMARY KEY(k, rid, rel)
 ) WITHOUT ROWID;
 """

@@ -2,17 +2,22 @@
 
 :func:`publish` reads the platform's *complete* current list (JSON Lines, one
 :class:`~intercept_sdk._protocol.models.Entry` per line), validates every entry, and writes one
-new version of the static site described in ``docs/protocol.md``: the snapshot, deltas
-from each of the last ``keep_deltas`` versions straight to the new one, one encrypted box
-per subscriber with restricted entries, and finally the signed manifest.
+new version of the static site described in ``docs/protocol.md`` (site format 2, decision
+0011): the snapshot of sealed records, deltas from each of the last ``keep_deltas``
+versions of the same key epoch straight to the new one, one sealed box per registered
+unit (the epoch's hash key and its restricted records), and finally the signed manifest.
 
 What is guaranteed:
 
-* **Nothing private reaches the site.** Person ID numbers are published only as keyed
-  hashes plus a masked form (:func:`public_record`); restricted entries only inside boxes
-  sealed to their audience; the quarantine report and the publisher state (previous
-  versions' digests, needed for deltas) live under ``keys_dir/state/``, never in the site.
-  :func:`publish` refuses a site directory inside the key directory or the reverse.
+* **Nothing identifying reaches the site.** Each record is sealed (:class:`Sealer`): only
+  a holder of one of its identifiers opens it, its lookup tags are 32-bit, and it carries
+  only what the decision and the notice need (:data:`PUBLIC_FIELDS`: no masked ID, age or
+  gender, officers without names); revoked and deleted entries are not published; the
+  hash key of the key epoch lives in the publisher state and in the units' boxes only;
+  restricted entries only inside the boxes of their audience; every box of a version has
+  one size and an opaque name. The quarantine report and the publisher state live under
+  ``keys_dir/state/``, never in the site. :func:`publish` refuses a site directory inside
+  the key directory or the reverse.
 * **Readers never see a half-made version.** Every artefact is written to a temporary
   file, fsynced and renamed to its final content-addressed name; ``manifest.json`` is
   written last with :func:`~intercept_sdk._util.atomic_write`, so a web server or CDN
@@ -24,25 +29,24 @@ What is guaranteed:
   when the site already carries a version at least as new as the one it would make
   (lost publisher state).
 * **Bounded memory.** Records are staged in a scratch SQLite database and streamed back
-  in entry_id order; Python holds one entry at a time, or a few batches of source lines
+  in record id order; Python holds one entry at a time, or a few batches of source lines
   with worker processes (plus the quarantine list).
 * **Fast, and the same bytes.** Common well-formed entries are checked and turned into
   records by a hand-written fast path (:func:`~intercept_sdk._protocol.models.fast_entry_dict`);
   anything unusual or invalid goes through the pydantic model, which decides and gives
-  the reasons. A source sorted by entry_id has its snapshot compressed (in a thread)
-  while it is read, and a large file source can be parsed by worker processes
-  (``workers``). None of this changes a byte of the artefacts, the quarantine report or
-  the result (tested).
+  the reasons. The snapshot is compressed in a thread while it is written, and a large
+  file source can be parsed and sealed by worker processes (``workers``). None of this
+  changes a byte of the artefacts, the quarantine report or the result (tested).
 * **Invalid entries never block the rest.** Each bad line (invalid field, minor, bad
   identifier, duplicate entry_id) goes to ``keys_dir/state/quarantine-<V>.jsonl`` with
   every reason, and is left out of the version (for a previously published entry that is
   a ``D`` line). Every copy of a duplicated entry_id is quarantined, since the publisher
   cannot know which one is right.
-* **Restricted boxes.** A registered subscriber named in some restricted entry's
-  ``audience`` gets a box holding all its restricted records; a subscriber whose previous
-  box had entries and who has none left gets one empty box, so its partition is cleared.
-  Clients should still treat "not listed in ``restricted``" as "no restricted entries".
-  Audience names that are not registered are logged (warning) and skipped.
+* **Boxes and key epochs.** Every registered unit gets a box every version (the hash
+  key, and its restricted records, possibly none). The key rotates after
+  ``rotate_after`` and whenever a unit of the epoch was removed or re-keyed; deltas never
+  cross an epoch. Audience names that are not registered are logged (warning) and
+  skipped.
 * **Two publishes never run at once** for one key directory (``flock`` on
   ``state/publish.lock``); the publisher state belongs to one key directory and one site.
 """

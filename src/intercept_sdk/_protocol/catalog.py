@@ -94,10 +94,11 @@ ROLES: tuple[Role, ...] = get_args(Role)
 Relation = Literal["self", Role, "officer"]
 RELATIONS: tuple[Relation, ...] = get_args(Relation)
 
-#: How an identifier key stands in a published record: the record's own subject
-#: (``self``, its ``id_key``/``org_key``) or a related person holding a role (a
-#: ``related[].id_key``). The client's store keeps the index of this tuple on disk, so its
-#: order is fixed (``self`` first, then :data:`ROLES` in order).
+#: How an identifier stands in a sealed record: the record's own subject (``self``: the
+#: debtor's ID number or organisation code) or a related person holding a role. Each wrap
+#: of a sealed record carries the index of its relation in this tuple (site format 2,
+#: :mod:`~intercept_sdk._protocol.sealing`), so its order is fixed (``self`` first, then
+#: :data:`ROLES` in order; new roles go at the end).
 KEY_RELATIONS: tuple[str, ...] = ("self", *ROLES)
 
 #: The Chinese title of each role, as notices and reports name it.
