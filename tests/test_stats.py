@@ -24,7 +24,6 @@ from intercept_sdk._platform.server.stats import (
     ALL_MEASURES,
     COLUMNS,
     StatsSource,
-    add_working_days,
     compute,
     iter_reports,
     quarter_of,
@@ -33,6 +32,7 @@ from intercept_sdk._platform.server.stats import (
 )
 from intercept_sdk._platform.server.storage import ReportRow, SQLiteReportStore
 from intercept_sdk._platform.units import Unit, save_unit
+from intercept_sdk._protocol.deadlines import lift_deadline
 from intercept_sdk._protocol.reports import CHINA_TZ, build_report, sign_report
 from intercept_sdk._protocol.signing import SigningKey
 from intercept_sdk.testing import TestPlatform
@@ -216,15 +216,15 @@ def test_lift_latency_and_overdue_lifts(reports: _Store) -> None:
         details={"revoked_at": "2026-01-09T02:00:00Z"},
     )  # fmt: skip
     revocations = {lifted["entry_id"]: revoked, late["entry_id"]: revoked}
-    # due: Friday + 3 working days = Wednesday 14 January, 10:00
-    assert add_working_days(revoked, 3) == _at(2026, 1, 14, 10)
+    # due: the end of the 3rd working day after Friday 9 January = Wednesday 14 January
+    assert lift_deadline(revoked, 3) == _at(2026, 1, 15, 0)
     calm = compute(iter_reports(reports.store), {}, revocations=revocations, now=_at(2026, 1, 14))
     assert calm.overdue_lifts == []
     stats = compute(
         iter_reports(reports.store), {}, revocations=revocations, now=_at(2026, 1, 16, 10)
     )
     (item,) = stats.overdue_lifts
-    assert item["entry_id"] == late["entry_id"] and item["days_overdue"] == 2.0
+    assert item["entry_id"] == late["entry_id"] and item["days_overdue"] == 1.4
     assert stats.row("hotel-001", "2026Q1", HOTEL)["lift_latency_avg_hours"] == 72.0
     assert stats.row("hotel-001", "2026Q1", FLIGHT)["lift_latency_max_hours"] == 24.0
     whole = stats.row("hotel-001", "2026Q1")
@@ -284,3 +284,16 @@ def test_bad_deadlines_are_refused(reports: _Store) -> None:
 def test_quarter_of_uses_china_time() -> None:
     assert quarter_of(_dt.datetime(2025, 12, 31, 16, 30, tzinfo=UTC)) == "2026Q1"
     assert quarter_of(_dt.datetime(2025, 12, 31, 15, 59, tzinfo=UTC)) == "2025Q4"
+
+
+def test_the_platform_and_the_unit_count_a_lift_deadline_alike() -> None:
+    """One rule (``_protocol.deadlines``): the unit's ledger and the platform's statistics
+    give the same deadline for the same start, whatever the day of the week."""
+    from intercept_sdk._client.ledger import Deadlines
+
+    unit = Deadlines.of(lift_deadline_days=3)
+    for day in range(1, 15):
+        start = _at(2026, 1, day, 21)
+        assert unit.lift_deadline(start) == lift_deadline(start, 3)
+    with pytest.raises(ValueError):
+        lift_deadline(_at(2026, 1, 1), -1)

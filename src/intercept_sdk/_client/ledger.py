@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from .._exceptions import ConfigurationError, InvalidInput, StoreError
+from .._protocol.deadlines import feedback_due, is_working_day, lift_deadline
 from .._protocol.reports import CHINA_TZ
 from .._util import format_utc, parse_utc
 from .audit import AUDIT_KEY_FILE, load_or_create_audit_key
@@ -201,28 +202,17 @@ class Deadlines:
 
     def is_working_day(self, day: _dt.date) -> bool:
         """Monday-Friday unless a holiday; a weekend day only when listed as worked."""
-        if day in self.extra_workdays:
-            return True
-        return day.weekday() < 5 and day not in self.holidays
+        return is_working_day(day, self.holidays, self.extra_workdays)
 
     def lift_deadline(self, seen: _dt.datetime) -> _dt.datetime:
-        """The instant (UTC) a restriction seen ending at ``seen`` becomes overdue: the end
-        of the N-th working day after ``seen``'s date in China (the day itself does not
-        count, as a notice received in the evening leaves no time that day)."""
-        day = seen.astimezone(CHINA_TZ).date()
-        left = self.lift_deadline_days
-        while left:
-            day += _dt.timedelta(days=1)
-            if self.is_working_day(day):
-                left -= 1
-        end = _dt.datetime.combine(day + _dt.timedelta(days=1), _dt.time(), tzinfo=CHINA_TZ)
-        return end.astimezone(_dt.timezone.utc)
+        """The instant (UTC) a restriction seen ending at ``seen`` becomes overdue
+        (:func:`~intercept_sdk._protocol.deadlines.lift_deadline`, the platform's rule too)."""
+        return lift_deadline(seen, self.lift_deadline_days, self.holidays, self.extra_workdays)
 
     def feedback_due(self, quarter_end: _dt.datetime) -> _dt.date:
         """The last day (inclusive) a quarter ending at ``quarter_end`` (exclusive,
         China time) may be reported on."""
-        last_day = (quarter_end.astimezone(CHINA_TZ) - _dt.timedelta(days=1)).date()
-        return last_day + _dt.timedelta(days=self.feedback_due_days)
+        return feedback_due(quarter_end, self.feedback_due_days)
 
     def to_dict(self) -> dict[str, Any]:
         return {

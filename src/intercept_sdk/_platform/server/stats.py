@@ -17,8 +17,9 @@ What is guaranteed:
 * Lift latency is measured from the revocation time (``revocations``: entry id -> time,
   from the platform's own source list, else a lift report's ``details["revoked_at"]``) to
   the lift report's ``created_at``. A revoked entry a unit intercepted and has not lifted
-  by ``lift_working_days`` working days (Mon-Fri, China time) after revocation is an
-  overdue lift.
+  by the end of the ``lift_working_days``-th working day (China) after the revocation's
+  day is an overdue lift: the same rule the unit's ledger applies
+  (:func:`~intercept_sdk._protocol.deadlines.lift_deadline`).
 * Every figure is computed from stored signed reports; nothing is estimated. A figure the
   reports do not carry is ``None`` (JSON ``null``, an empty CSV cell), never 0.
 * The CSV export neutralises cells that a spreadsheet would run as a formula.
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..._exceptions import InvalidInput
+from ..._protocol.deadlines import feedback_due, lift_deadline
 from ..._protocol.reports import CHINA_TZ, quarterly_window
 from ..._util import format_utc, parse_utc, utcnow
 from ..units import Unit, flag_report, load_units
@@ -46,7 +48,6 @@ __all__ = [
     "COLUMNS",
     "Statistics",
     "StatsSource",
-    "add_working_days",
     "compute",
     "iter_reports",
     "quarter_of",
@@ -80,19 +81,6 @@ def quarter_of(when: _dt.datetime) -> str:
     """``2026Q1``: the calendar quarter of ``when`` in China Standard Time."""
     local = when.astimezone(CHINA_TZ)
     return f"{local.year}Q{(local.month - 1) // 3 + 1}"
-
-
-def add_working_days(start: _dt.datetime, days: int) -> _dt.datetime:
-    """``start`` plus ``days`` working days (Monday-Friday, China time), same clock time."""
-    if days < 0:
-        raise InvalidInput("working days must not be negative")
-    t = start.astimezone(CHINA_TZ)
-    left = days
-    while left:
-        t += _dt.timedelta(days=1)
-        if t.weekday() < 5:
-            left -= 1
-    return t
 
 
 def iter_reports(store: ReportStore, page: int = _PAGE) -> Iterator[dict[str, Any]]:
@@ -348,7 +336,7 @@ def _lift_figures(b: _Builder, lift_days: int, now: _dt.datetime) -> list[dict[s
             revoked = b.revocations.get(key[0])
             if revoked is None or key in st.lifted:
                 continue
-            due = add_working_days(revoked, lift_days)
+            due = lift_deadline(revoked, lift_days)
             if now <= due:
                 continue
             for m in (key[1], ALL_MEASURES):
@@ -378,7 +366,7 @@ def _summary_status(
     """(status, due date, received_at): on_time / late / overdue (missing) / pending."""
     year, quarter = int(tag[:4]), int(tag[5])
     _, end, _ = quarterly_window(year, quarter)
-    due_date = (end - _dt.timedelta(days=1)).date() + _dt.timedelta(days=due_days)
+    due_date = feedback_due(end, due_days)
     due_end = _dt.datetime.combine(due_date + _dt.timedelta(days=1), _dt.time(), CHINA_TZ)
     got = st.summaries.get(tag)
     if got is not None:
