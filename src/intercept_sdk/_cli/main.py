@@ -936,6 +936,15 @@ def _add_subscriber_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     _units.register(ss, sub)  # unit records: add --name..., list, remove; and `stats`
 
 
+def _subject_args(s: argparse.ArgumentParser) -> None:
+    """The one subject of ``check`` and ``block``: an ID number, a USCC or an org code."""
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--id-number", help="a person's 18-character ID number")
+    g.add_argument("--uscc", help="an entity's unified social credit code")
+    g.add_argument("--org-code", help="an entity's organisation code (older entities)")
+    s.add_argument("--name", help="the subject's name (checked against the entry's)")
+
+
 def _add_client_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     """The unit's side: sync, decisions (check, screen, watch), status and verify; each
     takes the client configuration (flags or environment, see :func:`_client_args`)."""
@@ -948,11 +957,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     s = sub.add_parser("check", help="decision for one subject")
     _client_args(s)
     s.add_argument("--measure", required=True, help="measure code (intercept-sdk measures)")
-    g = s.add_mutually_exclusive_group(required=True)
-    g.add_argument("--id-number", help="a person's 18-character ID number")
-    g.add_argument("--uscc", help="an entity's unified social credit code")
-    g.add_argument("--org-code", help="an entity's organisation code (older entities)")
-    s.add_argument("--name", help="the subject's name (checked against the entry's)")
+    _subject_args(s)
     s.add_argument("--json", action="store_true", help="print the decision as JSON")
     s.add_argument("--fail-on-block", action="store_true", help="exit 3 on block, 4 on review")
     s.set_defaults(func=cmd_check)
@@ -960,11 +965,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     s = sub.add_parser("block", help="check one subject; on block report it and exit 3")
     _client_args(s)
     s.add_argument("--measure", required=True, help="measure code (intercept-sdk measures)")
-    g = s.add_mutually_exclusive_group(required=True)
-    g.add_argument("--id-number", help="a person's 18-character ID number")
-    g.add_argument("--uscc", help="an entity's unified social credit code")
-    g.add_argument("--org-code", help="an entity's organisation code (older entities)")
-    s.add_argument("--name", help="the subject's name (checked against the entry's)")
+    _subject_args(s)
     s.add_argument(
         "--context", action="append", metavar="KEY=VALUE", help="report detail, e.g. room=1808"
     )
