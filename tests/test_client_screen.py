@@ -270,9 +270,9 @@ def test_own_keys_are_the_keys_of_probes_for() -> None:
         assert [own_probe(subjects[i], keys[i])] == expected[i]
     # plain subjects' keys leave the check memo alone (only probes_for's go through it)
     assert set(km._memo) == {
-        "id:" + subjects[1].id_number,  # type: ignore[union-attr]
-        "org:" + subjects[4].effective_org_code,  # type: ignore[union-attr]
-        "id:" + officer.id_number,
+        subjects[1].id_number,  # type: ignore[union-attr]
+        subjects[4].effective_org_code,  # type: ignore[union-attr]
+        officer.id_number,
     }
     with pytest.raises(InvalidInput):
         km.own_keys([subjects[0], "110101199003077777"])  # type: ignore[list-item]

@@ -582,6 +582,10 @@ def test_was_minor_boundaries() -> None:
     assert _was_minor(make_id_number("2000-12-31"), "20181230")
     assert not _was_minor(make_id_number("2000-12-31"), "20181231")
     assert not _was_minor(leap, "")  # no date: cannot tell, not a data error
+    # what decisions compare with: the Person's 18th birthday, derived once
+    assert Person(leap)._adult_on == "20220229"
+    assert Person(make_id_number("2000-12-31"))._adult_on == "20181231"
+    assert Person(leap) == Person(leap, None) and "_adult_on" not in repr(Person(leap))
 
 
 # -- subjects ---------------------------------------------------------------------------------

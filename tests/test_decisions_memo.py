@@ -69,3 +69,41 @@ def test_decide_after_a_record_changed_under_its_entry_id() -> None:
     listed = decide(_rec(valid_until="2026-03-10"))  # the last day, in China
     assert listed.action == "block" and listed.entry_ids == ("E1",)
     assert decide(_rec(measures=["travel.rail_premium"])).reasons == ("measure_not_covered",)
+
+
+def test_the_one_key_path_decides_as_decide_does() -> None:
+    """decide_own (check()'s path for a Person or an Entity without officers) writes the
+    common case out by hand: it must answer exactly what decide() answers, whatever the
+    record says (status, measures, term, publication date, minors, names, relations)."""
+    import random
+
+    rng = random.Random(7)
+    measures = [get_measure(c) for c in ("travel.flight", "consumption.star_hotel")]
+    relations = ["self", "legal_rep", "director", "actual_controller"]
+    births = ["1970-01-01", "2008-03-11", "2008-03-10", "2007-03-09"]
+    for i in range(600):
+        D._RECORDS.clear() if i % 50 == 0 else None
+        person = Person(make_id_number(rng.choice(births)), name=rng.choice([None, "张三", "李四"]))
+        m = rng.choice(measures)
+        fields: dict[str, object] = {
+            "entry_id": f"E{i % 40}",
+            "status": rng.choice(["active", "active", "revoked", "deleted"]),
+            "measures": rng.choice([["*"], [m.code], ["finance.credit"]]),
+            "published_at": rng.choice(["2025-01-02", "2026-03-10", "2024-02-29"]),
+            "name": rng.choice(["张三", "李四", "张 三"]),
+        }
+        if rng.random() < 0.3:
+            fields["valid_until"] = rng.choice(["2026-03-09", "2026-03-10", "2027-01-01"])
+        relation = rng.choice(relations)
+        if relation != "self":
+            fields["related"] = [{"role": "legal_rep", "name": "王五"}, {"role": relation}]
+        key = rng.choice([b"k" * 32, b"j" * 32])
+        probe = D.Probe(key, person if rng.random() < 0.8 else None, None, person.name)
+        hit = FakeHit(str(fields["entry_id"]), relation, b"k" * 32, _rec(**fields))
+        for stale in (False, True):
+            want = D.decide(
+                m, [probe], [hit], list_version=3, stale=stale, stale_action="review", now=NOW
+            )
+            got = D.decide_own(m, probe, [hit], 3, stale, "review", NOW)
+            assert got == want, (fields, relation, stale)
+            assert got.__dict__.keys() == want.__dict__.keys()

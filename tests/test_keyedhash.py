@@ -115,3 +115,21 @@ def test_keyed_hash_states_are_not_shared_between_calls() -> None:
         kh.org(v)
         kh.key("id", "noise")
     assert [kh.person(v) for v in VALUES] == first
+
+
+def test_hmac_sha256_is_the_standard_hmac() -> None:
+    """The key-encryption key's HMAC, written out with hashlib (check()'s hit path), is
+    byte for byte hmac.digest(key, message, "sha256") for every key length it takes."""
+    from intercept_sdk._protocol.keyedhash import hmac_sha256
+
+    rng = random.Random(3)
+    for size in (0, 1, 16, 31, 32, 33, 63, 64):
+        for n in (0, 1, 20, 55, 56, 64, 200):
+            key, msg = rng.randbytes(size), rng.randbytes(n)
+            assert hmac_sha256(key, msg) == hmac.digest(key, msg, "sha256")
+    with pytest.raises(ValueError):
+        hmac_sha256(bytes(65), b"x")
+    secret = rng.randbytes(32)
+    assert sealing.kek_function(sealing.WorkFactor())(secret) == sealing.kek(
+        secret, sealing.WorkFactor()
+    )

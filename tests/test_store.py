@@ -49,6 +49,7 @@ from intercept_sdk._protocol.sealing import (
     record_id,
     seal_record,
     tag,
+    unpack_sealed,
 )
 
 HASH_KEY = bytes(range(32))
@@ -93,9 +94,15 @@ def seal(
     return seal_record(HASH_KEY, entry_id, canon(plain), keks)
 
 
+def line(stored: bytes) -> bytes:
+    """The signed line of a record as a store lookup returns it (packed or raw)."""
+    return unpack_sealed(stored[1:]) if stored[:1] == b"\x06" else stored
+
+
 def open_record(record: bytes, kind: IdentifierKind, value: str) -> tuple[str, dict[str, Any]]:
-    """``(relation, plaintext)`` of a sealed record opened with an identifier held."""
-    sealed = parse_sealed(record)
+    """``(relation, plaintext)`` of a sealed record (a line, or a store lookup's packed
+    form) opened with an identifier held."""
+    sealed = parse_sealed(line(record))
     s = secret(kind, value)
     for t, blob in sealed.wraps:
         if t == tag(s):
@@ -337,16 +344,49 @@ def cache(tmp_path: Path) -> Path:
 )
 def test_codec_returns_exact_bytes(record: bytes) -> None:
     codec = _Codec()
+    canonical = record.startswith(b'{"b":"')  # a sealed line as the publisher writes it
     for eid in ("E1", "E2", "E3", "E4", "E5", "E6", "E7", "E8", "X", rid("E1"), rid("E2")):
         body = codec.encode(record, eid)
-        assert body == b"\x05" + record == codec.encode_parsed(record, eid)
+        assert body == codec.encode_parsed(record, eid)
+        # canonical lines are packed (form 6: ~1/3 smaller), anything else kept as is
+        assert body[:1] == (b"\x06" if canonical else b"\x05")
+        if canonical:
+            assert len(body) < len(record) * 0.75
+        else:
+            assert body == b"\x05" + record
         assert codec.decode(body, eid) == record
+
+
+def test_codec_keeps_lines_that_would_not_rebuild_exactly() -> None:
+    """A valid line in any layout but the canonical one (spaces, upper-case hex, a base64
+    character with stray low bits) is stored raw: packing must give back the very bytes
+    that were signed."""
+    codec = _Codec()
+    line = person("E1", id_number(1))
+    sealed = json.loads(line)
+    body_b64 = sealed["b"]
+    variants = [
+        json.dumps(sealed, indent=1).encode(),
+        line.replace(sealed["r"].encode(), sealed["r"].upper().encode()),
+    ]
+    # the same bytes, with non-zero padding bits in the body's last base64 character
+    if body_b64.endswith("=="):
+        last = body_b64[-3]
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        odd = alphabet[alphabet.index(last) | 1] if alphabet.index(last) % 2 == 0 else last
+        if odd != last:
+            variants.append(line.replace(body_b64.encode(), (body_b64[:-3] + odd + "==").encode()))
+    for v in variants:
+        body = codec.encode(v, "E1")
+        assert body == b"\x05" + v
+        assert codec.decode(body, "E1") == v
+    assert codec.encode(line, "E1")[:1] == b"\x06"
 
 
 def test_codec_rejects_garbage_bodies() -> None:
     codec = _Codec()
     body = codec.encode(person("E1", id_number(1)), "E1")
-    for bad in (b"", b"\x05", b"\x09" + body[1:], b"\x01\x00\x00"):
+    for bad in (b"", b"\x05", b"\x06", b"\x06" + body[1:20], b"\x09" + body[1:], b"\x01\x00\x00"):
         with pytest.raises(StoreCorrupted):
             codec.decode(bad, "E1")
 
@@ -354,7 +394,8 @@ def test_codec_rejects_garbage_bodies() -> None:
 def test_codec_refuses_the_retired_body_forms() -> None:
     """Forms 0-4 (raw, deflate, zstd with a dictionary: files of store schemas 1-2) are
     no longer read: only a file of another schema held them, and such a file is never
-    decoded. Schema 3 keeps sealed lines as they are (form 5)."""
+    decoded. Schema 4 keeps canonical sealed lines packed (form 6), others as they are
+    (form 5)."""
     codec = _Codec()
     record = person("E1", id_number(1))
     deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
@@ -410,7 +451,7 @@ def test_build_stops_on_a_bad_record_mid_stream(
     good = base_records(40)
     snapshot(store, 1, good)  # many batches, in order
     assert store.verify().entries == 40
-    assert store.lookup([key("id", id_number(39))])[1][0].record == good[39]
+    assert line(store.lookup([key("id", id_number(39))])[1][0].record) == good[39]
 
 
 @pytest.mark.parametrize(("batch", "record_rows", "key_rows"), [(7, 3, 2), (5, 5, 4), (50, 7, 300)])
@@ -464,7 +505,7 @@ def test_build_multi_row_inserts_store_every_row(
         (h.entry_id, h.relation, open_record(h.record, *held[h.key])[0]) for h in hits
     ) == sorted([(rid("F0002"), "self", "supervisor"), (rid("F0016"), "self", "self")])
     for i in (0, 22):
-        assert store.lookup([key("id", id_number(i))])[1][0].record == people[i]
+        assert line(store.lookup([key("id", id_number(i))])[1][0].record) == people[i]
 
 
 def test_build_stream_digest_covers_every_line(cache: Path) -> None:
@@ -619,16 +660,18 @@ def test_snapshot_and_lookup(cache: Path) -> None:
 
     st2, hits = store.lookup([key("id", id_number(3))])
     assert st2 == st
-    assert [(h.entry_id, h.relation, h.record) for h in hits] == [
+    assert [(h.entry_id, h.relation, line(h.record)) for h in hits] == [
         (rid("E00003"), "self", records[3])
     ]
     assert hits[0].key == key("id", id_number(3))
 
     _, hits = store.lookup([key("org", org)])
-    assert [(h.entry_id, h.relation, h.record) for h in hits] == [(rid("E90000"), "self", ent)]
+    assert [(h.entry_id, h.relation, line(h.record)) for h in hits] == [
+        (rid("E90000"), "self", ent)
+    ]
     _, hits = store.lookup([key("id", rep), key("id", director), key("id", "nobody")])
     assert sorted(h.key for h in hits) == sorted([key("id", rep), key("id", director)])
-    assert all(h.record == ent and h.relation == "self" for h in hits)
+    assert all(line(h.record) == ent and h.relation == "self" for h in hits)
     # the relation and the record open only with the identifier held
     relation, plain = open_record(ent, "id", rep)
     assert relation == "legal_rep" and plain["entry_id"] == "E90000"
@@ -646,7 +689,7 @@ def test_snapshot_and_lookup(cache: Path) -> None:
     ]
     st3, found = store.lookup_batch(many)
     assert st3 == st and set(found) == set(many[:10])
-    assert found[many[4]][0].record == records[4]
+    assert line(found[many[4]][0].record) == records[4]
     _, hits = store.lookup(many[:20])  # more than the small-lookup limit
     assert [h.entry_id for h in hits] == [rid(f"E{i:05d}") for i in range(10)]
 
@@ -773,7 +816,7 @@ def test_delta_put_change_delete(cache: Path) -> None:
         frozenset({rid("E00001"), rid("E00100")}),
     )
     st, hits = store.lookup([key("id", id_number(0))])
-    assert st.version == 2 and st.entries == 8 and hits[0].record == v2[0]
+    assert st.version == 2 and st.entries == 8 and line(hits[0].record) == v2[0]
     assert store.lookup([key("id", id_number(1))])[1] == []
     assert store.lookup([key("id", ent_rep), key("org", "111111111")])[1] == []
     assert store.lookup([key("id", id_number(9))])[1][0].entry_id == rid("E00009")
@@ -810,7 +853,7 @@ def test_delta_rewrites_only_the_key_rows_that_differ(cache: Path) -> None:
     assert changes.changed == frozenset({rid("E00002"), rid("E00100")})
     assert store.verify().version == 2
     hits = store.lookup([key("id", id_number(2))])[1]
-    assert [h.record for h in hits] == [revoked]
+    assert [line(h.record) for h in hits] == [revoked]
     assert [(h.entry_id, opened(h, "id", a)) for h in store.lookup([key("id", a)])[1]] == [
         (rid("E00100"), "legal_rep")
     ]
@@ -868,7 +911,7 @@ def test_delta_digest_mismatch_rolls_back(cache: Path, fault: str) -> None:
             expected_sha256=sha,
         )
     assert store.state() == before
-    assert store.lookup([key("id", id_number(0))])[1][0].record == v1[0]
+    assert line(store.lookup([key("id", id_number(0))])[1][0].record) == v1[0]
     assert store.lookup([key("id", id_number(20))])[1] == []
     assert store.verify() == before
 
@@ -879,13 +922,13 @@ def test_restricted_partition(cache: Path) -> None:
     secret = person("E00700", id_number(700), visibility="restricted")
     snapshot(store, 1, pub, restricted=[secret])
     st, hits = store.lookup([key("id", id_number(700))])
-    assert hits[0].record == secret and st.restricted_entries == 1
+    assert line(hits[0].record) == secret and st.restricted_entries == 1
     assert st.restricted_sha256 == digests([secret])[0]
     assert store.verify() == st
 
     # a snapshot without restricted data carries the partition over
     snapshot(store, 2, pub)
-    assert store.lookup([key("id", id_number(700))])[1][0].record == secret
+    assert line(store.lookup([key("id", id_number(700))])[1][0].record) == secret
     assert store.verify().restricted_entries == 1
 
     # restricted digest mismatch: nothing changes
@@ -907,7 +950,7 @@ def test_restricted_partition(cache: Path) -> None:
     assert changes.changed == frozenset({rid("E00701")}) and not changes.added
     st = store.verify()
     assert (st.entries, st.restricted_entries) == (6, 0)
-    assert store.lookup([key("id", id_number(701))])[1][0].record == public_now
+    assert line(store.lookup([key("id", id_number(701))])[1][0].record) == public_now
     with pytest.raises(FormatError):  # a restricted partition of malformed records
         snapshot(store, 4, pub, restricted=[person("E1", "x").replace(b'"r":"', b'"r":"X', 1)])
     with pytest.raises(FormatError):  # the same record twice in the restricted partition
@@ -1014,12 +1057,13 @@ def test_verify_detects_foreign_current(cache: Path) -> None:
     assert Store(cache).verify().version == 2
 
 
-@pytest.mark.parametrize("schema", [0, 1, 2, 4])
+@pytest.mark.parametrize("schema", [0, 1, 2, 3, 5])
 def test_a_file_of_another_schema_is_never_read(
     cache: Path, schema: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A list file whose schema marker (PRAGMA user_version) is not this version's, as an
-    older (2: site format 1; 1, and 0) or newer (4) SDK leaves it: every read refuses it
+    older (3: site format 2 with raw lines; 2: site format 1; 1, and 0) or newer (5) SDK
+    leaves it: every read refuses it
     with NeverSynced (one warning, not one per read), writes in place refuse it as no
     base, verify() does not mark it damaged, and the next snapshot replaces it (the old
     file is not kept)."""
@@ -1055,7 +1099,7 @@ def test_a_file_of_another_schema_is_never_read(
     assert not old.exists()
     assert [p.name for p in cache.glob("list-*.sqlite")] == [db_path(cache).name]
     st, hits = store.lookup([key("id", id_number(50)), key("id", id_number(0))])
-    assert st.version == 2 and [h.record for h in hits] == [v2[-1]]
+    assert st.version == 2 and [line(h.record) for h in hits] == [v2[-1]]
     assert store.verify().version == 2
 
 
@@ -1140,7 +1184,7 @@ def test_lookup_redone_when_a_write_lands_between_its_reads(
 
     monkeypatch.setattr(intercept_sdk._client.store, "_read_state", racing)
     st, hits = reader.lookup([key("id", id_number(0))])
-    assert fired and st.version == 2 and [h.record for h in hits] == [v2[0]]
+    assert fired and st.version == 2 and [line(h.record) for h in hits] == [v2[0]]
 
 
 def test_threads_share_a_store(cache: Path) -> None:
@@ -1259,8 +1303,8 @@ def _crash_loop(cache: Path, iterations: int) -> None:
             # slow the machine: the kill then lands in a later write, and the versions
             # provably move on (seen_versions below). The other rounds kill at any moment
             # from the start, including while the writer opens (and recovers) the file.
-            line = proc.stdout.readline()
-            assert line.startswith(b"committed "), proc.communicate()[1].decode()
+            out = proc.stdout.readline()
+            assert out.startswith(b"committed "), proc.communicate()[1].decode()
         time.sleep(rng.uniform(0.0, 0.4))
         assert proc.poll() is None, proc.communicate()[1].decode()
         proc.send_signal(signal.SIGKILL)
@@ -1276,7 +1320,7 @@ def _crash_loop(cache: Path, iterations: int) -> None:
         _, hits = store.lookup([key("id", id_number(i)) for i in range(5)])
         first5 = {rid(f"E{i:05d}") for i in range(5)}
         want = [r for r in crash_content(st.version) if eid_of(r) in first5]
-        assert sorted(h.record for h in hits) == sorted(want)
+        assert sorted(line(h.record) for h in hits) == sorted(want)
         seen_versions.add(st.version)
         store.close()
     upcoming.kill()

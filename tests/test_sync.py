@@ -199,12 +199,13 @@ def _decisions(client: Client, subjects: list[Person | Entity]) -> list[tuple[st
     return out
 
 
-@pytest.mark.parametrize("schema", [2, 4])
+@pytest.mark.parametrize("schema", [2, 3, 5])
 def test_cache_of_another_schema_is_refused_then_rebuilt_by_the_next_sync(
     env: Env, schema: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A cache written by another SDK version: its store schema marker is rewritten in
-    the real file (2: site format 1's records; 4: a newer SDK's). A restarted
+    the real file (2: site format 1's records; 3: sealed lines kept raw; 5: a newer
+    SDK's). A restarted
     client never reads it: checks raise NeverSynced, status() shows no list, one warning
     says why; the next sync rebuilds it from the snapshot, and every decision is right
     at once (the same as before: listed, revoked, related, restricted, not listed)."""

@@ -132,6 +132,10 @@ class Client:
     ) -> None:
         opts = build_options(kwargs, owner=type(self).__name__, base=options)
         self._core = _Core(platform, trust_root, cache_dir, subscriber_id, opts)
+        if type(self) is Client:
+            # check() is the hot path: straight to the decider, one Python call less per
+            # check (the method below stays what a subclass overrides and what help() shows)
+            self.check = self._core.check  # type: ignore[method-assign,assignment]
         if background:
             self._core.start_background()
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .._util import atomic_write, format_utc, parse_utc
+from .._util import atomic_write, format_utc, parse_utc, utcnow
 from .store import StoreState
 from .sync import Updater
 
@@ -41,7 +42,10 @@ class CacheClock:
 
     def __init__(self, cache_dir: Path, clock: Callable[[], _dt.datetime]) -> None:
         self.cache_dir = cache_dir
-        self._clock = clock
+        # the default clock as one C-level call (now() runs on every check)
+        self._clock = (
+            functools.partial(_dt.datetime.now, _dt.timezone.utc) if clock is utcnow else clock
+        )
         self._high_water = self._read("clock") or _EPOCH
         self._hw_persist_due = self._high_water + _HW_PERSIST_EVERY
         self._last_success: _dt.datetime | None = None

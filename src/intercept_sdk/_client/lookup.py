@@ -42,14 +42,13 @@ from .._protocol.catalog import KEY_RELATIONS
 from .._protocol.sealing import (
     TAG_BYTES,
     WorkFactor,
-    kek,
-    open_body,
-    open_wrap,
+    kek_function,
+    open_packed,
+    open_sealed,
     record_id,
-    wraps_of,
 )
 from .decisions import Entity, KeyMaker, Person, Probe, Subject, probes_for
-from .store import Hit, Store, StoreState
+from .store import PACKED_FORM, Hit, Store, StoreState
 from .sync import Updater
 
 __all__ = ["NEVER_SYNCED", "Lookup"]
@@ -61,6 +60,8 @@ NEVER_SYNCED = (
 
 _RETRIES = 3
 """Reads made again after a racing update before giving up (never reached in practice)."""
+_RELATIONS = KEY_RELATIONS
+
 _KEK_MEMO = 4096
 """KEKs of recently hit identifiers kept in memory (a guest checked again at the lift)."""
 
@@ -68,65 +69,64 @@ _KEK_MEMO = 4096
 class Opener:
     """Opens the sealed records a secret's tag found, under one work factor.
 
-    Keeps a bounded in-memory memo of KEKs by secret, so a costly work factor is paid
-    once per listed identifier per process, not per check.
+    Under a costly (scrypt) work factor, keeps a bounded in-memory memo of KEKs by secret,
+    so the work factor is paid once per listed identifier per process, not per check. The
+    default work factor (one HMAC) is cheaper to pay again than to remember.
     """
 
-    __slots__ = ("_keks", "work")
+    __slots__ = ("_derive", "_keks", "work")
 
     def __init__(self, work: WorkFactor) -> None:
         self.work = work
-        self._keks: dict[bytes, bytes] = {}
+        self._keks: dict[bytes, bytes] | None = None if work.alg == "hmac" else {}
+        self._derive = kek_function(work)
 
     def _kek(self, secret: bytes) -> bytes:
-        k = self._keks.get(secret)
+        keks = self._keks
+        if keks is None:
+            return self._derive(secret)
+        k = keks.get(secret)
         if k is None:
-            if len(self._keks) >= _KEK_MEMO:
-                self._keks.clear()
-            k = self._keks[secret] = kek(secret, self.work)
+            if len(keks) >= _KEK_MEMO:
+                keks.clear()
+            k = keks[secret] = self._derive(secret)
         return k
 
     def open(self, secret: bytes, rows: Sequence[Hit]) -> list[Hit]:
         """The hits ``secret`` really opens among the rows its tag found: one per
         (record, relation), with the record's plaintext as ``record``."""
-        t = int.from_bytes(secret[:TAG_BYTES], "big")
-        if len(rows) == 1:
-            return self._open_one(secret, t, rows[0].record)
+        return self.open_lines(secret, [row.record for row in rows])
+
+    def open_lines(self, secret: bytes, lines: Sequence[bytes]) -> list[Hit]:
+        """:meth:`open` of the stored sealed records (``_Codec.sealed``: a packed body or
+        a signed line) the secret's tag found."""
+        if len(lines) == 1:
+            return self.open_one(secret, lines[0])
         out: list[Hit] = []
-        opened: set[bytes] = set()
-        for row in rows:
-            if row.record in opened:
-                continue  # a tag listed twice in one record: one index row each
-            opened.add(row.record)
-            out.extend(self._open_one(secret, t, row.record))
+        for line in dict.fromkeys(lines):  # a record listed twice under one tag: once
+            out.extend(self.open_one(secret, line))
         return out
 
-    def _open_one(self, secret: bytes, t: int, line: bytes) -> list[Hit]:
+    def open_one(self, secret: bytes, stored: bytes) -> list[Hit]:
+        """:meth:`open_lines` of one stored sealed record (check()'s common case)."""
+        key = self._derive(secret) if self._keks is None else self._kek(secret)
         try:
-            rid, body, blobs = wraps_of(line, t)
+            if stored[0] == PACKED_FORM:
+                got = open_packed(key, stored[1:], secret[:TAG_BYTES])
+            else:
+                got = open_sealed(key, stored, int.from_bytes(secret[:TAG_BYTES], "big"))
         except FormatError as exc:
             raise StoreCorrupted(f"a stored sealed record is malformed: {exc}") from None
-        if not blobs:
-            return []
-        key = self._kek(secret)
-        record_key: bytes | None = None
-        relations: list[str] = []
-        for blob in blobs:
-            got = open_wrap(key, rid, t, blob)
-            if got is None:
-                continue  # another identifier sharing the 32-bit tag
-            record_key, rel = got
-            if rel >= len(KEY_RELATIONS):
-                raise StoreCorrupted("a sealed record names an unknown relation")
-            relations.append(KEY_RELATIONS[rel])
-        if record_key is None:
-            return []
-        try:
-            plain = open_body(record_key, rid, body)
         except VerificationError:
             raise StoreCorrupted("a stored sealed record body does not open") from None
+        if got is None:
+            return []  # another identifier sharing the 32-bit tag
+        rid, plain, relations = got
         rid_hex = rid.hex()
-        return [Hit(rid_hex, relation, secret, plain) for relation in relations]
+        try:
+            return [Hit(rid_hex, _RELATIONS[rel], secret, plain) for rel in relations]
+        except IndexError:
+            raise StoreCorrupted("a sealed record names an unknown relation") from None
 
 
 class Lookup:
@@ -140,6 +140,9 @@ class Lookup:
         self._epoch: tuple[int, bytes] | None = None  # (key_epoch, box digest) of self.km
         self.opener: Opener | None = None
         self._validated: StoreState | None = None
+        self._ready: tuple[StoreState, KeyMaker] | None = None
+        """The (state, key maker) pair :meth:`_usable` last accepted: :meth:`person`
+        answers without re-checking while both are still the current ones."""
 
     def _rekey(self, state: StoreState) -> KeyMaker:
         """Open ``state``'s box (in memory only) and make the key maker of its hash key."""
@@ -242,6 +245,7 @@ class Lookup:
             return False
         epoch = self._epoch
         if epoch is not None and km is self.km and epoch[0] == state.key_epoch:
+            self._ready = (state, km)
             return True
         # A version of a new key epoch was applied meanwhile: re-key and look again.
         self._rekey(state)
@@ -264,6 +268,36 @@ class Lookup:
             if found:
                 out.extend(opener.open(secret, found))
         return out
+
+    def own(self, subject: Subject) -> tuple[bytes, StoreState, list[Hit]]:
+        """``(key, state, hits)`` of a Person, or of an Entity without declared officers:
+        :meth:`subject` for check()'s common case, whose only key is the subject's own.
+
+        One memoised secret, one statement (:meth:`Store.lines_of`), the lines opened; a
+        state or key epoch not accepted before goes through :meth:`subject`, which checks
+        it, so both answer alike.
+        """
+        km = self.km
+        ready = self._ready
+        if km is not None and ready is not None and ready[1] is km:
+            if type(subject) is Person:
+                key = km.person(subject.id_number)
+            else:
+                key = km.org(subject.effective_org_code)  # type: ignore[union-attr]
+            try:
+                state, lines = self.store.lines_of(key[:TAG_BYTES])
+            except NeverSynced:
+                raise NeverSynced(NEVER_SYNCED) from None
+            if state is ready[0]:
+                opener = self.opener
+                assert opener is not None  # set by validate()
+                if not lines:
+                    return key, state, []
+                if len(lines) == 1:
+                    return key, state, opener.open_one(key, lines[0])
+                return key, state, opener.open_lines(key, lines)
+        _probes, keys, state, hits = self.subject(subject)
+        return keys[0], state, hits
 
     def subject(
         self, subject: Subject

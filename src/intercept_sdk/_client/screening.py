@@ -26,7 +26,17 @@ from typing import Literal
 from .._exceptions import ClientClosed, InvalidInput
 from .._protocol.catalog import Measure, get_measure
 from .audit import AuditLog
-from .decisions import Decision, Entity, Person, Probe, Subject, allow_decision, decide, own_probe
+from .decisions import (
+    Decision,
+    Entity,
+    Person,
+    Probe,
+    Subject,
+    allow_decision,
+    decide,
+    decide_own,
+    own_probe,
+)
 from .freshness import CacheClock, Staleness
 from .lookup import Lookup
 from .metrics import Metrics
@@ -100,17 +110,28 @@ class Decider:
             m = self._measures[measure]
         except (KeyError, TypeError):  # first use of this code, or not a code at all
             m = self.measure(measure)
-        if type(subject) is not Person and not isinstance(subject, (Person, Entity)):
+        kind = type(subject)
+        probes: list[Probe] | None = None
+        if kind is Person or (kind is Entity and not subject.officers):  # type: ignore[union-attr]
+            # one key, the subject's own: the fast path (Lookup.own, decide_own)
+            key, state, hits = self.lookup.own(subject)
+        elif isinstance(subject, (Person, Entity)):
+            probes, keys, state, hits = self.lookup.subject(subject)
+            key = keys[0]
+        else:
             raise InvalidInput("subject must be a Person or an Entity")
-        probes, keys, state, hits = self.lookup.subject(subject)
         now = self.clock.now()
         stale = self.staleness.is_stale(state, now)
         if not hits:
             decision = allow_decision(m, list_version=state.version, stale=stale, now=now)
+        elif probes is None:
+            decision = decide_own(
+                m, own_probe(subject, key), hits, state.version, stale, self.stale_action, now
+            )
         else:
             decision = decide(
                 m,
-                probes if probes is not None else [own_probe(subject, keys[0])],
+                probes,
                 hits,
                 list_version=state.version,
                 stale=stale,
@@ -119,7 +140,7 @@ class Decider:
             )
         audit = self.audit
         if audit is not None:
-            audit.record(m.code, keys[0], decision.action, decision.entry_ids, state.version, now)
+            audit.record(m.code, key, decision.action, decision.entry_ids, state.version, now)
         metrics = self.metrics
         if metrics is not None:
             metrics.count_check(m.code, decision.action)

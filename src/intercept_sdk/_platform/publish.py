@@ -128,11 +128,18 @@ __all__ = [
 
 log = logging.getLogger("intercept_sdk._platform.publish")
 
-#: Entry fields a sealed record carries (site format 2, decision 0011): only what the
-#: decision and the clerk's notice need. No ``id_masked``, ``age`` or ``gender`` (the client
-#: derives them from the ID number it holds), no ``revoked_at`` (withdrawn entries are not
-#: published), no ``audience``; related persons carry their role, and a name only for the
-#: legal representative (whose name the courts publish).
+#: Entry fields a sealed record carries (site format 2, decisions 0011 and 0020): only what
+#: the decision and the clerk's notice need. The rules read ``status``, ``measures``,
+#: ``valid_until`` and ``published_at`` (a minor on that date is never enforced against);
+#: the notice and :class:`~intercept_sdk.Match` show ``name``, ``case_no``, ``court``,
+#: ``obligation``, ``unperformed_amount``, ``published_at``, the entity's codes and its
+#: legal representative. No ``id_masked``, ``age`` or ``gender`` (the client derives them
+#: from the ID number it holds), no ``revoked_at`` (withdrawn entries are not published),
+#: no ``audience`` or ``visibility`` (the partition says it), none of the court's case
+#: details the client never reads (``basis_doc_no``, ``basis_issuer``, ``filed_at``,
+#: ``performance``, ``performed_amount``, ``situation``, ``severity``: the platform keeps
+#: them); related persons carry their role, and a name only for the legal representative
+#: (whose name the courts publish).
 PUBLIC_FIELDS = frozenset(
     {
         "entry_id",
@@ -143,19 +150,11 @@ PUBLIC_FIELDS = frozenset(
         "org_code",
         "legal_rep_name",
         "court",
-        "basis_doc_no",
-        "basis_issuer",
         "obligation",
-        "performance",
-        "situation",
         "published_at",
-        "filed_at",
-        "performed_amount",
         "unperformed_amount",
-        "severity",
         "valid_until",
         "status",
-        "visibility",
         "measures",
     }
 )
