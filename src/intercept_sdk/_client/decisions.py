@@ -712,9 +712,12 @@ def decide_own(  # noqa: PLR0917 - internal, positional on the hot path
         return _decision_of(tally, measure, list_version, stale, stale_action, now)
     hit = hits[0]
     record = hit.record
-    r = _RECORDS.get(hit.entry_id)
+    r = _RECORDS.get(hit.entry_id)  # _record(), its memo read here
     if r is None or r.raw != record:
-        r = _record(hit.entry_id, record)
+        r = _Record(record)
+        if len(_RECORDS) >= _RECORDS_MAX:
+            _RECORDS.clear()
+        _RECORDS[hit.entry_id] = r
     relation = hit.relation
     if hit.key != key or _not_counted(measure, r, relation, relation, probe, now) is not None:
         return _decide_one(measure, probe, hit, list_version, stale, stale_action, now)

@@ -124,10 +124,9 @@ class Decider:
         stale = self.staleness.is_stale(state, now)
         if not hits:
             decision = allow_decision(m, list_version=state.version, stale=stale, now=now)
-        elif probes is None:
-            decision = decide_own(
-                m, own_probe(subject, key), hits, state.version, stale, self.stale_action, now
-            )
+        elif probes is None:  # own_probe(subject, key), without the call
+            probe = Probe(key, subject if kind is Person else None, None, subject.name)  # type: ignore[arg-type]
+            decision = decide_own(m, probe, hits, state.version, stale, self.stale_action, now)
         else:
             decision = decide(
                 m,

@@ -109,7 +109,8 @@ MAX_PLAINTEXT: Final = 256 * 1024
 # values' common words: courts, case-number parts, obligations, provinces). Measured on
 # 3,000 synthetic records: 627 bytes of JSON on average, 444 deflated without it, 184
 # with it (17 us to compress, 1.3 us to inflate), which makes the snapshot about half as
-# large as without compression. Part of the protocol: changing a byte changes every body.
+# large as without compression; with the minimised fields of decision 0020, 394 bytes
+# deflate to 143. Part of the protocol: changing a byte changes every body.
 _BODY_DICT: Final = (
     # provinces and their abbreviations (case numbers carry the abbreviation)
     "北京市天津市河北省山西省内蒙古自治区辽宁省吉林省黑龙江省上海市江苏省浙江省安徽省福建省"
@@ -135,7 +136,10 @@ _BODY_DICT: Final = (
 
 
 def _deflate(plaintext: bytes) -> bytes:
-    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _BODY_DICT)
+    # Fixed Huffman codes: a record of a few hundred bytes compresses as small with them
+    # (143.30 against 143.28 bytes on average, 20,000 benchmark records) and the reader
+    # builds no code tables (inflate 1.18 against 1.48 us; decision 0020).
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_FIXED, _BODY_DICT)
     return c.compress(plaintext) + c.flush()
 
 
