@@ -7,36 +7,23 @@ are row ids or row-id prefixes (``check_hit`` covers p50 and p99).
 """
 
 ANALYSED_AT = (
-    "2026-11-22 (session 3; decisions 0009 and 0010) and 2026-12-05 (site format 2: decision 0011)"
+    "2026-11-22 (session 3; decisions 0009 and 0010), 2026-12-05 (site format 2: decision "
+    "0011) and 2026-12-06 (packed cache records, minimised plaintext: decision 0020)"
 )
 
 ANALYSIS: dict[str, str] = {
-    "check_hit_p50": (
-        "site format 2 (decision 0011): a hit now opens a sealed record, and the pieces add "
-        "up. Medians of each piece in a warm loop on a 20k list (2026-12-05, idle "
-        "machine), against a raw SELECT of 5.5 µs: the store's read (tag index and raw "
-        "sealed line, one statement) ~5 µs, reading the wraps of the tag from the line "
-        "(`sealing.wraps_of`, canonical-layout regex) 2.8 µs, the KEK (one HMAC; "
-        "remembered per identifier after the first hit) 2.0 µs, opening the wrap 1.6 µs, "
-        "the body (AES-GCM + inflate with the protocol dictionary) 2.5 µs, the rules, "
-        "`Match` and `Decision` 7.5 µs, and the check's own bookkeeping (staleness, audit "
-        "line, Hit objects) ~8 µs: ~30 µs, 5.5×. Done this session to get there: sealed "
-        "lines stored raw (zstd decoding was 6 µs), the canonical-layout reader (7 → 2.8 "
-        "µs), a single-row fast path in the opener. What would close it: moving the "
-        "opening (wrap + body + inflate) into one C call or caching `AESGCM` objects per "
-        "KEK (~3 µs), storing the tag's wrap in the index row so no line is parsed (~2 "
-        "µs), and a parse-free rule path for the plaintext (~3 µs)."
-    ),
     "size_cache": (
-        "site format 2 stores each record as its sealed line, as published (its digest "
-        "is the signed one): base64 ciphertext, 61 bytes of wrap per identifier, which no "
-        "compressor shrinks (zstd saved ~20 %, so it was dropped: decision 0011). The "
-        "baseline row shows it: a plain sqlite3 table of the same lines takes 585 B/entry, "
-        "the store 593. The 250 B target was set for format 1's plaintext records (141 B "
-        "each with a trained dictionary). What would close it: keeping the decoded binary "
-        "form (16-byte rid, body and wraps raw: ~270 B for a person) and rebuilding the "
-        "canonical line when digests are checked, or a shorter wrap (a 12-byte nonce and "
-        "16-byte tag per identifier are most of it)."
+        "site format 2 seals every record: 61 bytes of wrap per identifier (1.4 per entry "
+        "at 1M) and a 16-byte AES-GCM tag on the body, none of which compresses. Decision "
+        "0020 keeps canonical lines packed in binary (no base64 or hex) and publishes only "
+        "the fields the client reads: 593 → 393 B/entry; the baseline row (a plain sqlite3 "
+        "table of the signed lines) takes 529. Of the 393: the packed record ~300 B (rid "
+        "16, wraps 65 each, body ~160), the tag index ~30 B, and the entry id (the record "
+        "id as 32 hex characters, with its UNIQUE index) ~60 B. The 250 B target was set "
+        "for format 1's plaintext records. What would close it: the record id stored as a "
+        "16-byte BLOB (~35 B less) and a shorter wrap (a 12-byte nonce and a 16-byte tag per "
+        "identifier are most of its 61 bytes: a nonce derived from the record id instead "
+        "of stored would save 12)."
     ),
     "check_hit_p99": (
         "waiting for a core, not work. This row follows the machine's load: at load ~5 on "
@@ -89,19 +76,18 @@ ANALYSIS: dict[str, str] = {
         "spills to temporary files past the cache size."
     ),
     "delta_time": (
-        "site format 2 made the denominator smaller: the full sync of 1M now takes ~12 s "
-        "(33 s before: raw sealed lines, no dictionary to train or apply), the delta itself "
-        "~0.7 s as before. The delta's cost is mostly SQLite writing random pages: 10,000 "
-        "changes touch ~10,000 record pages spread over the file, written to the WAL at COMMIT and "
-        "checkpointed into the file (`_store._shrink_wal`). Fixed this session: only the "
-        "key-index rows that differ are rewritten (a revocation keeps every key) and the "
-        "restricted-partition scan is skipped when there is none: 1.4-1.75 s → ~1.1 s "
-        "for 1 % of 1M. The row is a ratio to the full sync, which got 27 % faster in "
-        "the same session (45.6 → 33 s). A 64 MiB writer page cache or mmap measured no "
-        "gain (1.34-1.59 s against 1.40-1.42 s). What remains is inherent to updating a "
-        "B-tree in place at random: the COMMIT's WAL write of the touched pages (0.33 s) "
-        "and the entry_id lookups (0.14 s); closing it further would need a layout that "
-        "groups a delta's records (e.g. by publication batch) so that fewer pages change."
+        "the delta itself is ~0.8 s for 1 % of 1M; the row is a ratio to the full sync, "
+        "which site format 2 made 2-3× faster than format 1's (16.4 s now, with packing "
+        "the records: decision 0020; 33 s in format 1). The delta's cost is mostly SQLite "
+        "writing random pages: 10,000 changes touch ~10,000 record pages spread over the "
+        "file, written to the WAL at COMMIT and checkpointed into the file "
+        "(`_store._shrink_wal`); packing adds ~6 µs per changed record (~60 ms). Done "
+        "earlier: only the key-index rows that differ are rewritten and the "
+        "restricted-partition scan is skipped when there is none (1.4-1.75 s → ~1.1 s); a "
+        "64 MiB writer page cache or mmap measured no gain. What remains is inherent to "
+        "updating a B-tree in place at random: the COMMIT's WAL write of the touched pages "
+        "and the entry_id lookups; closing it would need a layout that groups a delta's "
+        "records (e.g. by publication batch) so that fewer pages change."
     ),
     "enqueue": (
         "the signed report's own CPU against a disk that flushes in ~60 µs. In the quiet full "
