@@ -107,3 +107,29 @@ def test_the_one_key_path_decides_as_decide_does() -> None:
             got = D.decide_own(m, probe, [hit], 3, stale, "review", NOW)
             assert got == want, (fields, relation, stale)
             assert got.__dict__.keys() == want.__dict__.keys()
+
+
+def test_related_persons_are_read_as_published() -> None:
+    """Nameless related persons share one object per role (an entity lists several);
+    named ones, unknown roles and odd members are read exactly as the record says."""
+    rec = D._Record(
+        _rec(
+            related=[
+                {"role": "legal_rep", "name": "王五"},
+                {"role": "director"},
+                {"role": "supervisor", "id_masked": "1101**********1234"},
+                {"role": "no_such_role"},
+                "not an object",
+                {"name": "无角色"},
+            ]
+        )
+    )
+    assert rec.related == (
+        D.RelatedPerson("legal_rep", "王五", None),
+        D.RelatedPerson("director", "", None),
+        D.RelatedPerson("supervisor", "", "1101**********1234"),
+        D.RelatedPerson("no_such_role", "", None),
+        D.RelatedPerson("", "无角色", None),
+    )
+    again = D._Record(_rec(entry_id="E2", related=[{"role": "director"}]))
+    assert again.related[0] is rec.related[1]

@@ -579,19 +579,27 @@ class _Record:
         self.published = published if isinstance(published, str) else ""
         self.published_compact = self.published.replace("-", "")
         items = get("related")
-        self.related = (
-            tuple(
-                [
-                    RelatedPerson(
+        self.related: tuple[RelatedPerson, ...] = ()
+        if items and isinstance(items, list):
+            related = []
+            for r in items:
+                if not isinstance(r, dict):
+                    continue
+                person = None
+                if "name" not in r and r.get("id_masked") is None:
+                    person = _NAMELESS.get(r.get("role"))  # type: ignore[arg-type]
+                if person is None:
+                    person = RelatedPerson(
                         str(r.get("role", "")), str(r.get("name", "")), r.get("id_masked")
                     )
-                    for r in items
-                    if isinstance(r, dict)
-                ]
-            )
-            if items and isinstance(items, list)
-            else ()
-        )
+                related.append(person)
+            self.related = tuple(related)
+
+
+#: The related persons format 2 publishes without a name (every role but the legal
+#: representative's), one shared immutable object per role: an entity's record lists
+#: several, and making each anew cost ~0.4 us apiece on check()'s hit path.
+_NAMELESS: Final[dict[str, RelatedPerson]] = {role: RelatedPerson(role, "", None) for role in ROLES}
 
 
 _RECORDS: dict[str, _Record] = {}
