@@ -143,8 +143,8 @@ class Lookup:
         self.opener: Opener | None = None
         self._validated: StoreState | None = None
         self._ready: tuple[StoreState, KeyMaker] | None = None
-        """The (state, key maker) pair :meth:`_usable` last accepted: :meth:`person`
-        answers without re-checking while both are still the current ones."""
+        """The (state, key maker) pair :meth:`_usable` last accepted: :meth:`own` answers
+        without re-checking while both are still the current ones."""
 
     def _rekey(self, state: StoreState) -> KeyMaker:
         """Open ``state``'s box (in memory only) and make the key maker of its hash key."""
@@ -282,10 +282,10 @@ class Lookup:
         km = self.km
         ready = self._ready
         if km is not None and ready is not None and ready[1] is km:
-            if type(subject) is Person:
+            if isinstance(subject, Person):
                 key = km.person(subject.id_number)
             else:
-                key = km.org(subject.effective_org_code)  # type: ignore[union-attr]
+                key = km.org(subject.effective_org_code)
             try:
                 state, lines = self.store.lines_of(key[:TAG_BYTES])
             except NeverSynced:

@@ -749,7 +749,7 @@ class Store:
         """The stored sealed records the index lists under one 4-byte ``key`` (as a
         lookup opens them: :meth:`_Codec.sealed`), and the state they belong to, in one
         read: :meth:`lookup` of one key without :class:`Hit` objects (``check()`` of a
-        Person, whose opener makes its own).
+        Person or an Entity without officers, whose opener makes its own).
         """
         rd = self._reader()
         try:
@@ -767,7 +767,7 @@ class Store:
             body = rows[0][1]
             if body is None:  # a miss
                 return st, []
-            if body[0] == _F_PACKED:
+            if body[:1] == _PACKED_HEAD:
                 return st, [body]
         # (an index row without its record is skipped: verify() reports it)
         return st, [_Codec.sealed(r[1], "(by tag)") for r in rows if r[1] is not None]
