@@ -60,8 +60,6 @@ NEVER_SYNCED = (
 
 _RETRIES = 3
 """Reads made again after a racing update before giving up (never reached in practice)."""
-_RELATIONS = KEY_RELATIONS
-
 _KEK_MEMO = 4096
 """KEKs of recently hit identifiers kept in memory (a guest checked again at the lift)."""
 
@@ -82,9 +80,9 @@ class Opener:
         self._derive = kek_function(work)
 
     def _kek(self, secret: bytes) -> bytes:
+        """The memoised KEK under a costly work factor (``_keks`` is set)."""
         keks = self._keks
-        if keks is None:
-            return self._derive(secret)
+        assert keks is not None
         k = keks.get(secret)
         if k is None:
             if len(keks) >= _KEK_MEMO:
@@ -125,8 +123,8 @@ class Opener:
         rid_hex = rid.hex()
         try:
             if len(relations) == 1:  # (a comprehension is one more frame)
-                return [Hit(rid_hex, _RELATIONS[relations[0]], secret, plain)]
-            return [Hit(rid_hex, _RELATIONS[rel], secret, plain) for rel in relations]
+                return [Hit(rid_hex, KEY_RELATIONS[relations[0]], secret, plain)]
+            return [Hit(rid_hex, KEY_RELATIONS[rel], secret, plain) for rel in relations]
         except IndexError:
             raise StoreCorrupted("a sealed record names an unknown relation") from None
 

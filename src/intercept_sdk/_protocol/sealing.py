@@ -586,12 +586,12 @@ def open_sealed(key: bytes, line: bytes, tag_value: int) -> tuple[bytes, bytes, 
     :func:`kek` of an identifier whose tag is ``tag_value``), or ``None`` when no wrap of
     that tag opens with it (an identifier that only shares the 32-bit tag).
 
-    One call for the whole hit path of a lookup (:func:`wraps_of`, :func:`open_wrap` of
-    each wrap, :func:`open_body`): FormatError for a malformed line or body,
-    VerificationError when a wrap opens but the body does not.
+    One call for opening a line as published (:func:`wraps_of`, :func:`open_wrap` of each
+    wrap, :func:`open_body`; a cache keeps canonical lines packed and opens those with
+    :func:`open_packed`): FormatError for a malformed line or body, VerificationError
+    when a wrap opens but the body does not.
     """
-    got = _canonical_wraps(line, tag_value)
-    rid, body, blobs = got if got is not None else wraps_of(line, tag_value)
+    rid, body, blobs = wraps_of(line, tag_value)
     record_key: bytes | None = None
     relations: list[int] = []
     aad = rid + tag_value.to_bytes(TAG_BYTES, "big")
